@@ -1,0 +1,46 @@
+"""sae_helpers: sparse autoencoders on language-model activations, for the SAE book.
+
+The names the notebooks use:
+
+* training: :func:`train_sae`, :class:`TrainConfig`
+* SAEs: :func:`create_sae`, :func:`load_sae`, ``sae.encode / decode / save``,
+  ``sae(x)`` -> ``SAEOutput(latents, reconstruction, losses)``,
+  :meth:`GatedSAE.to_jumprelu`
+* evaluation: :func:`evaluate`, :func:`mmcs`, :func:`max_cosine_similarity`,
+  :func:`log10_density_histogram`
+* synthetic data: :class:`SyntheticFeatures`, :func:`appendix_f_toy`,
+  :func:`zipf_firing_probs`
+* reproducibility: :func:`environment_report`
+"""
+
+from .data import SyntheticFeatures, appendix_f_toy, zipf_firing_probs
+from .evaluation import evaluate, log10_density_histogram, max_cosine_similarity, mmcs
+from .formats import load_sae, save_sae
+from .reproducibility import environment_report, set_seed
+from .saes import SAE, GatedSAE, JumpReluSAE, ReluSAE, SAEOutput, architectures, create_sae
+from .training import TrainConfig, train_sae
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAE",
+    "GatedSAE",
+    "JumpReluSAE",
+    "ReluSAE",
+    "SAEOutput",
+    "SyntheticFeatures",
+    "TrainConfig",
+    "appendix_f_toy",
+    "architectures",
+    "create_sae",
+    "environment_report",
+    "evaluate",
+    "load_sae",
+    "log10_density_histogram",
+    "max_cosine_similarity",
+    "mmcs",
+    "save_sae",
+    "set_seed",
+    "train_sae",
+    "zipf_firing_probs",
+]

@@ -1,0 +1,16 @@
+"""Data: activation sources for training and evaluation, and synthetic data sets."""
+
+from .sources import ActivationSource, IterableSource, TensorSource, as_source, load_activation_file
+from .synthetic import SyntheticFeatures, SyntheticSample, appendix_f_toy, zipf_firing_probs
+
+__all__ = [
+    "ActivationSource",
+    "IterableSource",
+    "TensorSource",
+    "as_source",
+    "load_activation_file",
+    "SyntheticFeatures",
+    "SyntheticSample",
+    "appendix_f_toy",
+    "zipf_firing_probs",
+]

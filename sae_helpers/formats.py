@@ -1,0 +1,130 @@
+"""Read and write SAEs in the SAELens v6 directory layout.
+
+A directory holds ``cfg.json`` (``architecture``, ``d_in``, ``d_sae``, ``dtype``,
+``apply_b_dec_to_input``, ``normalize_activations``, ``metadata`` ...) and
+``sae_weights.safetensors`` with SAELens's parameter names and shapes. Anything
+else we record (training configuration, log, results) lives in separate JSON files
+beside them, which SAELens ignores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ._io import atomic_write, atomic_write_json, read_json
+from .saes.base import SAE, dtype_name, resolve_dtype
+from .saes.registry import from_saelens_architecture
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+
+
+def sae_config_dict(sae: SAE) -> dict[str, Any]:
+    """The ``cfg.json`` content for ``sae`` (SAELens v6 field names)."""
+    return {
+        "architecture": sae.saelens_architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": dtype_name(sae.dtype),
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": sae.metadata.get("model_name"),
+            "hook_name": sae.metadata.get("hook_name"),
+            "context_size": sae.metadata.get("context_size"),
+            **{k: v for k, v in sae.metadata.items() if k not in ("model_name", "hook_name", "context_size")},
+        },
+    }
+
+
+def save_sae(sae: SAE, path: str | os.PathLike, **extra_json: Any) -> Path:
+    """Write ``sae`` to directory ``path`` (created if needed); each file atomically.
+
+    ``extra_json`` entries become ``NAME.json`` files beside the SAE files; an SAE
+    returned by ``train_sae`` also writes ``training_config.json`` and
+    ``training_log.json``.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"Cannot save an SAE to {path}: it exists and is not a directory.")
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
+    atomic_write(path / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_json(path / CFG_FILENAME, sae_config_dict(sae))
+    for attribute in ("training_config", "training_log"):
+        if hasattr(sae, attribute) and attribute not in extra_json:
+            extra_json[attribute] = getattr(sae, attribute)
+    for name, obj in extra_json.items():
+        atomic_write_json(path / f"{name}.json", obj)
+    return path
+
+
+def load_sae(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> SAE:
+    """Load an SAE directory in the SAELens layout (ours or SAELens's own).
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file and field at fault.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"No SAE directory at {path}. An SAE directory holds {CFG_FILENAME} and "
+            f"{WEIGHTS_FILENAME}; pass the directory that sae.save() wrote."
+        )
+    cfg_path, weights_path = path / CFG_FILENAME, path / WEIGHTS_FILENAME
+    cfg = read_json(cfg_path, what="SAE config")
+    for field in ("architecture", "d_in", "d_sae"):
+        if field not in cfg:
+            raise ValueError(f"SAE config {cfg_path} has no field {field!r}; it is not a SAELens cfg.json.")
+    if cfg.get("normalize_activations", "none") != "none":
+        raise ValueError(
+            f"SAE config {cfg_path}: normalize_activations={cfg['normalize_activations']!r} is not "
+            "supported; fold the normalisation into the weights first (SAELens: "
+            "fold_activation_norm_scaling_factor) so that normalize_activations is 'none'."
+        )
+    if cfg.get("apply_b_dec_to_input", True) is not True:
+        raise ValueError(
+            f"SAE config {cfg_path}: apply_b_dec_to_input=false is not supported; fold b_dec @ W_enc "
+            "into the encoder bias first."
+        )
+    cls = from_saelens_architecture(cfg["architecture"])
+    metadata = cfg.get("metadata", cfg.get("meta")) or {}
+    target_dtype = resolve_dtype(dtype if dtype is not None else cfg.get("dtype", "float32"))
+    sae = cls(int(cfg["d_in"]), int(cfg["d_sae"]), dtype=target_dtype, device=device, metadata=metadata)
+
+    if not weights_path.is_file():
+        raise FileNotFoundError(
+            f"SAE weights not found: {weights_path}. The directory is incomplete; save the SAE again."
+        )
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"SAE weights {weights_path} are unreadable ({err}). Save the SAE again.") from err
+    expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ValueError(
+            f"SAE weights {weights_path} lack tensor(s) {missing} required by architecture "
+            f"{cfg['architecture']!r} (found {sorted(tensors)})."
+        )
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"SAE weights {weights_path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                f"but cfg.json (d_in={sae.d_in}, d_sae={sae.d_sae}) implies {shape}."
+            )
+    with torch.no_grad():
+        for name, param in sae.named_parameters():
+            param.copy_(tensors[name])
+    return sae

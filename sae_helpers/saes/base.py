@@ -1,0 +1,222 @@
+"""The contract every SAE architecture follows.
+
+An SAE maps activations ``x`` (``[..., d_in]``) to latents (``[..., d_sae]``) and
+back. Parameters use the SAELens v6 names and shapes (``W_enc [d_in, d_sae]``,
+``W_dec [d_sae, d_in]``, ``b_dec [d_in]``), so saving needs no renaming.
+
+Subclasses implement :meth:`SAE.encode` and :meth:`SAE.forward` and declare three
+small class attributes that let generic code (training, resampling, folding,
+stitching) treat every architecture alike:
+
+``latent_axes``
+    parameter name -> the axis of that parameter that indexes latents.
+``bias_like``
+    parameters measured in activation units; they are divided by ``s`` when an SAE
+    trained on ``s * x`` is folded back to work on raw ``x``.
+``reset_on_resample``
+    per-latent parameters set to zero when a dead latent is re-initialised.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Turn ``"float32"`` (or a ``torch.dtype``) into a ``torch.dtype``, with a clear error."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(DTYPES)}.")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name (``"float32"``) of a torch dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
+class SAEOutput(NamedTuple):
+    """What ``sae(x)`` returns.
+
+    ``losses`` holds the named, *unweighted* loss terms, each a scalar averaged over
+    the batch: ``reconstruction`` (``||x - x_hat||^2`` summed over dimensions),
+    ``sparsity`` (the penalty the sparsity coefficient multiplies) and, where the
+    architecture has one, ``auxiliary`` (added with weight one).
+    """
+
+    latents: Tensor
+    reconstruction: Tensor
+    losses: dict[str, Tensor]
+
+
+def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Mean over the batch of ``||x - x_hat||^2`` (summed over the last dimension)."""
+    return (x - x_hat).pow(2).sum(-1).mean()
+
+
+class SAE(nn.Module, ABC):
+    """Base class: decoder, bias handling, constraints, folding, resampling, saving."""
+
+    architecture: ClassVar[str]
+    saelens_architecture: ClassVar[str]
+    trainable: ClassVar[bool] = True
+    latent_axes: ClassVar[dict[str, int]]
+    bias_like: ClassVar[tuple[str, ...]]
+    reset_on_resample: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        dtype: str | torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("d_in", d_in), ("d_sae", d_sae)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(
+                    f"{name} must be a positive integer, got {value!r}. "
+                    "Pass the activation width as d_in and the number of latents as d_sae."
+                )
+        self.d_in = d_in
+        self.d_sae = d_sae
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        factory = {"dtype": resolve_dtype(dtype), "device": device}
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **factory))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **factory))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **factory))
+
+    # ----------------------------------------------------------------- the contract
+    @abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent activations ``[..., d_sae]`` of activations ``x [..., d_in]``."""
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> SAEOutput:
+        """Latents, reconstruction and the named training loss terms for a batch."""
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Reconstruction ``latents @ W_dec + b_dec``."""
+        return latents @ self.W_dec + self.b_dec
+
+    # ----------------------------------------------------------------- shared pieces
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    def project(self, x: Tensor) -> Tensor:
+        """``(x - b_dec) @ W_enc``, the one encoder matmul, as ``x @ W_enc - b_dec @ W_enc``.
+
+        Written this way the gradient to ``b_dec`` through the encoder costs a
+        vector-matrix product instead of a second ``[batch, d_sae] x [d_sae, d_in]``
+        matmul.
+        """
+        self.check_input(x)
+        return x @ self.W_enc - self.b_dec @ self.W_enc
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error if ``x`` does not fit this SAE."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"SAE input must be a torch.Tensor, got {type(x).__name__}.")
+        if x.ndim == 0 or x.shape[-1] != self.d_in:
+            raise ValueError(
+                f"Activation width mismatch: this SAE expects inputs of width d_in={self.d_in}, "
+                f"got a tensor of shape {tuple(x.shape)}. Use an SAE trained on this site, "
+                "or harvest activations from the site the SAE was trained on."
+            )
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> SAE:
+        """Random unit-norm decoder rows; the encoder starts as the decoder's transpose."""
+        w = torch.empty(self.d_sae, self.d_in, dtype=torch.float32, device="cpu")
+        bound = math.sqrt(6.0 / self.d_in)
+        w.uniform_(-bound, bound, generator=generator)
+        self.W_dec.copy_(w)
+        self.normalize_decoder_()
+        self.W_enc.copy_(self.W_dec.T)
+        for name, param in self.named_parameters():
+            if name not in ("W_enc", "W_dec"):
+                param.zero_()
+        return self
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder row to unit norm (after each optimiser step)."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad_(self) -> None:
+        """Project out of ``W_dec.grad`` the component parallel to each decoder row."""
+        grad = self.W_dec.grad
+        if grad is None:
+            return
+        rows = self.W_dec
+        parallel = (grad * rows).sum(dim=1, keepdim=True) / rows.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-12)
+        grad -= parallel * rows
+
+    @torch.no_grad()
+    def fold_activation_scale_(self, scale: float) -> None:
+        """Turn an SAE trained on ``scale * x`` into one that takes raw ``x``.
+
+        Every architecture here is positively homogeneous in its activation-unit
+        parameters, so dividing those (``bias_like``) by ``scale`` gives
+        ``sae_raw(x) = sae_scaled(scale * x) / scale`` with unit-norm decoder rows kept.
+        """
+        if not scale > 0 or not math.isfinite(scale):
+            raise ValueError(f"Activation scale must be a positive finite number, got {scale}.")
+        for name in self.bias_like:
+            getattr(self, name).div_(scale)
+
+    @torch.no_grad()
+    def reinitialize_latents_(self, latents: Tensor, directions: Tensor, encoder_norm: float) -> None:
+        """Point dead ``latents`` at ``directions`` (unit rows): decoder rows become the
+        directions, encoder columns the directions times ``encoder_norm``, and the
+        parameters in ``reset_on_resample`` go to zero."""
+        directions = directions.to(self.W_dec)
+        self.W_dec[latents] = directions
+        self.W_enc[:, latents] = directions.T * encoder_norm
+        for name in self.reset_on_resample:
+            getattr(self, name)[latents] = 0.0
+
+    def select_latents(self, latents: Sequence[int] | Tensor) -> dict[str, Tensor]:
+        """The per-latent slices of every parameter (for stitching and inspection)."""
+        index = torch.as_tensor(latents, dtype=torch.long, device=self.device)
+        return {
+            name: getattr(self, name).detach().index_select(axis, index)
+            for name, axis in self.latent_axes.items()
+        }
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}"
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str, **extra_json: Any) -> str:
+        """Save in the SAELens v6 layout (``cfg.json`` + ``sae_weights.safetensors``).
+
+        Keyword arguments are written as further JSON files beside them, e.g.
+        ``sae.save(path, training_config={...})`` writes ``training_config.json``.
+        """
+        from ..formats import save_sae
+
+        return str(save_sae(self, path, **extra_json))

@@ -1,0 +1,7 @@
+"""Training: configuration, schedules, initialisation, resampling, checkpoints, loop."""
+
+from .config import TrainConfig
+from .init import activation_scale, geometric_median
+from .trainer import TrainingRun, train_sae
+
+__all__ = ["TrainConfig", "TrainingRun", "activation_scale", "geometric_median", "train_sae"]

@@ -1,0 +1,313 @@
+"""The training loop: one :class:`TrainingRun` per SAE, fed batches by ``train_sae``.
+
+A run owns its SAE, optimiser and schedule state and advances by one optimiser step
+per :meth:`TrainingRun.step` call, so several runs can share one pass over the data.
+Everything a step depends on is either a pure function of the step number (data
+order, schedules) or saved in the checkpoint (parameters, Adam moments, dead-latent
+counters, resampling RNG), which makes a resumed run equal an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._io import atomic_write_json
+from ..data.sources import as_source
+from ..saes.base import SAE, resolve_dtype
+from ..saes.registry import create_sae
+from .checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
+from .config import TrainConfig
+from .init import activation_scale, initial_b_dec
+from .resampling import resample_dead_latents
+from .schedules import lr_multiplier, sparsity_multiplier
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TrainingRun:
+    """The state of one SAE's training. Build with :meth:`start` or :meth:`restore`."""
+
+    def __init__(self, cfg: TrainConfig, sae: SAE, scale: float, device: torch.device) -> None:
+        self.cfg = cfg
+        self.sae = sae
+        self.scale = scale
+        self.device = device
+        self.step_count = 0
+        self.last_resample_step: int | None = None
+        self.n_resampled = 0
+        self.log: list[dict[str, Any]] = []
+        self.steps_since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
+        self.resample_generator = torch.Generator().manual_seed(cfg.seed + 12_345)
+        self.optimizer = torch.optim.Adam(
+            sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), foreach=True
+        )
+        self.log_every = max(1, cfg.steps // 200)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def start(
+        cls, cfg: TrainConfig, sample: Tensor, device: torch.device, metadata: dict[str, Any] | None = None
+    ) -> TrainingRun:
+        """A fresh run, initialised from a data ``sample`` (``b_dec``, activation scale)."""
+        d_in = sample.shape[1]
+        dtype = resolve_dtype(cfg.dtype)
+        sae = create_sae(cfg.arch, d_in, cfg.width, dtype=dtype, device=device, metadata=metadata)
+        sae.init_weights(torch.Generator().manual_seed(cfg.seed))
+        sample = sample.double()
+        scale = activation_scale(sample) if cfg.normalize_activations else 1.0
+        with torch.no_grad():
+            sae.b_dec.copy_(initial_b_dec(sample * scale, cfg.b_dec_init))
+        return cls(cfg, sae, scale, device)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(), "d_in": self.sae.d_in}
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Tensors and JSON info that describe this run completely."""
+        tensors: dict[str, Tensor] = {}
+        for name, param in self.sae.named_parameters():
+            tensors[f"sae.{name}"] = param
+            for key, value in self.optimizer.state.get(param, {}).items():
+                tensors[f"adam.{name}.{key}"] = torch.as_tensor(value).reshape(-1) if key == "step" else value
+        tensors["steps_since_fired"] = self.steps_since_fired
+        tensors["resample_rng"] = self.resample_generator.get_state()
+        info = {
+            **self.fingerprint(),
+            "step": self.step_count,
+            "scale": self.scale,
+            "last_resample_step": self.last_resample_step,
+            "n_resampled": self.n_resampled,
+            "metadata": self.sae.metadata,
+            "log": self.log,
+        }
+        return tensors, info
+
+    @classmethod
+    def restore(
+        cls, cfg: TrainConfig, d_in: int, tensors: dict[str, Tensor], info: dict[str, Any], device: torch.device,
+        where: str = "checkpoint",
+    ) -> TrainingRun:
+        """Rebuild a run from :meth:`state` output, refusing another configuration."""
+        if info.get("fingerprint") != cfg.fingerprint() or info.get("d_in") != d_in:
+            saved = info.get("config", {})
+            diffs = [
+                f"{k}: checkpoint {saved.get(k)!r}, now {v!r}"
+                for k, v in cfg.to_dict().items()
+                if saved.get(k) != v
+            ]
+            if info.get("d_in") != d_in:
+                diffs.append(f"activation width: checkpoint {info.get('d_in')}, now {d_in}")
+            raise ValueError(
+                f"The {where} was written by a run with a different configuration ({'; '.join(diffs) or 'unknown'}). "
+                "Pass the same settings to resume it, or use a new checkpoint_dir (or resume=False) to start over."
+            )
+        sae = create_sae(cfg.arch, d_in, cfg.width, dtype=resolve_dtype(cfg.dtype), device=device,
+                         metadata=info.get("metadata"))
+        run = cls(cfg, sae, float(info["scale"]), device)
+        params = dict(sae.named_parameters())
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[f"sae.{name}"])
+        for name, param in params.items():
+            keys = [k for k in tensors if k.startswith(f"adam.{name}.")]
+            if keys:
+                state = {k.rsplit(".", 1)[1]: tensors[k].to(device) for k in keys}
+                state["step"] = state["step"].reshape(()).cpu()
+                run.optimizer.state[param] = state
+        run.steps_since_fired = tensors["steps_since_fired"].to(device)
+        run.resample_generator.set_state(tensors["resample_rng"])
+        run.step_count = int(info["step"])
+        run.last_resample_step = info.get("last_resample_step")
+        run.n_resampled = int(info.get("n_resampled", 0))
+        run.log = list(info.get("log", []))
+        return run
+
+    # ------------------------------------------------------------------ training
+    @property
+    def finished(self) -> bool:
+        return self.step_count >= self.cfg.steps
+
+    def _maybe_resample(self, x: Tensor) -> None:
+        cfg, step = self.cfg, self.step_count
+        interval = cfg.resample_interval
+        if not interval or step == 0 or step % interval or step >= cfg.decay_start_step:
+            return
+        dead = self.steps_since_fired >= cfg.dead_window
+        n = resample_dead_latents(self.sae, self.optimizer, dead, x, self.resample_generator)
+        if n:
+            self.steps_since_fired[dead] = 0
+            self.last_resample_step = step
+            self.n_resampled += n
+
+    def step(self, batch: Tensor) -> dict[str, Any] | None:
+        """One optimiser step on ``batch``; returns a log record on logging steps."""
+        cfg, sae, step = self.cfg, self.sae, self.step_count
+        if batch.shape[1] != sae.d_in:
+            raise ValueError(f"Batch width {batch.shape[1]} does not match the SAE's d_in={sae.d_in}.")
+        x = batch.to(device=self.device, dtype=sae.dtype, non_blocking=True)
+        if self.scale != 1.0:
+            x = x * self.scale
+        self._maybe_resample(x)
+
+        lr = cfg.lr * lr_multiplier(cfg, step, self.last_resample_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        sparsity_coefficient = cfg.l1_coefficient * sparsity_multiplier(cfg, step)
+
+        out = sae(x)
+        losses = out.losses
+        loss = losses["reconstruction"] + sparsity_coefficient * losses["sparsity"]
+        if "auxiliary" in losses:
+            loss = loss + losses["auxiliary"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_decoder_grad_()
+        self.optimizer.step()
+        sae.normalize_decoder_()
+
+        with torch.no_grad():
+            active = out.latents > 0
+            fired = active.any(0)
+            self.steps_since_fired += 1
+            self.steps_since_fired[fired] = 0
+        self.step_count += 1
+
+        if self.step_count % self.log_every and not self.finished:
+            return None
+        with torch.no_grad():
+            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+            record = {
+                "step": self.step_count,
+                "loss": float(loss),
+                **{name: float(value) for name, value in losses.items()},
+                "l0": float(active.sum()) / x.shape[0],
+                "fvu": float(losses["reconstruction"] / variance),
+                "dead_fraction": float((self.steps_since_fired >= cfg.dead_window).double().mean()),
+                "lr": lr,
+                "sparsity_coefficient": sparsity_coefficient,
+                "n_resampled": self.n_resampled,
+            }
+        if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
+            raise FloatingPointError(
+                f"Training diverged at step {self.step_count} (loss {record['loss']}). Lower lr "
+                f"(now {cfg.lr}) or l1_coefficient, or check the activations for outliers."
+            )
+        self.log.append(record)
+        return record
+
+    def final_sae(self) -> SAE:
+        """A copy of the SAE with the activation scale folded in (takes raw activations)."""
+        sae = copy.deepcopy(self.sae)
+        sae.fold_activation_scale_(self.scale)
+        sae.training_config = self.cfg.to_dict()  # type: ignore[attr-defined]
+        sae.training_log = list(self.log)  # type: ignore[attr-defined]
+        return sae
+
+
+def _open_run(
+    cfg: TrainConfig, source, device: torch.device, checkpoint_dir: Path | None, resume: bool,
+    metadata: dict[str, Any] | None,
+) -> TrainingRun:
+    if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        if not resume:
+            raise FileExistsError(
+                f"{checkpoint_dir} already holds a checkpoint. Pass resume=True to continue it, "
+                "or choose another checkpoint_dir (nothing was overwritten)."
+            )
+        tensors, info = read_checkpoint(checkpoint_dir)
+        return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {checkpoint_dir}")
+    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata)
+
+
+def train_sae(
+    activations,
+    arch: str,
+    width: int,
+    l1_coefficient: float,
+    steps: int,
+    *,
+    batch_size: int = 4096,
+    lr: float = 3e-4,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    device: str | torch.device | None = None,
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> SAE:
+    """Train one SAE and return it, ready for raw activations.
+
+    Parameters
+    ----------
+    activations : a 2-D tensor ``[n, d]``, a ``.safetensors`` file holding one 2-D
+        tensor named ``activations``, or an iterable of ``[batch, d]`` tensors.
+    arch, width, l1_coefficient, steps, batch_size, lr, seed : see :class:`TrainConfig`;
+        further :class:`TrainConfig` fields may be passed as keyword ``options``.
+    checkpoint_dir : where to write atomic checkpoints (every ``checkpoint_every``
+        steps, default ``steps // 10``, and at the end), the training log
+        (``training_log.json``) and the final SAE (``sae/``).
+    resume : continue from the checkpoint in ``checkpoint_dir``; the result equals an
+        uninterrupted run. A finished run returns at once.
+    device : ``"cpu"``, ``"cuda"``...; default CUDA when available.
+    metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``).
+    progress : show a progress bar with loss, L0 and dead fraction.
+
+    The returned SAE carries ``training_config`` and ``training_log`` (a list of dicts,
+    one per logging step) attributes; ``sae.save(path)`` stores them beside the weights.
+    """
+    cfg = TrainConfig.from_dict(
+        {"arch": arch, "width": width, "l1_coefficient": l1_coefficient, "steps": steps,
+         "batch_size": batch_size, "lr": lr, "seed": seed, **options}
+    )
+    device = torch.device(device) if device is not None else default_device()
+    source = as_source(activations)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume and ckpt is None:
+        raise ValueError("resume=True needs a checkpoint_dir to resume from.")
+    run = _open_run(cfg, source, device, ckpt, resume, metadata)
+    every = checkpoint_every or max(1, steps // 10)
+
+    def save_checkpoint() -> None:
+        if ckpt is not None:
+            write_checkpoint(ckpt, *run.state())
+            atomic_write_json(ckpt / "training_log.json", run.log)
+
+    bar = tqdm(total=steps, initial=run.step_count, desc=f"{arch} SAE", disable=not progress, unit="step")
+    try:
+        if not run.finished:
+            for batch in source.batches(batch_size, seed, start_step=run.step_count):
+                record = run.step(batch)
+                bar.update(1)
+                if record is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
+                                    dead=f"{record['dead_fraction']:.1%}", refresh=False)
+                if run.step_count % every == 0 and not run.finished:
+                    save_checkpoint()
+                if run.finished:
+                    break
+    finally:
+        bar.close()
+    if not run.finished:
+        save_checkpoint()
+        raise ValueError(
+            f"{source.description} ran out after {run.step_count} of {steps} steps of {batch_size} "
+            "activations. Pass fewer steps, a smaller batch_size, or more data (a re-iterable source "
+            "is looped over for further epochs)."
+        )
+    save_checkpoint()
+    sae = run.final_sae()
+    if ckpt is not None:
+        sae.save(str(ckpt / "sae"))
+    return sae

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from sae_helpers import architectures, create_sae
+
+
+def test_known_architectures():
+    assert {"relu", "gated", "jumprelu"} <= set(architectures())
+
+
+def test_unknown_architecture_names_the_known_ones():
+    with pytest.raises(ValueError, match="Unknown SAE architecture 'topkk'.*gated"):
+        create_sae("topkk", 4, 8)
+
+
+@pytest.mark.parametrize("width", [0, -3, 2.5, True])
+def test_non_positive_width_is_refused(width):
+    with pytest.raises(ValueError, match="d_sae must be a positive integer"):
+        create_sae("relu", 4, width)
+
+
+def test_width_mismatch_is_a_clear_error():
+    sae = create_sae("gated", 6, 12).init_weights()
+    with pytest.raises(ValueError, match="expects inputs of width d_in=6.*shape \\(3, 5\\)"):
+        sae.encode(torch.randn(3, 5))
+
+
+def test_select_latents_slices_every_per_latent_parameter():
+    sae = create_sae("gated", 5, 9).init_weights()
+    parts = sae.select_latents([2, 7])
+    assert set(parts) == {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec"}
+    torch.testing.assert_close(parts["W_enc"], sae.W_enc[:, [2, 7]].detach())
+    torch.testing.assert_close(parts["W_dec"], sae.W_dec[[2, 7]].detach())
