@@ -14,7 +14,15 @@ The names the notebooks use:
 """
 
 from .data import SyntheticFeatures, appendix_f_toy, zipf_firing_probs
-from .evaluation import evaluate, log10_density_histogram, max_cosine_similarity, mmcs
+from .evaluation import (
+    best_matching_latents,
+    evaluate,
+    log10_density_histogram,
+    magnitude_ratios,
+    match_by_l0,
+    max_cosine_similarity,
+    mmcs,
+)
 from .formats import load_sae, save_sae
 from .reproducibility import environment_report, set_seed
 from .saes import SAE, GatedSAE, JumpReluSAE, ReluSAE, SAEOutput, architectures, create_sae
@@ -31,12 +39,15 @@ __all__ = [
     "SyntheticFeatures",
     "TrainConfig",
     "appendix_f_toy",
+    "best_matching_latents",
     "architectures",
     "create_sae",
     "environment_report",
     "evaluate",
     "load_sae",
     "log10_density_histogram",
+    "magnitude_ratios",
+    "match_by_l0",
     "max_cosine_similarity",
     "mmcs",
     "save_sae",

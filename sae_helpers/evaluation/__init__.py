@@ -1,5 +1,15 @@
-"""Evaluation: reconstruction and sparsity metrics, feature recovery."""
+"""Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons."""
 
 from .metrics import MetricAccumulator, evaluate, log10_density_histogram, max_cosine_similarity, mmcs
+from .recovery import best_matching_latents, magnitude_ratios, match_by_l0
 
-__all__ = ["MetricAccumulator", "evaluate", "log10_density_histogram", "max_cosine_similarity", "mmcs"]
+__all__ = [
+    "MetricAccumulator",
+    "best_matching_latents",
+    "evaluate",
+    "log10_density_histogram",
+    "magnitude_ratios",
+    "match_by_l0",
+    "max_cosine_similarity",
+    "mmcs",
+]

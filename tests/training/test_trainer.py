@@ -1,0 +1,140 @@
+"""train_sae: determinism, exact resume, checkpoints, scaling, errors."""
+
+import json
+
+import pytest
+import torch
+
+from sae_helpers import SyntheticFeatures, train_sae
+from sae_helpers.training import TrainingRun
+
+SYN = SyntheticFeatures(d=16, n_features=32, firing_prob=0.08)
+X = SYN.sample(4000, seed=0).x
+L1 = 30.0  # strong enough that latents die and get resampled
+FAST = {"batch_size": 256, "lr": 3e-3, "progress": False, "init_sample_size": 1024}
+
+
+def params(sae):
+    return {n: p.detach().clone() for n, p in sae.named_parameters()}
+
+
+def assert_same(a, b):
+    pa, pb = params(a), params(b)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), name
+
+
+@pytest.mark.parametrize("arch", ["relu", "gated"])
+def test_same_seed_same_sae_and_different_seed_differs(arch):
+    a = train_sae(X, arch, 48, 0.5, 30, seed=1, **FAST)
+    b = train_sae(X, arch, 48, 0.5, 30, seed=1, **FAST)
+    c = train_sae(X, arch, 48, 0.5, 30, seed=2, **FAST)
+    assert_same(a, b)
+    assert not torch.equal(a.W_dec, c.W_dec)
+    assert a.training_log == b.training_log
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arch", ["relu", "gated"])
+def test_resume_equals_an_uninterrupted_run(arch, tmp_path, monkeypatch):
+    # Resampling every 10 steps with a 5-step dead window exercises the RNG and Adam resets.
+    opts = {**FAST, "lr": 0.03, "resample_every": 10, "dead_after": 5, "resample_lr_warmup_steps": 8}
+    whole = train_sae(X, arch, 48, L1, 60, checkpoint_dir=tmp_path / "whole", **opts)
+
+    original = TrainingRun.step
+
+    def crashing_step(self, batch):
+        if self.step_count == 37:
+            raise Crash
+        return original(self, batch)
+
+    monkeypatch.setattr(TrainingRun, "step", crashing_step)
+    with pytest.raises(Crash):
+        train_sae(X, arch, 48, L1, 60, checkpoint_dir=tmp_path / "run", checkpoint_every=15, **opts)
+    info = json.loads((tmp_path / "run" / "checkpoint" / "trainer.json").read_text())
+    assert info["step"] == 30  # the last complete checkpoint survived the crash
+    monkeypatch.setattr(TrainingRun, "step", original)
+    resumed = train_sae(X, arch, 48, L1, 60, checkpoint_dir=tmp_path / "run", resume=True, **opts)
+    assert whole.training_log[-1]["n_resampled"] > 0
+    assert_same(whole, resumed)
+    assert resumed.training_log == whole.training_log
+    # A finished run resumes to the same SAE at once.
+    again = train_sae(X, arch, 48, L1, 60, checkpoint_dir=tmp_path / "run", resume=True, **opts)
+    assert_same(whole, again)
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    train_sae(X, "gated", 32, 1.0, 10, checkpoint_dir=tmp_path, **FAST)
+    with pytest.raises(ValueError, match="different configuration.*l1_coefficient: checkpoint 1.0, now 2.0"):
+        train_sae(X, "gated", 32, 2.0, 10, checkpoint_dir=tmp_path, resume=True, **FAST)
+    with pytest.raises(ValueError, match="activation width: checkpoint 16, now 8"):
+        train_sae(X[:, :8].contiguous(), "gated", 32, 1.0, 10, checkpoint_dir=tmp_path, resume=True, **FAST)
+    with pytest.raises(FileExistsError, match="already holds a checkpoint.*resume=True"):
+        train_sae(X, "gated", 32, 1.0, 10, checkpoint_dir=tmp_path, **FAST)
+
+
+def test_outputs_written_beside_the_checkpoint(tmp_path):
+    sae = train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path, **FAST)
+    assert (tmp_path / "sae" / "cfg.json").is_file()
+    assert json.loads((tmp_path / "sae" / "training_config.json").read_text())["l1_coefficient"] == 1.0
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert log == sae.training_log and log[-1]["step"] == 20
+    assert {"loss", "reconstruction", "sparsity", "l0", "fvu", "dead_fraction", "lr"} <= set(log[-1])
+
+
+def test_returned_sae_takes_raw_activations():
+    """Training on 1000x the data gives the same SAE up to the scale (folded back)."""
+    a = train_sae(X, "gated", 32, 1.0, 15, **FAST)
+    b = train_sae(1000 * X, "gated", 32, 1.0, 15, **FAST)
+    torch.testing.assert_close(b.encode(1000 * X[:200]), 1000 * a.encode(X[:200]), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(b.W_dec, a.W_dec, rtol=1e-3, atol=1e-4)
+
+
+def test_decoder_rows_are_unit_norm_after_training():
+    sae = train_sae(X, "gated", 32, 1.0, 25, **FAST)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32))
+
+
+def test_iterables_and_files_train(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"activations": X}, str(tmp_path / "acts.safetensors"))
+    from_file = train_sae(tmp_path / "acts.safetensors", "relu", 16, 1.0, 5, **FAST)
+    from_tensor = train_sae(X, "relu", 16, 1.0, 5, **FAST)
+    assert_same(from_file, from_tensor)
+    chunks = list(X.split(100))
+    train_sae(chunks, "relu", 16, 1.0, 30, **FAST)  # 4000 rows looped over for 7680
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"arch": "nope"}, ValueError, "Unknown SAE architecture 'nope'"),
+    ({"arch": "jumprelu"}, ValueError, "cannot be trained by sae_helpers yet"),
+    ({"width": 0}, ValueError, "width must be a positive integer"),
+    ({"steps": -1}, ValueError, "steps must be a positive integer"),
+    ({"l1_coefficient": -1.0}, ValueError, "l1_coefficient must be >= 0"),
+    ({"warmup": 5}, ValueError, "Unknown training option\\(s\\) \\['warmup'\\]"),
+    ({"resume": True}, ValueError, "resume=True needs a checkpoint_dir"),
+])
+def test_bad_arguments(kwargs, error, message):
+    args = {"arch": "relu", "width": 16, "l1_coefficient": 1.0, "steps": 5, **FAST, **kwargs}
+    with pytest.raises(error, match=message):
+        train_sae(X, **args)
+
+
+def test_nan_activations_are_reported_with_their_position():
+    bad = X.clone()
+    bad[123, 4] = float("nan")
+    with pytest.raises(ValueError, match="row 123, column 4"):
+        train_sae(bad, "relu", 16, 1.0, 5, **FAST)
+
+
+def test_a_one_shot_generator_that_runs_out():
+    def gen():
+        yield from X[:1000].split(100)
+
+    with pytest.raises(ValueError, match="ran out after 3 of 10 steps"):
+        train_sae(gen(), "relu", 16, 1.0, 10, **FAST)
