@@ -72,6 +72,13 @@ book: install
 	  fi; \
 	done
 	$(VENV)/bin/jupyter-book build --all -W .
+	@# Every executed chapter must carry its figures into the HTML.
+	@for nb in $(NOTEBOOKS); do \
+	  html="_build/html/$(CHAPTERS)/$$(basename "$$nb" .ipynb).html"; \
+	  n=$$(grep -o '<img ' "$$html" | wc -l); \
+	  if [ "$$n" -eq 0 ]; then echo "No figures in $$html" >&2; exit 1; fi; \
+	  echo "$$html: $$n figures"; \
+	done
 	@echo "The book: _build/html/index.html"
 
 lint: install

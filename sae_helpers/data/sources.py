@@ -1,7 +1,8 @@
 """Turn the ``activations`` argument into batches.
 
 ``activations`` may be a 2-D tensor, a ``.safetensors`` file holding one 2-D tensor
-named ``activations``, or any iterable of ``[batch, d]`` tensors. Every source gives
+named ``activations``, an activation cache directory (see :mod:`.cache`), or any
+iterable of ``[batch, d]`` tensors. Every source gives
 
 * ``d``: the activation width;
 * ``batches(batch_size, seed, start_step)``: training batches whose order is a pure
@@ -248,10 +249,14 @@ def as_source(activations) -> ActivationSource:
     if isinstance(activations, (str, os.PathLike)):
         path = Path(activations)
         if path.is_dir():
-            raise ValueError(
-                f"{path} is a directory; activation caches arrive with sae_helpers.harvest. "
-                "Pass a .safetensors file or a tensor."
-            )
+            from .cache import CacheSource, is_cache_dir
+
+            if not is_cache_dir(path):
+                raise FileNotFoundError(
+                    f"{path} is a directory without a manifest.json, so not an activation cache. "
+                    "Pass a cache written by sae_helpers.harvest, a .safetensors file or a tensor."
+                )
+            return CacheSource(path)
         if path.suffix != ".safetensors":
             raise ValueError(
                 f"Activation file {path} must be a .safetensors file holding a 2-D tensor named "
