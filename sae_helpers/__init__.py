@@ -2,7 +2,7 @@
 
 The names the notebooks use:
 
-* training: :func:`train_sae`, :class:`TrainConfig`
+* training: :func:`train_sae`, :func:`train_saes` (many SAEs, one pass), :class:`TrainConfig`
 * SAEs: :func:`create_sae`, :func:`load_sae`, ``sae.encode / decode / save``,
   ``sae(x)`` -> ``SAEOutput(latents, reconstruction, losses)``,
   :meth:`GatedSAE.to_jumprelu`
@@ -26,7 +26,7 @@ from .evaluation import (
 from .formats import load_sae, save_sae
 from .reproducibility import environment_report, set_seed
 from .saes import SAE, GatedSAE, JumpReluSAE, ReluSAE, SAEOutput, architectures, create_sae
-from .training import TrainConfig, train_sae
+from .training import TrainConfig, train_sae, train_saes
 
 __version__ = "0.1.0"
 
@@ -53,5 +53,6 @@ __all__ = [
     "save_sae",
     "set_seed",
     "train_sae",
+    "train_saes",
     "zipf_firing_probs",
 ]

@@ -2,6 +2,15 @@
 
 from .config import TrainConfig
 from .init import activation_scale, geometric_median
+from .sweep import SweepResult, train_saes
 from .trainer import TrainingRun, train_sae
 
-__all__ = ["TrainConfig", "TrainingRun", "activation_scale", "geometric_median", "train_sae"]
+__all__ = [
+    "SweepResult",
+    "TrainConfig",
+    "TrainingRun",
+    "activation_scale",
+    "geometric_median",
+    "train_sae",
+    "train_saes",
+]

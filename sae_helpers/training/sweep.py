@@ -1,0 +1,189 @@
+"""Many SAEs from one pass over the data.
+
+``train_saes`` feeds every batch to every configuration, so a sweep over sparsity
+coefficients, widths and architectures costs one read of the activations (one
+harvest, one pass over the cache) instead of one per SAE. Each run keeps its own
+checkpoint; a rerun of the same sweep skips finished runs and resumes the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+import torch
+
+from .._io import atomic_write, atomic_write_json, read_json
+from .._progress import tqdm
+from ..data.sources import ActivationSource, as_source
+from ..formats import load_sae
+from ..saes.base import SAE
+from .checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
+from .config import TrainConfig
+from .trainer import TrainingRun, default_device
+
+
+class SweepResult(NamedTuple):
+    """The trained SAEs (in configuration order) and one results row per SAE."""
+
+    saes: list[SAE]
+    results: pd.DataFrame
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A readable, unique directory name for a configuration."""
+    return f"{cfg.arch}-w{cfg.width}-l1_{cfg.l1_coefficient:g}-{cfg.fingerprint()[:8]}"
+
+
+def drive(
+    runs: Sequence[TrainingRun],
+    source: ActivationSource,
+    data_seed: int,
+    on_checkpoint: Callable[[int], None] | None = None,
+    checkpoint_every: int | None = None,
+    progress: bool = True,
+    desc: str = "SAEs",
+) -> None:
+    """Advance every run to its last step, feeding batch ``t`` to each run at step ``t``.
+
+    Runs may start at different steps (after a partial resume): the data stream starts
+    at the earliest, and each run joins when the stream reaches its step.
+    """
+    pending = [r for r in runs if not r.finished]
+    if not pending:
+        return
+    batch_sizes = {r.cfg.batch_size for r in runs}
+    if len(batch_sizes) != 1:
+        raise ValueError(
+            f"One pass feeds every SAE the same batches: batch_size must agree, got {sorted(batch_sizes)}."
+        )
+    (batch_size,) = batch_sizes
+    start = min(r.step_count for r in pending)
+    total = max(r.cfg.steps for r in runs)
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
+    try:
+        for step, batch in enumerate(source.batches(batch_size, data_seed, start_step=start), start=start):
+            for index, run in enumerate(runs):
+                if run.finished or run.step_count != step:
+                    continue
+                record = run.step(batch)
+                every = checkpoint_every or max(1, run.cfg.steps // 10)
+                if on_checkpoint is not None and (run.finished or run.step_count % every == 0):
+                    on_checkpoint(index)
+                if record is not None and len(runs) == 1:
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
+                                    dead=f"{record['dead_fraction']:.1%}", refresh=False)
+            bar.update(1)
+            if all(r.finished for r in runs):
+                break
+    finally:
+        bar.close()
+    unfinished = [r for r in runs if not r.finished]
+    if unfinished:
+        done = min(r.step_count for r in unfinished)
+        raise ValueError(
+            f"{source.description} ran out after {done} of {total} steps of {batch_size} activations. "
+            "Pass fewer steps, a smaller batch_size, or more data (a re-iterable source is looped over)."
+        )
+
+
+def _finished_sae(run_dir: Path, cfg: TrainConfig) -> SAE | None:
+    sae_dir = run_dir / "sae"
+    config_file = sae_dir / "training_config.json"
+    if not config_file.is_file() or read_json(config_file, what="Training config") != cfg.to_dict():
+        return None
+    sae = load_sae(sae_dir)
+    sae.training_config = cfg.to_dict()  # type: ignore[attr-defined]
+    log_file = sae_dir / "training_log.json"
+    sae.training_log = json.loads(log_file.read_text()) if log_file.is_file() else []  # type: ignore[attr-defined]
+    return sae
+
+
+def train_saes(
+    activations,
+    configs: Sequence[TrainConfig | dict[str, Any]],
+    *,
+    out_dir: str | os.PathLike | None = None,
+    eval_activations=None,
+    results_csv: str | os.PathLike | None = None,
+    data_seed: int | None = None,
+    checkpoint_every: int | None = None,
+    device: str | torch.device | None = None,
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Train every configuration in ``configs`` in one pass over ``activations``.
+
+    Parameters
+    ----------
+    activations : as for :func:`train_sae` (tensor, ``.safetensors`` file, cache directory,
+        iterable).
+    configs : :class:`TrainConfig` objects or dicts of its fields; all share ``batch_size``.
+    out_dir : one subdirectory per run (named by :func:`run_name`) with its checkpoint,
+        log and final SAE (``sae/``, SAELens layout). A rerun skips finished runs and
+        resumes unfinished ones from their checkpoints.
+    eval_activations : if given, each SAE is evaluated on them (:func:`evaluate`) and the
+        metrics join its results row.
+    results_csv : where to write the results table (atomically).
+    data_seed : seed of the data order; default the first configuration's ``seed``. With
+        equal seeds, each SAE equals :func:`train_sae` run alone on the same data.
+    """
+    from ..evaluation.metrics import evaluate
+
+    cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
+    if not cfgs:
+        raise ValueError("configs is empty: pass at least one training configuration.")
+    names = [run_name(c) for c in cfgs]
+    if len(set(names)) != len(names):
+        raise ValueError("configs holds the same configuration twice.")
+    device = torch.device(device) if device is not None else default_device()
+    source = as_source(activations)
+    root = Path(out_dir) if out_dir is not None else None
+    data_seed = cfgs[0].seed if data_seed is None else data_seed
+
+    saes: list[SAE | None] = [None] * len(cfgs)
+    runs: list[TrainingRun] = []
+    run_slots: list[int] = []
+    for i, (cfg, name) in enumerate(zip(cfgs, names, strict=True)):
+        run_dir = root / name if root is not None else None
+        if run_dir is not None and (done := _finished_sae(run_dir, cfg)) is not None:
+            saes[i] = done
+            continue
+        if run_dir is not None and has_checkpoint(run_dir):
+            tensors, info = read_checkpoint(run_dir)
+            run = TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}")
+        else:
+            run = TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata)
+        runs.append(run)
+        run_slots.append(i)
+
+    def checkpoint(index: int) -> None:
+        if root is None:
+            return
+        run, run_dir = runs[index], root / names[run_slots[index]]
+        write_checkpoint(run_dir, *run.state())
+        atomic_write_json(run_dir / "training_log.json", run.log)
+
+    drive(runs, source, data_seed, checkpoint, checkpoint_every, progress, desc=f"{len(runs)} SAEs, one pass")
+    for run, slot in zip(runs, run_slots, strict=True):
+        sae = run.final_sae()
+        if root is not None:
+            sae.save(str(root / names[slot] / "sae"))
+        saes[slot] = sae
+
+    rows = []
+    for cfg, name, sae in zip(cfgs, names, saes, strict=True):
+        assert sae is not None
+        last = sae.training_log[-1] if sae.training_log else {}  # type: ignore[attr-defined]
+        row = {"name": name, **cfg.to_dict(), **{f"train_{k}": last[k] for k in ("l0", "fvu", "loss") if k in last}}
+        if eval_activations is not None:
+            row.update(evaluate(sae, eval_activations))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if results_csv is not None:
+        atomic_write(results_csv, lambda tmp: table.to_csv(tmp, index=False))
+    return SweepResult([s for s in saes if s is not None], table)
