@@ -10,10 +10,16 @@ The names the notebooks use:
   :func:`log10_density_histogram`
 * synthetic data: :class:`SyntheticFeatures`, :func:`appendix_f_toy`,
   :func:`zipf_firing_probs`
+* language models: :func:`load_model` (embedded SmolLM2 by default), :func:`harvest`
+  (activation cache), :func:`splice_eval` / :func:`splice_losses` (loss recovered),
+  :func:`text_dataset`, :func:`tiny_model` (tests)
+* inspection: :func:`top_activating_contexts`, :func:`contexts_html`
 * reproducibility: :func:`environment_report`
 """
 
+from .analysis import contexts_html, top_activating_contexts
 from .data import SyntheticFeatures, appendix_f_toy, zipf_firing_probs
+from .data.text import text_dataset
 from .evaluation import (
     best_matching_latents,
     evaluate,
@@ -24,6 +30,8 @@ from .evaluation import (
     mmcs,
 )
 from .formats import load_sae, save_sae
+from .harvest import harvest
+from .models import activations_at, hook_names, load_model, splice_eval, splice_losses, tiny_model
 from .reproducibility import environment_report, set_seed
 from .saes import SAE, GatedSAE, JumpReluSAE, ReluSAE, SAEOutput, architectures, create_sae
 from .training import TrainConfig, train_sae, train_saes
@@ -31,6 +39,16 @@ from .training import TrainConfig, train_sae, train_saes
 __version__ = "0.1.0"
 
 __all__ = [
+    "top_activating_contexts",
+    "tiny_model",
+    "text_dataset",
+    "splice_losses",
+    "splice_eval",
+    "load_model",
+    "hook_names",
+    "harvest",
+    "contexts_html",
+    "activations_at",
     "SAE",
     "GatedSAE",
     "JumpReluSAE",

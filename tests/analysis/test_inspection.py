@@ -3,7 +3,7 @@ import torch
 from sae_helpers import create_sae
 from sae_helpers.analysis import contexts_html, top_activating_contexts
 from sae_helpers.data.cache import build_cache
-from tests.data.test_cache import D, INFO, fake_activations, windows
+from tests.data.test_cache import INFO, D, fake_activations, windows
 
 
 def test_top_contexts_are_the_largest_activations_with_their_tokens(tmp_path):

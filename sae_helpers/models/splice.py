@@ -1,0 +1,298 @@
+"""Splice an SAE into the model: loss recovered, delta LM loss and KL on real tokens.
+
+For each batch of token ids the model runs three times:
+
+* **clean**: unmodified; the activation ``x`` at the SAE's site is recorded;
+* **SAE**: ``x`` at the site is replaced by ``sae.decode(sae.encode(x))`` (computed in
+  the SAE's dtype and device, cast back to the model's);
+* **zero**: ``x`` at the site is replaced by zeros.
+
+With ``exclude_first=True`` (the default) position 0 -- the BOS token, whose
+activations have norms 10-100x the median and which SAEs here are trained without --
+is left clean in the SAE and zero runs, and is excluded from everything measured: the
+next-token losses are taken at positions ``1 .. pos-2`` (predicting tokens ``2 ..
+pos-1``), the SAE metrics over the activations at positions ``1 .. pos-1``. With
+``exclude_first=False`` every position is spliced and measured.
+
+Measured (sums in float64 over batches, so any number of tokens runs in bounded memory):
+
+* ``ce_clean``, ``ce_sae``, ``ce_zero_ablation``: mean next-token cross-entropy (nats);
+* ``loss_recovered = (ce_zero_ablation - ce_sae) / (ce_zero_ablation - ce_clean)``;
+* ``delta_lm_loss = ce_sae - ce_clean``;
+* ``kl``: mean over positions of ``KL(p_clean || p_sae)`` of the next-token distributions;
+* the metrics of :func:`sae_helpers.evaluate` on the same activations (``l0``, ``mse``,
+  ``fvu``, ``explained_variance``, ``relative_reconstruction_bias``, ``dead_fraction``,
+  ``dense_fraction``, ``n_tokens``), and ``n_predictions`` (positions in the losses).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._progress import tqdm
+from ..evaluation.metrics import MetricAccumulator
+from ..saes.base import SAE
+from .hooks import as_tokens, check_hook_name, d_at, site_vectors
+
+
+def model_name_of(model: Any) -> str | None:
+    """The name an SAE trained on ``model`` records as ``metadata["model_name"]``.
+
+    ``model.model_name`` as set by :func:`load_model` / :func:`tiny_model`, else
+    TransformerLens's ``model.cfg.model_name``.
+    """
+    name = model.__dict__.get("model_name")
+    return name if name is not None else getattr(model.cfg, "model_name", None)
+
+
+def check_sae_fits(model: Any, sae: SAE, hook_name: str | None = None, *, strict: bool = True) -> str:
+    """Check that ``sae`` belongs at ``hook_name`` of ``model``; return the hook name.
+
+    ``hook_name`` defaults to ``sae.metadata["hook_name"]``. Raises ``ValueError`` when the
+    SAE's recorded ``model_name`` or ``hook_name`` differ from the ones asked for (only
+    with ``strict=True``; pass ``strict=False`` to splice an SAE elsewhere on purpose), or
+    when its ``d_in`` differs from the width at the site (always).
+    """
+    meta_hook = sae.metadata.get("hook_name")
+    if hook_name is None:
+        if meta_hook is None:
+            raise ValueError(
+                "The SAE's metadata has no 'hook_name', so the site to splice it into is unknown. "
+                "Pass hook_name='blocks.<layer>.hook_resid_post' (or the site it was trained on)."
+            )
+        hook_name = meta_hook
+    check_hook_name(model, hook_name)
+    meta_model, this_model = sae.metadata.get("model_name"), model_name_of(model)
+    if strict and meta_model is not None and this_model is not None and meta_model != this_model:
+        raise ValueError(
+            f"SAE/model mismatch: the SAE was trained on model {meta_model!r}, this model is {this_model!r}. "
+            f"Load the model it was trained on (load_model({meta_model!r})), or pass strict=False to "
+            "splice it anyway."
+        )
+    if strict and meta_hook is not None and meta_hook != hook_name:
+        raise ValueError(
+            f"SAE/site mismatch: the SAE was trained at {meta_hook!r}, not {hook_name!r}. Leave hook_name "
+            "unset to use the SAE's own site, or pass strict=False to splice it elsewhere on purpose."
+        )
+    width = d_at(model, hook_name)
+    if width != sae.d_in:
+        raise ValueError(
+            f"SAE/site width mismatch: the SAE expects d_in={sae.d_in}, the activations at {hook_name!r} "
+            f"have width {width}. Use an SAE trained on this site."
+        )
+    return hook_name
+
+
+def _batches(tokens: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
+    """Rows of ``tokens`` (a ``[n, pos]`` tensor, or an iterable of ``[pos]`` / ``[b, pos]``
+    tensors of one length) in batches of ``batch_size``."""
+    if isinstance(tokens, Tensor):
+        rows = tokens.unsqueeze(0) if tokens.ndim == 1 else tokens
+        for start in range(0, rows.shape[0], batch_size):
+            yield rows[start : start + batch_size]
+        return
+    pending: list[Tensor] = []
+    for item in tokens:
+        item = torch.as_tensor(item)
+        pending.extend(item.unsqueeze(0) if item.ndim == 1 else item)
+        while len(pending) >= batch_size:
+            yield torch.stack(pending[:batch_size])
+            del pending[:batch_size]
+    if pending:
+        yield torch.stack(pending)
+
+
+def _log_probs(logits: Tensor) -> Tensor:
+    """Log-softmax over the vocabulary, in float32 at least (in place on a fresh float copy)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.sub_(logits.logsumexp(-1, keepdim=True))
+
+
+def _ce_sum(log_probs: Tensor, targets: Tensor) -> float:
+    """Sum over positions of ``-log p(target)``, in float64."""
+    return -float(log_probs.gather(-1, targets.unsqueeze(-1)).double().sum())
+
+
+def _replace_with(value: Tensor):
+    """A hook that replaces the activation with ``value``."""
+    return lambda activation, hook: value
+
+
+def _splice_batch(
+    model: Any, sae: SAE, batch: Tensor, hook_name: str, first: int, metrics: MetricAccumulator
+) -> dict[str, float]:
+    """The clean, SAE and zero-ablation runs on one batch: summed losses (float64) and
+    the SAE metrics (into ``metrics``)."""
+    stored: list[Tensor] = []
+    clean_logits = model.run_with_hooks(
+        batch, fwd_hooks=[(hook_name, lambda activation, hook: stored.append(activation))], return_type="logits"
+    )
+    activation = stored[0]
+    vectors = site_vectors(activation, hook_name, tuple(batch.shape))[:, first:]
+    x = vectors.reshape(-1, vectors.shape[-1]).to(device=sae.device, dtype=sae.dtype)
+    latents = sae.encode(x)
+    x_hat = sae.decode(latents)
+    metrics.update(x, x_hat, latents)
+    spliced = activation.clone()
+    spliced[:, first:] = x_hat.reshape(spliced[:, first:].shape).to(spliced)
+    zeroed = activation.clone()
+    zeroed[:, first:] = 0
+    del activation, latents, x, x_hat
+    stored.clear()
+
+    sums = {}
+    targets = batch[:, first + 1 :]
+    clean = _log_probs(clean_logits[:, first:-1])
+    del clean_logits
+    sums["ce_clean"] = _ce_sum(clean, targets)
+    sae_logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, _replace_with(spliced))])
+    with_sae = _log_probs(sae_logits[:, first:-1])
+    del sae_logits
+    sums["ce_sae"] = _ce_sum(with_sae, targets)
+    with_sae.neg_().add_(clean).mul_(clean.exp())  # p_clean * (log p_clean - log p_sae)
+    sums["kl"] = float(with_sae.sum(-1).double().sum())
+    del with_sae, clean
+    zero_logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, _replace_with(zeroed))])
+    sums["ce_zero_ablation"] = _ce_sum(_log_probs(zero_logits[:, first:-1]), targets)
+    return sums
+
+
+@torch.no_grad()
+def splice_losses(
+    model: Any,
+    sae: SAE,
+    tokens: Tensor | Iterable[Tensor],
+    hook_name: str | None = None,
+    *,
+    exclude_first: bool = True,
+    batch_size: int = 8,
+    strict: bool = True,
+    return_density: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Loss recovered, delta LM loss, KL and SAE metrics with ``sae`` spliced into ``model``.
+
+    Parameters
+    ----------
+    model
+        A TransformerLens ``TransformerBridge`` (:func:`load_model`, :func:`tiny_model`).
+    sae
+        The SAE; its ``metadata`` ``model_name`` / ``hook_name`` are checked against the
+        model and site (see :func:`check_sae_fits`).
+    tokens
+        Token ids ``[n_sequences, pos]`` (or an iterable of ``[pos]`` / ``[batch, pos]``
+        tensors of one length), used as given: no BOS is added. Sequences should start
+        with a BOS token, which ``exclude_first`` leaves out.
+    hook_name
+        The site; default ``sae.metadata["hook_name"]``.
+    exclude_first
+        Leave position 0 clean and out of every measurement (default; see the module
+        docstring).
+    batch_size
+        Sequences per forward pass (memory: about ``3 * batch_size * pos * d_vocab`` floats).
+    strict
+        Raise on a model / site name mismatch with the SAE's metadata.
+    return_density
+        Also return ``feature_density`` (per-latent firing frequency, a numpy array).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``ce_clean``, ``ce_sae``, ``ce_zero_ablation``, ``loss_recovered``,
+        ``delta_lm_loss``, ``kl``, ``n_predictions`` and the SAE metrics (module docstring).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    hook_name = check_sae_fits(model, sae, hook_name, strict=strict)
+    first = 1 if exclude_first else 0
+    metrics = MetricAccumulator(sae.d_sae)
+    sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero_ablation": 0.0, "kl": 0.0}
+    n_predictions = 0
+    total = math.ceil(tokens.shape[0] / batch_size) if isinstance(tokens, Tensor) and tokens.ndim == 2 else None
+    was_training = sae.training
+    sae.eval()
+    try:
+        for batch in tqdm(_batches(tokens, batch_size), total=total, desc="splice", disable=not progress):
+            batch = as_tokens(model, batch)
+            if batch.shape[1] < first + 2:
+                raise ValueError(
+                    f"Sequences of {batch.shape[1]} tokens are too short: at least {first + 2} are needed for one "
+                    f"next-token prediction{' after the excluded position 0' if exclude_first else ''}."
+                )
+            for key, value in _splice_batch(model, sae, batch, hook_name, first, metrics).items():
+                sums[key] += value
+            n_predictions += batch.shape[0] * (batch.shape[1] - 1 - first)
+    finally:
+        sae.train(was_training)
+    if n_predictions == 0:
+        raise ValueError("No tokens were evaluated (the token source was empty).")
+    out: dict[str, Any] = {key: value / n_predictions for key, value in sums.items()}
+    recoverable = out["ce_zero_ablation"] - out["ce_clean"]
+    out["loss_recovered"] = (out["ce_zero_ablation"] - out["ce_sae"]) / recoverable if recoverable != 0 else math.nan
+    out["delta_lm_loss"] = out["ce_sae"] - out["ce_clean"]
+    out["n_predictions"] = n_predictions
+    result = metrics.result()
+    if not return_density:
+        result.pop("feature_density")
+    ordered = ("ce_clean", "ce_sae", "ce_zero_ablation", "loss_recovered", "delta_lm_loss", "kl", "n_predictions")
+    return {**{key: out[key] for key in ordered}, **result}
+
+
+def eval_windows(
+    model: Any, n_tokens: int, dataset: Any = None, split: str = "eval", context_size: int = 128
+) -> Tensor:
+    """Held-out token windows ``[n, context_size]`` (BOS first) holding at least ``n_tokens``
+    predicted tokens: from the ``sotu`` eval split (whole held-out speeches) by default."""
+    from ..data.text import iter_token_windows, text_dataset
+
+    if n_tokens <= 0:
+        raise ValueError(f"n_tokens must be positive, got {n_tokens}.")
+    data = text_dataset(dataset or "sotu", split=split) if dataset is None or isinstance(dataset, str) else dataset
+    per_window = context_size - 2  # predictions per window after the excluded position 0
+    needed = math.ceil(n_tokens / per_window)
+    windows = []
+    for window in iter_token_windows(data, model.tokenizer, context_size):
+        windows.append(window)
+        if len(windows) == needed:
+            break
+    if not windows:
+        raise ValueError("The evaluation text yielded no complete window; pass more text or a smaller context_size.")
+    if len(windows) < needed:
+        import warnings
+
+        warnings.warn(f"The evaluation text ran out after {len(windows) * per_window:,} of {n_tokens:,} "
+                      "requested tokens; evaluating on what there is.", stacklevel=3)
+    return torch.stack(windows)
+
+
+def splice_eval(
+    model: Any,
+    sae: SAE,
+    n_tokens: int = 16384,
+    *,
+    dataset: Any = None,
+    split: str = "eval",
+    context_size: int | None = None,
+    hook_name: str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`splice_losses` on about ``n_tokens`` held-out tokens.
+
+    The text defaults to the ``sotu`` eval split (speeches never harvested for
+    training); ``context_size`` defaults to the SAE's ``metadata["context_size"]``
+    (else 128). Returns ``ce_clean``, ``ce_zero_ablation``, ``ce_sae``,
+    ``loss_recovered``, ``delta_lm_loss``, ``kl`` and the core SAE metrics on the same
+    tokens.
+    """
+    context_size = context_size or sae.metadata.get("context_size") or 128
+    tokens = eval_windows(model, n_tokens, dataset, split, context_size)
+    return splice_losses(model, sae, tokens, hook_name, batch_size=batch_size, progress=progress, **kwargs)
