@@ -26,6 +26,9 @@ METRIC_LABELS = {
     "relative_reconstruction_bias": r"Relative reconstruction bias $\gamma$",
     "mmcs": "MMCS (feature recovery)",
     "dead_fraction": "Dead fraction",
+    "loss_recovered": "Loss recovered",
+    "delta_lm_loss": r"$\Delta$ LM loss (nats/token)",
+    "kl": "KL(clean || spliced) (nats/token)",
 }
 
 
@@ -130,3 +133,23 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]],
     np.atleast_1d(axes)[0].legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+def plot_frontier(results: pd.DataFrame, x: str = "l0", y: str = "loss_recovered", hue: str = "arch",
+                  ax: Axes | None = None, logx: bool = True, higher_is_better: bool = True) -> Axes:
+    """Every run as a point, each architecture's Pareto frontier as a line."""
+    from .evaluation.frontier import pareto_frontier
+
+    ax = _ax(ax)
+    frontier = pareto_frontier(results, x, y, hue, higher_is_better)
+    for arch, group in results.groupby(hue, sort=False):
+        color = ARCH_COLORS.get(arch)
+        ax.scatter(group[x], group[y], color=color, alpha=0.45, s=28)
+        line = frontier[frontier[hue] == arch]
+        ax.plot(line[x], line[y], "o-", color=color, label=f"{ARCH_LABELS.get(arch, arch)} frontier")
+    ax.set_xlabel(METRIC_LABELS.get(x, x))
+    ax.set_ylabel(METRIC_LABELS.get(y, y))
+    if logx:
+        ax.set_xscale("log")
+    ax.legend(frameon=False)
+    return ax
