@@ -32,6 +32,9 @@ PARAMS := book/params
 # (an inherited MPLBACKEND=Agg would silently drop every figure from the book).
 export JUPYTER_PREFER_ENV_PATH := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# Progress bars in executed notebooks are kept as text: refresh them at most every 30 s so
+# the book shows a few lines per bar, not hundreds (tqdm reads TQDM_* defaults from the environment).
+export TQDM_MININTERVAL := 30
 unexport MPLBACKEND
 
 .PHONY: help install test book lint clean
