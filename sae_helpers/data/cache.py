@@ -132,7 +132,9 @@ def build_cache(
                 del written_by_batch[key]
             manifest["complete"] = done_rows >= n_tokens
             atomic_write_json(out / MANIFEST, manifest)
-            buf_acts, buf_pos = [acts[take:]], [rest]
+            # Copy the few leftover rows: a view would keep the whole concatenated shard
+            # buffer alive through the next fill (peak memory ~3 shards instead of ~2).
+            buf_acts, buf_pos = [acts[take:].clone()], [rest.clone()]
             buf_rows -= take
             for w in [w for w in window_store if w < batch_start]:
                 del window_store[w]

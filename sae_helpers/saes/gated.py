@@ -14,10 +14,21 @@ detached. ``W_gate`` is stored under SAELens's name ``W_enc``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-from .base import SAE, SAEOutput, squared_error
+from .base import (
+    SAE,
+    SAEOutput,
+    accumulator_dtype,
+    block_buffer,
+    decode_and_error,
+    reconstruction_grad,
+    row_blocks,
+)
 from .registry import register
 
 
@@ -48,18 +59,22 @@ class GatedSAE(SAE):
         return torch.where(pi_gate > 0, torch.relu(pi_mag), 0.0)
 
     def forward(self, x: Tensor) -> SAEOutput:
-        pi_gate, pi_mag = self.gate_and_magnitude(x)
-        # The Heaviside gate passes no gradient: f depends on pi_gate only through the mask.
-        latents = torch.where(pi_gate > 0, torch.relu(pi_mag), 0.0)
-        x_hat = self.decode(latents)
-        gate_activations = torch.relu(pi_gate)
-        x_aux = gate_activations @ self.W_dec.detach() + self.b_dec.detach()
-        losses = {
-            "reconstruction": squared_error(x, x_hat),
-            "sparsity": gate_activations.sum(-1).mean(),
-            "auxiliary": squared_error(x, x_aux),
-        }
-        return SAEOutput(latents, x_hat, losses)
+        """Latents, reconstruction and the three loss terms (see the module docstring).
+
+        Runs as one fused autograd function (:class:`GatedTrainingStep`) on the single
+        encoder matmul ``u = self.project(x)``; its values equal the plain formulas', and
+        its hand-written backward gives the paper's gradients (the Heaviside gate passes
+        none; the auxiliary term reaches the decoder only as a frozen copy).
+        """
+        self.check_input(x)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.d_in)
+        u = self.project(flat)
+        latents, x_hat, reconstruction, sparsity, auxiliary = GatedTrainingStep.apply(
+            flat, u, self.b_gate, self.r_mag, self.b_mag, self.W_dec, self.b_dec
+        )
+        losses = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
+        return SAEOutput(latents.reshape(*lead, self.d_sae), x_hat.reshape(*lead, self.d_in), losses)
 
     @torch.no_grad()
     def to_jumprelu(self):
@@ -81,3 +96,114 @@ class GatedSAE(SAE):
         out.W_dec.copy_(self.W_dec)
         out.b_dec.copy_(self.b_dec)
         return out
+
+
+class GatedTrainingStep(torch.autograd.Function):
+    """The Gated SAE's training forward and its backward, fused and written by hand.
+
+    Inputs: ``x [N, d]``, ``u = (x - b_dec) W_gate [N, M]`` (from ``project``; autograd
+    carries its gradient on to ``W_gate``, ``b_dec`` and ``x``), ``b_gate``, ``r_mag``,
+    ``b_mag``, ``W_dec``, ``b_dec``. Outputs: ``latents f``, ``x_hat`` and the
+    ``reconstruction``, ``sparsity`` and ``auxiliary`` losses.
+
+    With ``s = exp(r_mag)``, ``pi_gate = u + b_gate``, ``pi_mag = s u + b_mag``,
+    ``f = 1[pi_gate > 0] ReLU(pi_mag)`` and ``a = ReLU(pi_gate)``, the backward is
+
+    * ``g_f = dL/dx_hat W_dec^T`` and ``g_a = dL/dx_aux W_dec^T + lambda / N`` (one matmul
+      each; the auxiliary term's ``W_dec`` and ``b_dec`` are frozen, so ``x_aux`` sends
+      nothing else to the decoder),
+    * ``g_mag = 1[f > 0] g_f`` (gate open and ``pi_mag > 0``), ``g_gate = 1[pi_gate > 0] g_a``,
+    * ``dL/du = s g_mag + g_gate``, ``dL/db_mag = sum g_mag``, ``dL/db_gate = sum g_gate``,
+      ``dL/dr_mag = s sum(g_mag u)``, ``dL/dW_dec = f^T dL/dx_hat``, ``dL/db_dec = sum dL/dx_hat``.
+
+    Memory: besides ``u`` it allocates three [N, M] tensors per step: ``f``, ``a`` (whose
+    buffer is reused for ``g_a`` and then ``dL/du``) and ``g_f``. The elementwise work
+    runs in cache-sized row blocks (:func:`~sae_helpers.saes.base.row_blocks`). Not
+    twice differentiable.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, u: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor, W_dec: Tensor, b_dec: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        scale = torch.exp(r_mag)
+        latents = torch.empty_like(u)
+        gate = torch.empty_like(u)  # ReLU(pi_gate); later the buffer of the gradients
+        row_sparsity = u.new_empty(u.shape[0])
+        blocks = row_blocks(u)
+        mask = block_buffer(u, blocks)
+        for rows in blocks:
+            u_r, f_r, a_r, m_r = u[rows], latents[rows], gate[rows], mask[: rows.stop - rows.start]
+            torch.add(u_r, b_gate, out=a_r)  # pi_gate
+            torch.mul(u_r, scale, out=f_r).add_(b_mag)  # pi_mag
+            f_r.relu_().mul_(torch.gt(a_r, 0, out=m_r))  # 1[pi_gate > 0] ReLU(pi_mag)
+            torch.sum(a_r.relu_(), dim=-1, out=row_sparsity[rows])
+        x_hat, error, reconstruction = decode_and_error(latents, W_dec, b_dec, x)
+        _, aux_error, auxiliary = decode_and_error(gate, W_dec, b_dec, x)
+        ctx.save_for_backward(u, b_gate, scale, W_dec, latents, error, aux_error)
+        ctx.scratch = gate
+        ctx.set_materialize_grads(False)
+        return latents, x_hat, reconstruction, row_sparsity.mean(), auxiliary
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any,
+        grad_latents: Tensor | None,
+        grad_x_hat: Tensor | None,
+        grad_reconstruction: Tensor | None,
+        grad_sparsity: Tensor | None,
+        grad_auxiliary: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
+        u, b_gate, scale, W_dec, latents, error, aux_error = ctx.saved_tensors
+        n = u.shape[0]
+        # The forward's ReLU(pi_gate) buffer is no longer needed: reuse it (once) for the gradient.
+        grad_u, ctx.scratch = ctx.scratch, None
+        if grad_u is None:
+            grad_u = torch.empty_like(u)
+
+        grad_loss_out = reconstruction_grad(error, grad_reconstruction)  # from the loss alone
+        grad_out = reconstruction_grad(error, grad_reconstruction, grad_x_hat)  # dL/dx_hat
+        grad_aux_out = reconstruction_grad(aux_error, grad_auxiliary)  # dL/dx_aux
+        grad_f = None if grad_out is None else torch.mm(grad_out, W_dec.T)
+        if grad_latents is not None:
+            grad_f = grad_latents.clone() if grad_f is None else grad_f.add_(grad_latents)
+        if grad_aux_out is None:
+            grad_u.zero_()
+        else:
+            torch.mm(grad_aux_out, W_dec.T, out=grad_u)  # g_a, before the gate mask
+        sparsity_grad = None if grad_sparsity is None else grad_sparsity / n
+
+        acc = {"dtype": accumulator_dtype(u.dtype), "device": u.device}
+        sum_gate, sum_mag, sum_mag_u = (torch.zeros(u.shape[1], **acc) for _ in range(3))
+        blocks = row_blocks(u)
+        tmp = block_buffer(u, blocks)
+        for rows in blocks:
+            u_r, g_r, t_r = u[rows], grad_u[rows], tmp[: rows.stop - rows.start]
+            if sparsity_grad is not None:
+                g_r.add_(sparsity_grad)
+            g_r.mul_(torch.add(u_r, b_gate, out=t_r).gt_(0))  # g_gate: the forward's 1[pi_gate > 0]
+            sum_gate += g_r.sum(0, dtype=acc["dtype"])
+            if grad_f is not None:
+                g_mag = grad_f[rows].mul_(torch.gt(latents[rows], 0, out=t_r))  # 1[f > 0] g_f
+                sum_mag += g_mag.sum(0, dtype=acc["dtype"])
+                sum_mag_u += torch.mul(g_mag, u_r, out=t_r).sum(0, dtype=acc["dtype"])
+                g_r.addcmul_(g_mag, scale)  # dL/du = g_gate + s g_mag
+
+        needs = ctx.needs_input_grad
+        grad_x = None
+        if needs[0]:  # x enters the two squared errors directly (and u through autograd)
+            direct = [g for g in (grad_loss_out, grad_aux_out) if g is not None]
+            grad_x = -sum(direct) if direct else None
+        grad_W_dec = torch.mm(latents.T, grad_out) if needs[5] and grad_out is not None else None
+        grad_b_dec = grad_out.sum(0) if needs[6] and grad_out is not None else None
+        dtype = u.dtype
+        return (
+            grad_x,
+            grad_u if needs[1] else None,
+            sum_gate.to(dtype) if needs[2] else None,
+            (sum_mag_u.to(dtype) * scale) if needs[3] else None,
+            sum_mag.to(dtype) if needs[4] else None,
+            grad_W_dec,
+            grad_b_dec,
+        )

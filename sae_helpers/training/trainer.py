@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .._io import atomic_write_json
+from .._progress import tqdm
 from ..data.sources import as_source
 from ..saes.base import SAE, resolve_dtype
 from ..saes.registry import create_sae
@@ -149,6 +149,17 @@ class TrainingRun:
             self.last_resample_step = step
             self.n_resampled += n
 
+    @torch.no_grad()
+    def _record_firing(self, latents: Tensor) -> None:
+        """Dead-latent bookkeeping: reset the counter of every latent that fired on the batch.
+
+        A latent fired iff its largest activation is positive: one reduction over the
+        batch, without a [batch, d_sae] boolean tensor.
+        """
+        fired = latents.reshape(-1, latents.shape[-1]).amax(0) > 0
+        self.steps_since_fired += 1
+        self.steps_since_fired.masked_fill_(fired, 0)
+
     def step(self, batch: Tensor) -> dict[str, Any] | None:
         """One optimiser step on ``batch``; returns a log record on logging steps."""
         cfg, sae, step = self.cfg, self.sae, self.step_count
@@ -175,11 +186,7 @@ class TrainingRun:
         self.optimizer.step()
         sae.normalize_decoder_()
 
-        with torch.no_grad():
-            active = out.latents > 0
-            fired = active.any(0)
-            self.steps_since_fired += 1
-            self.steps_since_fired[fired] = 0
+        self._record_firing(out.latents)
         self.step_count += 1
 
         if self.step_count % self.log_every and not self.finished:
@@ -190,7 +197,7 @@ class TrainingRun:
                 "step": self.step_count,
                 "loss": float(loss),
                 **{name: float(value) for name, value in losses.items()},
-                "l0": float(active.sum()) / x.shape[0],
+                "l0": float((out.latents > 0).sum()) / x.shape[0],
                 "fvu": float(losses["reconstruction"] / variance),
                 "dead_fraction": float((self.steps_since_fired >= cfg.dead_window).double().mean()),
                 "lr": lr,
