@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,13 +18,12 @@ import pandas as pd
 import torch
 
 from .._io import atomic_write, atomic_write_json, read_json
-from .._progress import tqdm
-from ..data.sources import ActivationSource, as_source
+from ..data.sources import as_source
 from ..formats import load_sae
 from ..saes.base import SAE
 from .checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
 from .config import TrainConfig
-from .trainer import TrainingRun, default_device
+from .trainer import TrainingRun, default_device, drive
 
 
 class SweepResult(NamedTuple):
@@ -37,58 +36,6 @@ class SweepResult(NamedTuple):
 def run_name(cfg: TrainConfig) -> str:
     """A readable, unique directory name for a configuration."""
     return f"{cfg.arch}-w{cfg.width}-l1_{cfg.l1_coefficient:g}-{cfg.fingerprint()[:8]}"
-
-
-def drive(
-    runs: Sequence[TrainingRun],
-    source: ActivationSource,
-    data_seed: int,
-    on_checkpoint: Callable[[int], None] | None = None,
-    checkpoint_every: int | None = None,
-    progress: bool = True,
-    desc: str = "SAEs",
-) -> None:
-    """Advance every run to its last step, feeding batch ``t`` to each run at step ``t``.
-
-    Runs may start at different steps (after a partial resume): the data stream starts
-    at the earliest, and each run joins when the stream reaches its step.
-    """
-    pending = [r for r in runs if not r.finished]
-    if not pending:
-        return
-    batch_sizes = {r.cfg.batch_size for r in runs}
-    if len(batch_sizes) != 1:
-        raise ValueError(
-            f"One pass feeds every SAE the same batches: batch_size must agree, got {sorted(batch_sizes)}."
-        )
-    (batch_size,) = batch_sizes
-    start = min(r.step_count for r in pending)
-    total = max(r.cfg.steps for r in runs)
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
-    try:
-        for step, batch in enumerate(source.batches(batch_size, data_seed, start_step=start), start=start):
-            for index, run in enumerate(runs):
-                if run.finished or run.step_count != step:
-                    continue
-                record = run.step(batch)
-                every = checkpoint_every or max(1, run.cfg.steps // 10)
-                if on_checkpoint is not None and (run.finished or run.step_count % every == 0):
-                    on_checkpoint(index)
-                if record is not None and len(runs) == 1:
-                    bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
-                                    dead=f"{record['dead_fraction']:.1%}", refresh=False)
-            bar.update(1)
-            if all(r.finished for r in runs):
-                break
-    finally:
-        bar.close()
-    unfinished = [r for r in runs if not r.finished]
-    if unfinished:
-        done = min(r.step_count for r in unfinished)
-        raise ValueError(
-            f"{source.description} ran out after {done} of {total} steps of {batch_size} activations. "
-            "Pass fewer steps, a smaller batch_size, or more data (a re-iterable source is looped over)."
-        )
 
 
 def _finished_sae(run_dir: Path, cfg: TrainConfig) -> SAE | None:

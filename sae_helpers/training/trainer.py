@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from .._io import atomic_write_json
 from .._progress import tqdm
-from ..data.sources import as_source
+from ..data.sources import ActivationSource, as_source
 from ..saes.base import SAE, resolve_dtype
 from ..saes.registry import create_sae
 from .checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
@@ -221,6 +222,58 @@ class TrainingRun:
         return sae
 
 
+def drive(
+    runs: Sequence[TrainingRun],
+    source: ActivationSource,
+    data_seed: int,
+    on_checkpoint: Callable[[int], None] | None = None,
+    checkpoint_every: int | None = None,
+    progress: bool = True,
+    desc: str = "SAEs",
+) -> None:
+    """Advance every run to its last step, feeding batch ``t`` to each run at step ``t``.
+
+    Runs may start at different steps (after a partial resume): the data stream starts
+    at the earliest, and each run joins when the stream reaches its step.
+    """
+    pending = [r for r in runs if not r.finished]
+    if not pending:
+        return
+    batch_sizes = {r.cfg.batch_size for r in runs}
+    if len(batch_sizes) != 1:
+        raise ValueError(
+            f"One pass feeds every SAE the same batches: batch_size must agree, got {sorted(batch_sizes)}."
+        )
+    (batch_size,) = batch_sizes
+    start = min(r.step_count for r in pending)
+    total = max(r.cfg.steps for r in runs)
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
+    try:
+        for step, batch in enumerate(source.batches(batch_size, data_seed, start_step=start), start=start):
+            for index, run in enumerate(runs):
+                if run.finished or run.step_count != step:
+                    continue
+                record = run.step(batch)
+                every = checkpoint_every or max(1, run.cfg.steps // 10)
+                if on_checkpoint is not None and (run.finished or run.step_count % every == 0):
+                    on_checkpoint(index)
+                if record is not None and len(runs) == 1:
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
+                                    dead=f"{record['dead_fraction']:.1%}", refresh=False)
+            bar.update(1)
+            if all(r.finished for r in runs):
+                break
+    finally:
+        bar.close()
+    unfinished = [r for r in runs if not r.finished]
+    if unfinished:
+        done = min(r.step_count for r in unfinished)
+        raise ValueError(
+            f"{source.description} ran out after {done} of {total} steps of {batch_size} activations. "
+            "Pass fewer steps, a smaller batch_size, or more data (a re-iterable source is looped over)."
+        )
+
+
 def _open_run(
     cfg: TrainConfig, source, device: torch.device, checkpoint_dir: Path | None, resume: bool,
     metadata: dict[str, Any] | None,
@@ -284,35 +337,13 @@ def train_sae(
     if resume and ckpt is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from.")
     run = _open_run(cfg, source, device, ckpt, resume, metadata)
-    every = checkpoint_every or max(1, steps // 10)
 
-    def save_checkpoint() -> None:
+    def save_checkpoint(_: int = 0) -> None:
         if ckpt is not None:
             write_checkpoint(ckpt, *run.state())
             atomic_write_json(ckpt / "training_log.json", run.log)
 
-    bar = tqdm(total=steps, initial=run.step_count, desc=f"{arch} SAE", disable=not progress, unit="step")
-    try:
-        if not run.finished:
-            for batch in source.batches(batch_size, seed, start_step=run.step_count):
-                record = run.step(batch)
-                bar.update(1)
-                if record is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
-                                    dead=f"{record['dead_fraction']:.1%}", refresh=False)
-                if run.step_count % every == 0 and not run.finished:
-                    save_checkpoint()
-                if run.finished:
-                    break
-    finally:
-        bar.close()
-    if not run.finished:
-        save_checkpoint()
-        raise ValueError(
-            f"{source.description} ran out after {run.step_count} of {steps} steps of {batch_size} "
-            "activations. Pass fewer steps, a smaller batch_size, or more data (a re-iterable source "
-            "is looped over for further epochs)."
-        )
+    drive([run], source, seed, save_checkpoint, checkpoint_every, progress, desc=f"{arch} SAE")
     save_checkpoint()
     sae = run.final_sae()
     if ckpt is not None:
