@@ -35,7 +35,7 @@ their concatenation at a shard write), so the peak must not grow with ``n_tokens
 
 Usage::
 
-    .venv/bin/python bench/harvest_throughput.py            # ~1 h on 2 busy cores (1M tokens)
+    .venv/bin/python bench/harvest_throughput.py            # ~10 min on 2 free cores, ~45 min on busy ones
     .venv/bin/python bench/harvest_throughput.py --quick    # 20k / 100k tokens, small shards
 """
 
