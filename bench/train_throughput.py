@@ -153,7 +153,7 @@ class Variant:
     run: TrainingRun
     step: Callable[[Tensor], object]
     times: list[float] = field(default_factory=list)  # seconds per step
-    quiet: list[float] = field(default_factory=list)  # the steps during which the machine was quiet
+    quiet: list[float] = field(default_factory=list)  # matmul-bound fractions of the quiet steps
 
     @property
     def name(self) -> str:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     monitor = CpuMonitor()
     block = max(MATMULS_PER_STEP[v.arch] for v in variants)  # the reference lasts about as long as a step
     mm_times: list[float] = []  # seconds per matmul, from blocks of back-to-back calls
-    mm_quiet: list[float] = []
+    mm_quiet: list[bool | None] = []
 
     def time_matmuls() -> None:
         mark = monitor.start()
@@ -228,8 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.mm(a, b, out=c)
         elapsed, quiet = monitor.stop(mark)
         mm_times.append(elapsed / block)
-        if quiet:
-            mm_quiet.append(elapsed / block)
+        mm_quiet.append(quiet)
 
     time_matmuls()  # warm-up
     for v in variants:
@@ -248,17 +247,17 @@ def main(argv: list[str] | None = None) -> None:
                 v.step(x)
                 elapsed, quiet = monitor.stop(mark)
                 v.times.append(elapsed)
-                if quiet:
-                    v.quiet.append(elapsed)
+                if quiet and mm_quiet[-1]:  # against the matmul block just before it
+                    v.quiet.append(MATMULS_PER_STEP[v.arch] * mm_times[-1] / elapsed)
         print(f"  round {r + 1}/{args.rounds} done ({time.perf_counter() - start_all:.0f} s)", flush=True)
     time_matmuls()
 
     mm_best = min(mm_times)
     mm_rate = flops_mm / mm_best
     print(f"\nmatmul reference (blocks of {block} back-to-back torch.mm): best {mm_best * 1e3:.1f} ms = "
-          f"{mm_rate / 1e9:.1f} GFLOP/s; quiet in {len(mm_quiet)}/{len(mm_times)} blocks")
+          f"{mm_rate / 1e9:.1f} GFLOP/s; quiet in {sum(bool(q) for q in mm_quiet)}/{len(mm_times)} blocks")
     header = (f"{'variant':<18} {'matmuls':>7} {'best s/step':>11} {'steps/s':>8} {'acts/s':>9} "
-              f"{'GFLOP/s':>8} {'of matmul':>9} {'quiet median':>14}")
+              f"{'GFLOP/s':>8} {'of matmul':>9} {'quiet median':>15}")
     print(header)
     print("-" * len(header))
     best_step = {}
@@ -267,12 +266,12 @@ def main(argv: list[str] | None = None) -> None:
         best_step[v.name] = t
         k = MATMULS_PER_STEP[v.arch]
         rate = k * flops_mm / t
-        quiet = f"{k * median(mm_quiet) / median(v.quiet):.1%} ({len(v.quiet)}/{len(v.times)})" if v.quiet else "n/a"
+        quiet = f"{median(v.quiet):.1%} ({len(v.quiet)}/{len(v.times)})" if v.quiet else "n/a"
         print(f"{v.name:<18} {k:>7} {t:>11.3f} {1 / t:>8.2f} {n / t:>9.0f} {rate / 1e9:>8.1f} "
-              f"{rate / mm_rate:>9.1%} {quiet:>14}")
+              f"{rate / mm_rate:>9.1%} {quiet:>15}")
     print("\n'of matmul': FLOP rate of the best step / rate of the best matmul block (the headline);")
-    print("'quiet median': the same with medians over the samples during which other processes used < 2% CPU")
-    print("(the machine is shared: best-of and quiet samples are the meaningful ones).")
+    print("'quiet median': median over the steps that ran, like the matmul block just before them, while other")
+    print("processes used < 2% CPU, of the same ratio against that block (the machine is shared).")
     if not args.no_reference:
         for arch in args.archs:
             ratio = best_step[f"{arch} (reference)"] / best_step[f"{arch} (fused)"]
