@@ -3,7 +3,8 @@
 The names the notebooks use:
 
 * training: :func:`train_sae`, :func:`train_saes` (many SAEs, one pass), :class:`TrainConfig`
-* SAEs: :func:`create_sae`, :func:`load_sae`, ``sae.encode / decode / save``,
+* SAEs (``relu``, ``gated``, ``topk``, ``batchtopk``, ``jumprelu``): :func:`create_sae`,
+  :func:`load_sae`, ``sae.encode / decode / save``,
   ``sae(x)`` -> ``SAEOutput(latents, reconstruction, losses)``,
   :meth:`GatedSAE.to_jumprelu`
 * evaluation: :func:`evaluate`, :func:`mmcs`, :func:`max_cosine_similarity`,
@@ -33,7 +34,17 @@ from .formats import load_sae, save_sae
 from .harvest import harvest
 from .models import activations_at, hook_names, load_model, splice_eval, splice_losses, tiny_model
 from .reproducibility import environment_report, set_seed
-from .saes import SAE, GatedSAE, JumpReluSAE, ReluSAE, SAEOutput, architectures, create_sae
+from .saes import (
+    SAE,
+    BatchTopKSAE,
+    GatedSAE,
+    JumpReluSAE,
+    ReluSAE,
+    SAEOutput,
+    TopKSAE,
+    architectures,
+    create_sae,
+)
 from .training import TrainConfig, train_sae, train_saes
 
 __version__ = "0.1.0"
@@ -50,9 +61,11 @@ __all__ = [
     "contexts_html",
     "activations_at",
     "SAE",
+    "BatchTopKSAE",
     "GatedSAE",
     "JumpReluSAE",
     "ReluSAE",
+    "TopKSAE",
     "SAEOutput",
     "SyntheticFeatures",
     "TrainConfig",

@@ -31,6 +31,7 @@ def sae_config_dict(sae: SAE) -> dict[str, Any]:
         "architecture": sae.saelens_architecture,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
+        **sae.hyperparameter_values(),
         "dtype": dtype_name(sae.dtype),
         "device": "cpu",
         "apply_b_dec_to_input": True,
@@ -56,6 +57,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, **extra_json: Any) -> Path:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"Cannot save an SAE to {path}: it exists and is not a directory.")
     path.mkdir(parents=True, exist_ok=True)
+    sae = sae.for_inference()  # e.g. a BatchTopK SAE saves as the JumpReLU SAE it is at inference
     tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
     atomic_write(path / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, str(tmp)))
     atomic_write_json(path / CFG_FILENAME, sae_config_dict(sae))
@@ -101,7 +103,12 @@ def load_sae(
     cls = from_saelens_architecture(cfg["architecture"])
     metadata = cfg.get("metadata", cfg.get("meta")) or {}
     target_dtype = resolve_dtype(dtype if dtype is not None else cfg.get("dtype", "float32"))
-    sae = cls(int(cfg["d_in"]), int(cfg["d_sae"]), dtype=target_dtype, device=device, metadata=metadata)
+    missing_hyper = [name for name in cls.hyperparameters if name not in cfg]
+    if missing_hyper:
+        raise ValueError(f"SAE config {cfg_path} has no field(s) {missing_hyper}, needed by architecture "
+                         f"{cfg['architecture']!r}.")
+    hyper = {name: cfg[name] for name in cls.hyperparameters}
+    sae = cls(int(cfg["d_in"]), int(cfg["d_sae"]), dtype=target_dtype, device=device, metadata=metadata, **hyper)
 
     if not weights_path.is_file():
         raise FileNotFoundError(

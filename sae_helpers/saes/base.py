@@ -15,6 +15,25 @@ stitching) treat every architecture alike:
     trained on ``s * x`` is folded back to work on raw ``x``.
 ``reset_on_resample``
     per-latent parameters set to zero when a dead latent is re-initialised.
+
+and, where they differ from the defaults, how training treats them:
+
+``hyperparameters``
+    constructor arguments that define the function (``k`` for TopK); saved in
+    ``cfg.json`` and passed back when loading.
+``sparsity_option``
+    the :class:`~sae_helpers.training.TrainConfig` field that weights the ``sparsity``
+    loss term (``"l1_coefficient"``, ``"l0_coefficient"``), or ``None`` when sparsity is
+    set by the architecture itself (TopK's ``k``).
+``uses_dead_mask``
+    the training forward takes ``dead_mask`` (latents that have not fired for a while),
+    e.g. for TopK's auxiliary loss.
+``resamples_by_default``
+    whether dead latents are resampled unless the configuration says otherwise.
+
+An architecture whose training parametrisation differs from its saved one (JumpReLU
+trains log-thresholds; BatchTopK saves as JumpReLU) overrides :meth:`SAE.for_training`
+and :meth:`SAE.for_inference`.
 """
 
 from __future__ import annotations
@@ -143,6 +162,10 @@ class SAE(nn.Module, ABC):
     latent_axes: ClassVar[dict[str, int]]
     bias_like: ClassVar[tuple[str, ...]]
     reset_on_resample: ClassVar[tuple[str, ...]]
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
+    sparsity_option: ClassVar[str | None] = "l1_coefficient"
+    uses_dead_mask: ClassVar[bool] = False
+    resamples_by_default: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -180,6 +203,19 @@ class SAE(nn.Module, ABC):
     def decode(self, latents: Tensor) -> Tensor:
         """Reconstruction ``latents @ W_dec + b_dec``."""
         return latents @ self.W_dec + self.b_dec
+
+    @classmethod
+    def for_training(cls, d_in: int, d_sae: int, **kwargs: Any) -> SAE:
+        """The module trained for this architecture (by default the class itself)."""
+        return cls(d_in, d_sae, **kwargs)
+
+    def for_inference(self) -> SAE:
+        """The SAE as saved and used after training (by default ``self``)."""
+        return self
+
+    def hyperparameter_values(self) -> dict[str, Any]:
+        """``{name: value}`` of :attr:`hyperparameters` (written to ``cfg.json``)."""
+        return {name: getattr(self, name) for name in self.hyperparameters}
 
     # ----------------------------------------------------------------- shared pieces
     @property
@@ -276,7 +312,8 @@ class SAE(nn.Module, ABC):
         }
 
     def extra_repr(self) -> str:
-        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}"
+        extra = "".join(f", {k}={v!r}" for k, v in self.hyperparameter_values().items())
+        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}{extra}"
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str, **extra_json: Any) -> str:

@@ -1,18 +1,79 @@
-"""JumpReLU SAE (inference): ``f = ReLU(pi) * 1[pi > threshold]``.
+"""JumpReLU SAE (Rajamanoharan et al. 2024b): ``f = ReLU(pi) * 1[pi > theta]`` per latent.
 
 ``pi = (x - b_dec) W_enc + b_enc``, as in SAELens's ``"jumprelu"`` architecture.
-It is the export format of Gated SAEs (:meth:`GatedSAE.to_jumprelu`) and loads
-JumpReLU SAEs saved by SAELens. Training it directly (straight-through estimator,
-L0 penalty) is not implemented yet.
+
+* :class:`JumpReluSAE` is the saved and inference form, with a ``threshold`` parameter
+  (any real value: a threshold <= 0 makes the latent a plain ReLU). It is the export
+  format of Gated SAEs (:meth:`GatedSAE.to_jumprelu`, exact) and of BatchTopK SAEs, and
+  loads JumpReLU SAEs saved by SAELens.
+* :class:`JumpReluTrainingSAE` is what ``train_sae(arch="jumprelu", l0_coefficient=...)``
+  trains: thresholds parametrised by their logarithm (``theta = exp(log_threshold)``,
+  initially ``init_threshold``), the loss ``||x - x_hat||^2 + lambda * L0`` with
+  ``L0 = sum_i 1[pi_i > theta_i]``, and the paper's straight-through estimators with a
+  rectangle kernel ``K(u) = 1[|u| < 1/2]`` of ``bandwidth`` eps:
+
+  - ``d f_i / d theta_i = -(theta_i / eps) K((pi_i - theta_i) / eps)``,
+  - ``d 1[pi_i > theta_i] / d theta_i = -(1 / eps) K((pi_i - theta_i) / eps)``,
+  - ``d f_i / d pi_i = 1[pi_i > theta_i]``; the L0 term sends no gradient to ``pi``.
+
+  Paper defaults: ``eps = 0.001`` and ``theta`` starting at ``0.001``, for activations
+  scaled to ``E||x||^2 = d`` as the trainer does. After training,
+  :meth:`JumpReluTrainingSAE.for_inference` gives the :class:`JumpReluSAE`.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .base import SAE, SAEOutput, squared_error
 from .registry import register
+
+
+def _kernel(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """The rectangle kernel ``K((pre - threshold) / bandwidth)`` as 0/1 of ``pre``'s dtype."""
+    return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype)
+
+
+class JumpReluFunction(torch.autograd.Function):
+    """``pre * 1[pre > threshold]`` with the straight-through threshold gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        pre, threshold = ctx.saved_tensors
+        grad_pre = grad * (pre > threshold).to(grad.dtype)
+        kernel = _kernel(pre, threshold, ctx.bandwidth)
+        grad_threshold = -(threshold / ctx.bandwidth) * (grad * kernel).reshape(-1, pre.shape[-1]).sum(0)
+        return grad_pre, grad_threshold, None
+
+
+class StepFunction(torch.autograd.Function):
+    """``1[pre > threshold]`` with the straight-through threshold gradient (none to ``pre``)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        kernel = _kernel(pre, threshold, ctx.bandwidth)
+        grad_threshold = -(1.0 / ctx.bandwidth) * (grad * kernel).reshape(-1, pre.shape[-1]).sum(0)
+        return None, grad_threshold, None
 
 
 @register
@@ -21,16 +82,21 @@ class JumpReluSAE(SAE):
 
     architecture = "jumprelu"
     saelens_architecture = "jumprelu"
-    trainable = False
     latent_axes = {"W_enc": 1, "b_enc": 0, "threshold": 0, "W_dec": 0}
     bias_like = ("b_enc", "threshold", "b_dec")
     reset_on_resample = ("b_enc", "threshold")
+    sparsity_option = "l0_coefficient"
+    resamples_by_default = False
 
     def __init__(self, d_in: int, d_sae: int, **kwargs) -> None:
         super().__init__(d_in, d_sae, **kwargs)
         factory = {"dtype": self.dtype, "device": self.device}
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **factory))
         self.threshold = nn.Parameter(torch.zeros(d_sae, **factory))
+
+    @classmethod
+    def for_training(cls, d_in: int, d_sae: int, **kwargs: Any) -> SAE:
+        return JumpReluTrainingSAE(d_in, d_sae, **kwargs)
 
     def pre_activations(self, x: Tensor) -> Tensor:
         return self.project(x) + self.b_enc
@@ -47,3 +113,67 @@ class JumpReluSAE(SAE):
             "sparsity": (latents > 0).sum(-1).to(x.dtype).mean(),
         }
         return SAEOutput(latents, x_hat, losses)
+
+
+class JumpReluTrainingSAE(JumpReluSAE):
+    """The trainable JumpReLU SAE (log-thresholds, straight-through estimators)."""
+
+    latent_axes = {"W_enc": 1, "b_enc": 0, "log_threshold": 0, "W_dec": 0}
+    bias_like = ("b_enc", "b_dec")  # log_threshold is shifted by -log(scale) instead
+    reset_on_resample = ("b_enc",)  # and log_threshold goes back to log(init_threshold)
+
+    def __init__(
+        self, d_in: int, d_sae: int, *, bandwidth: float = 1e-3, init_threshold: float = 1e-3, **kwargs
+    ) -> None:
+        SAE.__init__(self, d_in, d_sae, **kwargs)
+        for name, value in (("bandwidth", bandwidth), ("init_threshold", init_threshold)):
+            if not value > 0 or not math.isfinite(value):
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        self.bandwidth = float(bandwidth)
+        self.init_threshold = float(init_threshold)
+        factory = {"dtype": self.dtype, "device": self.device}
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, **factory))
+        self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(init_threshold), **factory))
+
+    @property
+    def threshold(self) -> Tensor:  # type: ignore[override]
+        return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> SAE:
+        super().init_weights(generator)
+        self.log_threshold.fill_(math.log(self.init_threshold))
+        return self
+
+    @torch.no_grad()
+    def fold_activation_scale_(self, scale: float) -> None:
+        super().fold_activation_scale_(scale)
+        self.log_threshold.sub_(math.log(scale))
+
+    @torch.no_grad()
+    def reinitialize_latents_(self, latents: Tensor, directions: Tensor, encoder_norm: float) -> None:
+        super().reinitialize_latents_(latents, directions, encoder_norm)
+        self.log_threshold[latents] = math.log(self.init_threshold)
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        """Latents, reconstruction, and the loss terms ``reconstruction`` and ``sparsity``
+        (L0, differentiable in the thresholds through the straight-through estimator)."""
+        self.check_input(x)
+        pre = self.pre_activations(x)
+        threshold = self.threshold
+        latents = JumpReluFunction.apply(pre, threshold, self.bandwidth)
+        x_hat = self.decode(latents)
+        l0 = StepFunction.apply(pre, threshold, self.bandwidth).sum(-1).mean()
+        return SAEOutput(latents, x_hat, {"reconstruction": squared_error(x, x_hat), "sparsity": l0})
+
+    @torch.no_grad()
+    def for_inference(self) -> JumpReluSAE:
+        """The :class:`JumpReluSAE` with ``threshold = exp(log_threshold)``."""
+        out = JumpReluSAE(self.d_in, self.d_sae, dtype=self.dtype, device=self.device, metadata=self.metadata)
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(out, name).copy_(getattr(self, name))
+        out.threshold.copy_(self.threshold)
+        for attribute in ("training_config", "training_log"):
+            if hasattr(self, attribute):
+                setattr(out, attribute, getattr(self, attribute))
+        return out

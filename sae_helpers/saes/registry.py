@@ -34,6 +34,8 @@ def get_sae_class(architecture: str) -> type[SAE]:
 
 def from_saelens_architecture(name: str) -> type[SAE]:
     """The SAE class that reads SAELens's ``cfg.json`` ``architecture`` value ``name``."""
+    if name in _ARCHITECTURES and _ARCHITECTURES[name].saelens_architecture == name:
+        return _ARCHITECTURES[name]  # "jumprelu" is ours; BatchTopK SAEs also save as it
     for cls in _ARCHITECTURES.values():
         if cls.saelens_architecture == name:
             return cls

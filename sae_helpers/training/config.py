@@ -5,24 +5,38 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from ..saes.registry import get_sae_class
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+#: The fields that set an architecture's sparsity (exactly one applies to each).
+SPARSITY_OPTIONS = ("l1_coefficient", "k", "l0_coefficient")
+#: Fields omitted from :meth:`TrainConfig.to_dict` while ``None``.
+OPTIONAL_FIELDS = (*SPARSITY_OPTIONS, "sae_options")
+#: Gao et al.: a latent is dead for the aux-k loss after 10M tokens without firing.
+AUX_K_DEAD_TOKENS = 10_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """How to train one SAE. Defaults follow the Gated SAE paper where it states them.
 
     Attributes
     ----------
-    arch : registered architecture name (``"relu"`` or ``"gated"``).
+    arch : registered architecture name: ``"relu"``, ``"gated"`` (set ``l1_coefficient``),
+        ``"topk"``, ``"batchtopk"`` (set ``k``) or ``"jumprelu"`` (set ``l0_coefficient``).
     width : number of latents (``d_sae``).
-    l1_coefficient : weight of the sparsity term (lambda).
     steps : optimiser steps.
+    l1_coefficient : weight of the L1 sparsity term (lambda) of ``relu`` and ``gated``.
+    k : active latents per token of ``topk`` (``batchtopk``: on average over a batch).
+    l0_coefficient : weight of the L0 term of ``jumprelu``.
+    sae_options : further keyword arguments of the architecture's constructor, e.g.
+        ``{"aux_k": 256, "aux_k_coefficient": 1/32}`` (topk, batchtopk),
+        ``{"threshold_rate": 0.01}`` (batchtopk), ``{"bandwidth": 1e-3,
+        "init_threshold": 1e-3}`` (jumprelu).
     batch_size : activations per step (paper: 4,096).
     lr : Adam learning rate (paper: 3e-4 for Gated SAEs).
     adam_beta1, adam_beta2 : Adam betas (paper: 0 and 0.999).
@@ -30,27 +44,32 @@ class TrainConfig:
         ``min(1000, steps // 20)``.
     lr_decay_start : fraction of ``steps`` after which the learning rate decays
         linearly to 0 at the end; ``None`` keeps it constant.
-    l1_warmup_steps : linear warm-up of the sparsity coefficient from 0; ``None``
-        means ``steps // 20``.
+    l1_warmup_steps : linear warm-up of the sparsity coefficient (L1 or L0) from 0;
+        ``None`` means ``steps // 20``.
     b_dec_init : ``"geometric_median"``, ``"mean"`` or ``"zeros"``, from a sample.
     init_sample_size : rows used to initialise ``b_dec`` and the activation scale.
     normalize_activations : scale inputs so that E||x||^2 = d during training (the
         scale is folded back into the returned SAE, which takes raw activations).
     resample_every : resample dead latents every this many steps (Anthropic style;
-        never after ``lr_decay_start``); ``None`` means ``steps // 4``, 0 disables.
+        never after ``lr_decay_start``); ``None`` means ``steps // 4`` for ``relu`` and
+        ``gated`` and 0 (off) for the others; 0 disables.
     resample_lr_warmup_steps : after a resampling the learning rate drops to 0.1x
         and warms back up linearly over this many steps.
     dead_after : a latent that has not fired for this many steps counts as dead
-        (logged, and resampled at the next resampling); ``None`` means
-        ``resample_every`` (or ``steps // 4`` when resampling is off).
+        (logged, resampled at the next resampling, fed to TopK's aux-k loss); ``None``
+        means ``resample_every``, or for architectures with an aux-k loss the steps
+        of 10M tokens (Gao et al.) but at most ``steps // 10``, else ``steps // 4``.
     seed : seeds initialisation, data order and resampling.
     dtype : parameter dtype (``"float32"``; ``"bfloat16"`` on GPUs that support it).
     """
 
     arch: str
     width: int
-    l1_coefficient: float
     steps: int
+    l1_coefficient: float | None = None
+    k: int | None = None
+    l0_coefficient: float | None = None
+    sae_options: dict[str, Any] | None = None
     batch_size: int = 4096
     lr: float = 3e-4
     adam_beta1: float = 0.0
@@ -69,23 +88,48 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         cls = get_sae_class(self.arch)
-        if not cls.trainable:
-            raise ValueError(
-                f"Architecture {self.arch!r} cannot be trained by sae_helpers yet; train a "
-                "'gated' SAE and convert it with .to_jumprelu()."
-            )
         for name in ("width", "steps", "batch_size", "init_sample_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not self.l1_coefficient >= 0:
-            raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient!r}.")
+        self._check_sparsity_options(cls)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}.")
         if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}.")
         if self.lr_decay_start is not None and not 0 <= self.lr_decay_start <= 1:
             raise ValueError(f"lr_decay_start must be a fraction in [0, 1] or None, got {self.lr_decay_start!r}.")
+
+    def _check_sparsity_options(self, cls) -> None:
+        """Each architecture takes exactly its own sparsity setting."""
+        wanted = cls.sparsity_option or ("k" if "k" in cls.hyperparameters else None)
+        for option in SPARSITY_OPTIONS:
+            value = getattr(self, option)
+            if option == wanted and value is None:
+                raise ValueError(f"Architecture {self.arch!r} needs {option}=...; it sets its sparsity.")
+            if option != wanted and value is not None:
+                hint = f"use {wanted}=... instead" if wanted else "it has no sparsity setting"
+                raise ValueError(f"Architecture {self.arch!r} does not use {option} ({hint}).")
+        if self.l1_coefficient is not None and not self.l1_coefficient >= 0:
+            raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient!r}.")
+        if self.l0_coefficient is not None and not self.l0_coefficient >= 0:
+            raise ValueError(f"l0_coefficient must be >= 0, got {self.l0_coefficient!r}.")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int)
+                                   or not 1 <= self.k <= self.width):
+            raise ValueError(f"k must be an integer between 1 and width={self.width}, got {self.k!r}.")
+        if self.sae_options is not None and not isinstance(self.sae_options, dict):
+            raise ValueError(f"sae_options must be a dict of constructor arguments, got {self.sae_options!r}.")
+
+    @property
+    def sparsity_coefficient(self) -> float | None:
+        """The weight of the ``sparsity`` loss term (L1 or L0), ``None`` for TopK-style SAEs."""
+        option = get_sae_class(self.arch).sparsity_option
+        return None if option is None else getattr(self, option)
+
+    def sae_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the SAE beyond ``d_in`` and ``d_sae``."""
+        kwargs = {"k": self.k} if self.k is not None else {}
+        return {**kwargs, **(self.sae_options or {})}
 
     # Resolved defaults ----------------------------------------------------------
     @property
@@ -104,17 +148,24 @@ class TrainConfig:
     def resample_interval(self) -> int:
         """Steps between resamplings; 0 when resampling is off."""
         if self.resample_every is None:
-            return max(1, self.steps // 4)
+            return max(1, self.steps // 4) if get_sae_class(self.arch).resamples_by_default else 0
         return self.resample_every
 
     @property
     def dead_window(self) -> int:
         if self.dead_after is not None:
             return self.dead_after
-        return self.resample_interval or max(1, self.steps // 4)
+        if self.resample_interval:
+            return self.resample_interval
+        if get_sae_class(self.arch).uses_dead_mask:
+            return max(1, min(math.ceil(AUX_K_DEAD_TOKENS / self.batch_size), self.steps // 10))
+        return max(1, self.steps // 4)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a dict; the optional ones left at ``None`` are omitted (so adding
+        an option does not change the fingerprints of existing configurations)."""
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items() if not (k in OPTIONAL_FIELDS and v is None)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

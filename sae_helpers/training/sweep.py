@@ -34,8 +34,11 @@ class SweepResult(NamedTuple):
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """A readable, unique directory name for a configuration."""
-    return f"{cfg.arch}-w{cfg.width}-l1_{cfg.l1_coefficient:g}-{cfg.fingerprint()[:8]}"
+    """A readable, unique directory name for a configuration, e.g. ``gated-w1152-l1_2-<hash>``."""
+    labels = {"l1_coefficient": "l1", "k": "k", "l0_coefficient": "l0"}
+    sparsity = "".join(f"-{label}_{getattr(cfg, name):g}" for name, label in labels.items()
+                       if getattr(cfg, name) is not None)
+    return f"{cfg.arch}-w{cfg.width}{sparsity}-{cfg.fingerprint()[:8]}"
 
 
 def _finished_sae(run_dir: Path, cfg: TrainConfig) -> SAE | None:

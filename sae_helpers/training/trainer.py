@@ -22,7 +22,7 @@ from .._io import atomic_write_json
 from .._progress import tqdm
 from ..data.sources import ActivationSource, as_source
 from ..saes.base import SAE, resolve_dtype
-from ..saes.registry import create_sae
+from ..saes.registry import get_sae_class
 from .checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
 from .config import TrainConfig
 from .init import activation_scale, initial_b_dec
@@ -33,6 +33,19 @@ from .schedules import lr_multiplier, sparsity_multiplier
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_training_sae(
+    cfg: TrainConfig, d_in: int, device: torch.device, metadata: dict[str, Any] | None = None
+) -> SAE:
+    """The module that trains ``cfg``'s architecture (weights zero; call ``init_weights``)."""
+    cls = get_sae_class(cfg.arch)
+    try:
+        return cls.for_training(
+            d_in, cfg.width, dtype=resolve_dtype(cfg.dtype), device=device, metadata=metadata, **cfg.sae_kwargs()
+        )
+    except TypeError as err:
+        raise ValueError(f"Bad sae_options {cfg.sae_options!r} for architecture {cfg.arch!r}: {err}") from err
 
 
 class TrainingRun:
@@ -61,8 +74,7 @@ class TrainingRun:
     ) -> TrainingRun:
         """A fresh run, initialised from a data ``sample`` (``b_dec``, activation scale)."""
         d_in = sample.shape[1]
-        dtype = resolve_dtype(cfg.dtype)
-        sae = create_sae(cfg.arch, d_in, cfg.width, dtype=dtype, device=device, metadata=metadata)
+        sae = build_training_sae(cfg, d_in, device, metadata)
         sae.init_weights(torch.Generator().manual_seed(cfg.seed))
         sample = sample.double()
         scale = activation_scale(sample) if cfg.normalize_activations else 1.0
@@ -112,8 +124,7 @@ class TrainingRun:
                 f"The {where} was written by a run with a different configuration ({'; '.join(diffs) or 'unknown'}). "
                 "Pass the same settings to resume it, or use a new checkpoint_dir (or resume=False) to start over."
             )
-        sae = create_sae(cfg.arch, d_in, cfg.width, dtype=resolve_dtype(cfg.dtype), device=device,
-                         metadata=info.get("metadata"))
+        sae = build_training_sae(cfg, d_in, device, info.get("metadata"))
         run = cls(cfg, sae, float(info["scale"]), device)
         params = dict(sae.named_parameters())
         with torch.no_grad():
@@ -174,11 +185,17 @@ class TrainingRun:
         lr = cfg.lr * lr_multiplier(cfg, step, self.last_resample_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        sparsity_coefficient = cfg.l1_coefficient * sparsity_multiplier(cfg, step)
+        coefficient = cfg.sparsity_coefficient
+        sparsity_coefficient = None if coefficient is None else coefficient * sparsity_multiplier(cfg, step)
 
-        out = sae(x)
+        if sae.uses_dead_mask:
+            out = sae(x, dead_mask=self.steps_since_fired >= cfg.dead_window)
+        else:
+            out = sae(x)
         losses = out.losses
-        loss = losses["reconstruction"] + sparsity_coefficient * losses["sparsity"]
+        loss = losses["reconstruction"]
+        if sparsity_coefficient is not None:
+            loss = loss + sparsity_coefficient * losses["sparsity"]
         if "auxiliary" in losses:
             loss = loss + losses["auxiliary"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -208,7 +225,7 @@ class TrainingRun:
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(
                 f"Training diverged at step {self.step_count} (loss {record['loss']}). Lower lr "
-                f"(now {cfg.lr}) or l1_coefficient, or check the activations for outliers."
+                f"(now {cfg.lr}) or the sparsity coefficient, or check the activations for outliers."
             )
         self.log.append(record)
         return record
@@ -217,6 +234,7 @@ class TrainingRun:
         """A copy of the SAE with the activation scale folded in (takes raw activations)."""
         sae = copy.deepcopy(self.sae)
         sae.fold_activation_scale_(self.scale)
+        sae = sae.for_inference()
         sae.training_config = self.cfg.to_dict()  # type: ignore[attr-defined]
         sae.training_log = list(self.log)  # type: ignore[attr-defined]
         return sae
@@ -293,9 +311,11 @@ def train_sae(
     activations,
     arch: str,
     width: int,
-    l1_coefficient: float,
-    steps: int,
+    l1_coefficient: float | None = None,
+    steps: int | None = None,
     *,
+    k: int | None = None,
+    l0_coefficient: float | None = None,
     batch_size: int = 4096,
     lr: float = 3e-4,
     seed: int = 0,
@@ -313,8 +333,12 @@ def train_sae(
     ----------
     activations : a 2-D tensor ``[n, d]``, a ``.safetensors`` file holding one 2-D
         tensor named ``activations``, or an iterable of ``[batch, d]`` tensors.
-    arch, width, l1_coefficient, steps, batch_size, lr, seed : see :class:`TrainConfig`;
-        further :class:`TrainConfig` fields may be passed as keyword ``options``.
+    arch, width, steps : architecture, number of latents and optimiser steps.
+    l1_coefficient, k, l0_coefficient : the sparsity setting of the architecture:
+        ``l1_coefficient`` for ``"relu"`` and ``"gated"``, ``k`` for ``"topk"`` and
+        ``"batchtopk"``, ``l0_coefficient`` for ``"jumprelu"``.
+    batch_size, lr, seed : see :class:`TrainConfig`; further :class:`TrainConfig`
+        fields (``sae_options`` ...) may be passed as keyword ``options``.
     checkpoint_dir : where to write atomic checkpoints (every ``checkpoint_every``
         steps, default ``steps // 10``, and at the end), the training log
         (``training_log.json``) and the final SAE (``sae/``).
@@ -327,9 +351,12 @@ def train_sae(
     The returned SAE carries ``training_config`` and ``training_log`` (a list of dicts,
     one per logging step) attributes; ``sae.save(path)`` stores them beside the weights.
     """
+    if steps is None:
+        raise ValueError("train_sae needs steps=... (the number of optimiser steps).")
+    sparsity = {"l1_coefficient": l1_coefficient, "k": k, "l0_coefficient": l0_coefficient}
     cfg = TrainConfig.from_dict(
-        {"arch": arch, "width": width, "l1_coefficient": l1_coefficient, "steps": steps,
-         "batch_size": batch_size, "lr": lr, "seed": seed, **options}
+        {"arch": arch, "width": width, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+         **{name: value for name, value in sparsity.items() if value is not None}, **options}
     )
     device = torch.device(device) if device is not None else default_device()
     source = as_source(activations)

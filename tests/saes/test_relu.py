@@ -35,8 +35,8 @@ def test_fold_activation_scale_is_exact():
 
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(40, 8, generator=gen, dtype=torch.float64)
-    for arch in ("relu", "gated", "jumprelu"):
-        sae = create_sae(arch, 8, 24, dtype=torch.float64).init_weights(gen)
+    for arch, kwargs in [("relu", {}), ("gated", {}), ("jumprelu", {}), ("topk", {"k": 5}), ("batchtopk", {"k": 5})]:
+        sae = create_sae(arch, 8, 24, dtype=torch.float64, **kwargs).init_weights(gen)
         with torch.no_grad():
             for name in sae.bias_like:
                 getattr(sae, name).copy_(0.3 * torch.randn(getattr(sae, name).shape, generator=gen))

@@ -112,7 +112,13 @@ def test_iterables_and_files_train(tmp_path):
 
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"arch": "nope"}, ValueError, "Unknown SAE architecture 'nope'"),
-    ({"arch": "jumprelu"}, ValueError, "cannot be trained by sae_helpers yet"),
+    ({"arch": "jumprelu"}, ValueError, "'jumprelu' does not use l1_coefficient \\(use l0_coefficient"),
+    ({"arch": "topk", "l1_coefficient": None}, ValueError, "'topk' needs k=..."),
+    ({"arch": "topk", "l1_coefficient": None, "k": 17}, ValueError, "k must be an integer between 1 and width=16"),
+    ({"arch": "relu", "k": 4}, ValueError, "'relu' does not use k \\(use l1_coefficient"),
+    ({"arch": "topk", "l1_coefficient": None, "k": 4, "sae_options": {"kk": 1}}, ValueError,
+     "Bad sae_options \\{'kk': 1\\} for architecture 'topk'"),
+    ({"steps": None}, ValueError, "train_sae needs steps="),
     ({"width": 0}, ValueError, "width must be a positive integer"),
     ({"steps": -1}, ValueError, "steps must be a positive integer"),
     ({"l1_coefficient": -1.0}, ValueError, "l1_coefficient must be >= 0"),

@@ -1,0 +1,146 @@
+"""TopK SAE (Gao et al. 2024): keep the ``k`` largest pre-activations of each token.
+
+``pi = (x - b_dec) W_enc + b_enc``; ``f`` keeps ``ReLU(pi)`` at the ``k`` largest
+entries of ``pi`` per token and is zero elsewhere; ``x_hat = f W_dec + b_dec``.
+Sparsity is fixed by ``k``, so the loss has no sparsity penalty. Dead latents (no
+activation for a while; the trainer passes them as ``dead_mask``) are revived by the
+auxiliary "aux-k" loss: the ``aux_k`` largest dead pre-activations per token
+reconstruct the main reconstruction's (detached) error ``e = x - x_hat``,
+``L_aux = aux_k_coefficient * ||e - f_aux W_dec||^2`` (paper: ``aux_k = 512``,
+``aux_k_coefficient = 1/32``; the default ``aux_k`` here is ``d_in // 2``).
+
+The decoder touches only the selected latents: the reconstruction is a weighted sum of
+``k`` decoder rows per token (``embedding_bag``), so its forward and backward cost
+``O(N k d)`` instead of the dense ``O(N M d)``. Saved as SAELens architecture ``"topk"``
+with ``k`` in ``cfg.json``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import SAE, SAEOutput, squared_error
+from .registry import register
+
+
+class Selection(NamedTuple):
+    """Active latents of a batch in row-major order: token ``rows``, latent ``cols``,
+    their ``values``, and each token's start in them (``offsets``, length N)."""
+
+    rows: Tensor
+    cols: Tensor
+    values: Tensor
+    offsets: Tensor
+
+
+def decode_selection(selection: Selection, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
+    """``f W_dec (+ b_dec)`` for the sparse ``f`` described by ``selection``.
+
+    One weighted sum of decoder rows per token; autograd reaches ``values`` and ``W_dec``.
+    """
+    out = F.embedding_bag(
+        selection.cols, W_dec, selection.offsets, mode="sum", per_sample_weights=selection.values
+    )
+    return out if b_dec is None else out + b_dec
+
+
+def scatter_selection(selection: Selection, n: int, d_sae: int) -> Tensor:
+    """The dense ``[n, d_sae]`` latents of a selection (differentiable in ``values``)."""
+    flat = selection.rows * d_sae + selection.cols
+    dense = selection.values.new_zeros(n * d_sae)
+    return dense.index_put((flat,), selection.values).view(n, d_sae)
+
+
+def topk_per_row(pre: Tensor, k: int) -> Selection:
+    """The ``k`` largest entries of each row of ``pre``, ReLU applied (a :class:`Selection`)."""
+    n = pre.shape[0]
+    values, cols = pre.topk(k, dim=-1, sorted=False)
+    rows = torch.arange(n, device=pre.device).repeat_interleave(k)
+    offsets = torch.arange(0, n * k, k, device=pre.device)
+    return Selection(rows, cols.reshape(-1), torch.relu(values).reshape(-1), offsets)
+
+
+@register
+class TopKSAE(SAE):
+    """TopK SAE (SAELens architecture ``"topk"``); see the module docstring."""
+
+    architecture = "topk"
+    saelens_architecture = "topk"
+    latent_axes = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+    bias_like = ("b_enc", "b_dec")
+    reset_on_resample = ("b_enc",)
+    hyperparameters = ("k",)
+    sparsity_option = None
+    uses_dead_mask = True
+    resamples_by_default = False
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        k: int = 32,
+        *,
+        aux_k: int | None = None,
+        aux_k_coefficient: float = 1 / 32,
+        **kwargs,
+    ) -> None:
+        super().__init__(d_in, d_sae, **kwargs)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise ValueError(f"k must be an integer between 1 and d_sae={d_sae}, got {k!r}.")
+        if aux_k is not None and (isinstance(aux_k, bool) or not isinstance(aux_k, int) or aux_k < 1):
+            raise ValueError(f"aux_k must be a positive integer or None, got {aux_k!r}.")
+        if not aux_k_coefficient >= 0:
+            raise ValueError(f"aux_k_coefficient must be >= 0, got {aux_k_coefficient!r}.")
+        self.k = k
+        self.aux_k = aux_k if aux_k is not None else max(1, d_in // 2)
+        self.aux_k_coefficient = float(aux_k_coefficient)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=self.dtype, device=self.device))
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """``(x - b_dec) W_enc + b_enc``."""
+        return self.project(x) + self.b_enc
+
+    def select(self, pre: Tensor) -> Selection:
+        """The active latents of a training batch of pre-activations ``[N, d_sae]``."""
+        return topk_per_row(pre, self.k)
+
+    def encode(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        pre = self.pre_activations(x.reshape(-1, self.d_in))
+        return scatter_selection(topk_per_row(pre, self.k), pre.shape[0], self.d_sae).reshape(*lead, self.d_sae)
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
+        """Latents, reconstruction and the loss terms ``reconstruction``, ``sparsity`` (L0,
+        reported only) and ``auxiliary`` (aux-k, already weighted; zero without dead latents)."""
+        self.check_input(x)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.d_in)
+        n = flat.shape[0]
+        pre = self.pre_activations(flat)
+        selection = self.select(pre)
+        x_hat = decode_selection(selection, self.W_dec, self.b_dec)
+        reconstruction = squared_error(flat, x_hat)
+        with torch.no_grad():
+            sparsity = (selection.values > 0).sum().to(flat.dtype) / max(n, 1)
+        auxiliary = self.auxiliary_loss(pre, (flat - x_hat).detach(), dead_mask)
+        latents = scatter_selection(selection, n, self.d_sae)
+        losses = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
+        return SAEOutput(latents.reshape(*lead, self.d_sae), x_hat.reshape(*lead, self.d_in), losses)
+
+    def auxiliary_loss(self, pre: Tensor, error: Tensor, dead_mask: Tensor | None) -> Tensor:
+        """``aux_k_coefficient * mean ||error - f_aux W_dec||^2``, ``f_aux`` the ``aux_k``
+        largest dead pre-activations per token (ReLU applied); 0 when none is dead."""
+        zero = pre.new_zeros(())
+        if dead_mask is None or self.aux_k_coefficient == 0:
+            return zero
+        n_dead = int(dead_mask.sum())
+        if n_dead == 0:
+            return zero
+        dead_pre = pre.masked_fill(~dead_mask.to(device=pre.device, dtype=torch.bool), float("-inf"))
+        selection = topk_per_row(dead_pre, min(self.aux_k, n_dead))
+        error_hat = decode_selection(selection, self.W_dec, None)
+        return self.aux_k_coefficient * squared_error(error, error_hat)
