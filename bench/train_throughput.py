@@ -15,6 +15,9 @@ FLOPs counted per step, in units of one such matmul (2 * batch * d_in * width fl
   through the encoder is a vector-matrix product and not counted.
 * relu, 5: encoder forward and weight gradient, decoder forward, input and weight gradients.
 
+The SAEs are freshly initialised (about half the latents active), so the fused steps take
+their dense decoder path; ``bench/sparse_decoder.py`` times the sparse one at low L0.
+
 Each architecture is timed in two implementations: ``fused`` is the package as it is,
 ``reference`` the straightforward autograd implementation it had before its training
 step was fused (kept in this file: :func:`reference_forward`, :func:`reference_step`),
