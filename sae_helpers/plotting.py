@@ -17,8 +17,10 @@ from matplotlib.axes import Axes
 
 from .evaluation.metrics import log10_density_histogram
 
-ARCH_LABELS = {"relu": "Baseline (ReLU + L1)", "gated": "Gated"}
-ARCH_COLORS = {"relu": "#d95f02", "gated": "#1b9e77", "jumprelu": "#7570b3"}
+ARCH_LABELS = {"relu": "Baseline (ReLU + L1)", "gated": "Gated", "topk": "TopK", "batchtopk": "BatchTopK",
+               "jumprelu": "JumpReLU"}
+ARCH_COLORS = {"relu": "#d95f02", "gated": "#1b9e77", "jumprelu": "#7570b3", "topk": "#e7298a",
+               "batchtopk": "#66a61e"}
 METRIC_LABELS = {
     "l0": "L0 (active latents per token)",
     "fvu": "Fraction of variance unexplained",

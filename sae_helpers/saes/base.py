@@ -213,6 +213,10 @@ class SAE(nn.Module, ABC):
         """The SAE as saved and used after training (by default ``self``)."""
         return self
 
+    def lr_scales(self) -> dict[str, float]:
+        """Per-parameter multipliers of the learning rate (default: none)."""
+        return {}
+
     def hyperparameter_values(self) -> dict[str, Any]:
         """``{name: value}`` of :attr:`hyperparameters` (written to ``cfg.json``)."""
         return {name: getattr(self, name) for name in self.hyperparameters}

@@ -35,8 +35,8 @@ class TrainConfig:
     l0_coefficient : weight of the L0 term of ``jumprelu``.
     sae_options : further keyword arguments of the architecture's constructor, e.g.
         ``{"aux_k": 256, "aux_k_coefficient": 1/32}`` (topk, batchtopk),
-        ``{"threshold_rate": 0.01}`` (batchtopk), ``{"bandwidth": 1e-3,
-        "init_threshold": 1e-3}`` (jumprelu).
+        ``{"threshold_rate": 0.01}`` (batchtopk), ``{"bandwidth": 0.1,
+        "init_threshold": 0.5}`` (jumprelu).
     batch_size : activations per step (paper: 4,096).
     lr : Adam learning rate (paper: 3e-4 for Gated SAEs).
     adam_beta1, adam_beta2 : Adam betas (paper: 0 and 0.999).

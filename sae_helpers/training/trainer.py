@@ -62,8 +62,13 @@ class TrainingRun:
         self.log: list[dict[str, Any]] = []
         self.steps_since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
         self.resample_generator = torch.Generator().manual_seed(cfg.seed + 12_345)
+        scales = sae.lr_scales()
+        groups = [
+            {"params": [p for n, p in sae.named_parameters() if scales.get(n, 1.0) == scale], "lr_scale": scale}
+            for scale in sorted(set(scales.get(n, 1.0) for n, _ in sae.named_parameters()))
+        ]
         self.optimizer = torch.optim.Adam(
-            sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), foreach=True
+            groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), foreach=True
         )
         self.log_every = max(1, cfg.steps // 200)
 
@@ -184,7 +189,7 @@ class TrainingRun:
 
         lr = cfg.lr * lr_multiplier(cfg, step, self.last_resample_step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         coefficient = cfg.sparsity_coefficient
         sparsity_coefficient = None if coefficient is None else coefficient * sparsity_multiplier(cfg, step)
 

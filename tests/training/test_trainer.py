@@ -144,3 +144,17 @@ def test_a_one_shot_generator_that_runs_out():
 
     with pytest.raises(ValueError, match="ran out after 3 of 10 steps"):
         train_sae(gen(), "relu", 16, 1.0, 10, **FAST)
+
+
+def test_jumprelu_thresholds_get_their_own_learning_rate_scale():
+    from sae_helpers.training import TrainConfig, TrainingRun
+
+    cfg = TrainConfig(arch="jumprelu", width=16, steps=10, l0_coefficient=1.0, batch_size=64, lr=1e-3,
+                      sae_options={"threshold_lr_scale": 10.0})
+    run = TrainingRun.start(cfg, X[:256], torch.device("cpu"))
+    run.step(X[:64])
+    by_name = {id(p): n for n, p in run.sae.named_parameters()}
+    lrs = {by_name[id(p)]: group["lr"] for group in run.optimizer.param_groups for p in group["params"]}
+    assert set(lrs) == set(by_name.values())
+    assert lrs["log_threshold"] == pytest.approx(10 * lrs["W_enc"]) and lrs["W_enc"] > 0
+    assert all(lr == lrs["W_enc"] for name, lr in lrs.items() if name != "log_threshold")
