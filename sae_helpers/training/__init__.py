@@ -2,7 +2,7 @@
 
 from .config import TrainConfig
 from .init import activation_scale, geometric_median
-from .sweep import SweepResult, train_saes
+from .sweep import SweepResult, family_configs, train_saes
 from .trainer import TrainingRun, train_sae
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "TrainConfig",
     "TrainingRun",
     "activation_scale",
+    "family_configs",
     "geometric_median",
     "train_sae",
     "train_saes",

@@ -41,6 +41,28 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{cfg.arch}-w{cfg.width}{sparsity}-{cfg.fingerprint()[:8]}"
 
 
+#: Seed stride between the widths of a family (see :func:`family_configs`).
+FAMILY_SEED_STRIDE = 1_000
+
+
+def family_configs(widths: Sequence[int], *, seed: int = 0, **options: Any) -> list[dict[str, Any]]:
+    """Configurations for a family of SAEs that differ only in width.
+
+    Each width gets its own initialisation seed, ``seed + FAMILY_SEED_STRIDE * i`` for the
+    ``i``-th width. With one seed for all, the initial decoder is drawn row by row from the
+    same random stream, so the first latents of a wider SAE would *start* as copies of the
+    narrower SAE's latents and stay close to them after a short run, inflating every
+    cross-width comparison (decoder cosines, stitching classes, meta-SAE similarity).
+    Train them in one pass with ``train_saes(..., data_seed=seed)`` so they still see the
+    same batches in the same order.
+
+    ``options`` are the other :class:`TrainConfig` fields, shared by every width.
+    """
+    if not widths or len(set(widths)) != len(widths):
+        raise ValueError(f"widths must be distinct and non-empty, got {list(widths)!r}.")
+    return [{**options, "width": int(w), "seed": seed + FAMILY_SEED_STRIDE * i} for i, w in enumerate(widths)]
+
+
 def _finished_sae(run_dir: Path, cfg: TrainConfig) -> SAE | None:
     sae_dir = run_dir / "sae"
     config_file = sae_dir / "training_config.json"

@@ -6,7 +6,7 @@ import torch
 
 from sae_helpers import SyntheticFeatures, train_sae
 from sae_helpers.training import TrainingRun
-from sae_helpers.training.sweep import train_saes
+from sae_helpers.training.sweep import family_configs, train_saes
 
 X = SyntheticFeatures(d=12, n_features=24, firing_prob=0.1).sample(3000, seed=0).x
 COMMON = {"steps": 40, "batch_size": 128, "lr": 3e-3, "init_sample_size": 512, "resample_every": 15,
@@ -51,3 +51,32 @@ def test_batch_sizes_must_agree():
     bad = [CONFIGS[0], {**CONFIGS[1], "batch_size": 64}]
     with pytest.raises(ValueError, match="batch_size must agree"):
         train_saes(X, bad, progress=False)
+
+
+def _initial_decoder(cfg: dict) -> torch.Tensor:
+    from sae_helpers.data.sources import as_source
+    from sae_helpers.training.config import TrainConfig
+
+    source = as_source(X)
+    run = TrainingRun.start(TrainConfig.from_dict(cfg), source.sample(512, cfg["seed"]), torch.device("cpu"), None)
+    return run.sae.W_dec.detach().clone()
+
+
+def test_one_seed_for_all_widths_would_share_initial_rows():
+    """The trap family_configs avoids: same seed -> a wider SAE starts with the narrower one's rows."""
+    cfg = {"arch": "topk", "k": 4, **COMMON, "resample_every": None, "seed": 0}
+    narrow, wide = _initial_decoder({**cfg, "width": 16}), _initial_decoder({**cfg, "width": 48})
+    assert torch.allclose(wide[:16], narrow)
+
+
+def test_family_configs_give_each_width_its_own_initialisation():
+    configs = family_configs([16, 32, 48], seed=3, arch="topk", k=4, **{**COMMON, "resample_every": None})
+    assert [c["width"] for c in configs] == [16, 32, 48]
+    assert len({c["seed"] for c in configs}) == 3 and configs[0]["seed"] == 3
+    assert all(c["k"] == 4 and c["lr"] == COMMON["lr"] for c in configs)
+    decoders = [_initial_decoder(c) for c in configs]
+    for small, large in zip(decoders[:-1], decoders[1:], strict=True):
+        cos = torch.nn.functional.normalize(large[: len(small)], dim=1) @ torch.nn.functional.normalize(small, dim=1).T
+        assert cos.diagonal().abs().max() < 0.9  # no row starts as a copy of the narrower SAE's
+    with pytest.raises(ValueError, match="distinct"):
+        family_configs([16, 16])
