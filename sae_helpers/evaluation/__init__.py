@@ -1,13 +1,14 @@
 """Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons."""
 
 from .frontier import compare_at_equal_fidelity, l0_to_reach, pareto_frontier
-from .metrics import MetricAccumulator, evaluate, log10_density_histogram, max_cosine_similarity, mmcs
+from .metrics import MetricAccumulator, cosine_blocks, evaluate, log10_density_histogram, max_cosine_similarity, mmcs
 from .recovery import best_matching_latents, magnitude_ratios, match_by_l0
 
 __all__ = [
     "MetricAccumulator",
     "best_matching_latents",
     "compare_at_equal_fidelity",
+    "cosine_blocks",
     "l0_to_reach",
     "pareto_frontier",
     "evaluate",

@@ -8,6 +8,7 @@ beyond float64 rounding.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -133,19 +134,33 @@ def log10_density_histogram(
     return counts, edges, int((density == 0).sum())
 
 
+def cosine_blocks(reference: Tensor, learned: Tensor, block: int = 4096) -> Iterator[tuple[int, Tensor]]:
+    """Cosine similarities of the rows of ``reference`` with every row of ``learned``, in blocks.
+
+    Yields ``(start, cos)`` with ``cos [rows, len(learned)]`` (float64, on ``reference``'s
+    device) for ``block`` reference rows at a time, so the full matrix is never held:
+    memory is about ``block * len(learned)`` float64 values plus normalised copies of both.
+    """
+    if block < 1:
+        raise ValueError(f"block must be a positive number of rows, got {block}.")
+    ref = reference.detach().double()  # detached: no autograd graph (no_grad would leak out of a generator)
+    ref = ref / ref.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    dic = learned.detach().double().to(ref.device)
+    dic = dic / dic.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    for start in range(0, ref.shape[0], block):
+        yield start, ref[start : start + block] @ dic.T
+
+
 @torch.no_grad()
 def max_cosine_similarity(reference: Tensor, learned: Tensor, block: int = 4096) -> Tensor:
     """For every row of ``reference``, its max cosine similarity to any row of ``learned``.
 
-    Computed in blocks of ``block`` reference rows, so memory stays bounded.
+    Computed in blocks of ``block`` reference rows (:func:`cosine_blocks`), so memory
+    stays bounded.
     """
-    ref = reference.double()
-    ref = ref / ref.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    dic = learned.detach().double().to(ref.device)
-    dic = dic / dic.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    out = torch.empty(ref.shape[0], dtype=torch.float64)
-    for start in range(0, ref.shape[0], block):
-        out[start : start + block] = (ref[start : start + block] @ dic.T).max(dim=1).values.cpu()
+    out = torch.empty(reference.shape[0], dtype=torch.float64)
+    for start, cos in cosine_blocks(reference, learned, block):
+        out[start : start + cos.shape[0]] = cos.max(dim=1).values.cpu()
     return out
 
 
