@@ -1,0 +1,195 @@
+"""Meta-SAEs on synthetic dictionaries whose latents are sparse sums of known atoms."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sae_helpers import create_sae, load_sae, logit_tokens, max_cosine_similarity, tiny_model
+from sae_helpers.meta import (
+    SEED_OFFSET,
+    analyse_meta_sae,
+    decoder_directions,
+    max_cosine_to_others,
+    meta_config,
+    meta_latent_cards,
+    pick_decompositions,
+    similarity_to_smaller_sae,
+    train_meta_sae,
+)
+
+
+def composed_dictionary(n_atoms=64, d=48, n=3000, max_atoms=4, seed=0):
+    """``n`` unit "latents", each the normalised sum of 2..max_atoms random atoms (coefficients
+    in [0.75, 1.25]) out of ``n_atoms`` random unit atoms in ``d`` dimensions."""
+    gen = torch.Generator().manual_seed(seed)
+    atoms = torch.nn.functional.normalize(torch.randn(n_atoms, d, generator=gen), dim=1)
+    members = [torch.randperm(n_atoms, generator=gen)[:c] for c in torch.randint(2, max_atoms + 1, (n,),
+                                                                                  generator=gen).tolist()]
+    rows = torch.stack([((torch.rand(len(m), generator=gen) * 0.5 + 0.75)[:, None] * atoms[m]).sum(0)
+                        for m in members])
+    return atoms, torch.nn.functional.normalize(rows, dim=1), members
+
+
+def decomposition_agreement(atoms, meta_sae, result, members):
+    """Fraction of latents whose top-m meta-latents are exactly the meta-latents matched (by max
+    cosine) to their m atoms."""
+    match = (atoms @ meta_sae.W_dec.detach().T).argmax(1)
+    hits = [{j for j, _ in result.decompositions[i][: len(m)]} == set(match[m].tolist())
+            for i, m in enumerate(members)]
+    return float(np.mean(hits))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    atoms, rows, members = composed_dictionary()
+    base = create_sae("relu", 48, len(rows), metadata={"model_name": "synthetic", "hook_name": "x"})
+    with torch.no_grad():
+        base.W_dec.copy_(rows * 1.7)  # not unit norm: the meta-SAE must normalise the rows itself
+    meta, result = train_meta_sae(base, width=64, k=3, epochs=200, lr=3e-3, batch_size=512, progress=False)
+    return atoms, rows, members, base, meta, result
+
+
+def test_meta_sae_recovers_the_atoms_and_the_decompositions_name_them(trained):
+    atoms, _, members, _, meta, result = trained
+    mcs = max_cosine_similarity(atoms, meta.W_dec)
+    assert float(mcs.mean()) >= 0.9  # measured 0.990
+    agreement = decomposition_agreement(atoms, meta, result, members)
+    assert agreement >= 0.8  # measured 0.979: the top-m meta-latents are the latent's m atoms
+    assert result.fve >= 0.9
+    assert result.l0 == pytest.approx(3, rel=0.15)  # the inference threshold keeps ~k per row
+
+
+def test_result_matches_an_independent_float64_computation(trained):
+    _, rows, _, base, meta, result = trained
+    assert meta.architecture == "jumprelu" and meta.metadata["trained_as"] == "batchtopk"
+    p = {name: getattr(meta, name).detach().double().numpy() for name in ("W_enc", "b_enc", "W_dec", "b_dec",
+                                                                          "threshold")}
+    d = base.W_dec.detach().double().numpy()
+    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    pre = (d - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    f = np.where(pre > p["threshold"], np.maximum(pre, 0), 0.0)
+    d_hat = f @ p["W_dec"] + p["b_dec"]
+    fve = 1 - ((d - d_hat) ** 2).sum() / ((d - d.mean(0)) ** 2).sum()
+    assert result.fve == pytest.approx(fve, abs=1e-5)
+    assert result.l0 == pytest.approx((f > 0).sum(1).mean(), abs=2 / len(d))  # float32 vs 64 at the threshold
+    assert result.dead_fraction == pytest.approx(((f > 0).sum(0) == 0).mean(), abs=2 / f.shape[1])
+    cosine = (d * d_hat).sum(1) / np.linalg.norm(d_hat, axis=1)
+    np.testing.assert_allclose(result.reconstruction_cosine, cosine, atol=1e-5)
+    for i in (0, 17, 2999):
+        pairs = result.decompositions[i]
+        assert [c for _, c in pairs] == sorted((c for _, c in pairs), reverse=True)
+        active = {int(j) for j in np.flatnonzero(f[i] > 0)}
+        assert {j for j, _ in pairs} ^ active <= {j for j in range(64) if abs(pre[i, j] - p["threshold"][j]) < 1e-5}
+        for j, c in pairs:
+            assert c == pytest.approx(f[i, j], abs=1e-5)
+    for m in range(64):
+        top = result.top_base_latents[m]
+        expected = np.sort(f[:, m][f[:, m] > 0])[::-1][:10]
+        assert len(top) == len(expected)
+        np.testing.assert_allclose([a for _, a in top], expected, atol=1e-5)
+        for i, a in top:
+            assert a == pytest.approx(f[i, m], abs=1e-5)
+
+
+def test_meta_sae_saves_loads_and_analyses_alike(trained, tmp_path):
+    _, rows, _, base, meta, result = trained
+    loaded = load_sae(meta.save(str(tmp_path / "meta")))
+    assert loaded.metadata["meta_sae"]["base_d_sae"] == len(rows)
+    assert loaded.metadata["meta_sae"]["base_metadata"]["model_name"] == "synthetic"
+    again = analyse_meta_sae(loaded, base)
+    assert again.fve == pytest.approx(result.fve, abs=1e-9)
+    assert again.decompositions == result.decompositions
+    assert again.top_base_latents == result.top_base_latents
+
+
+def test_training_sees_each_row_once_per_epoch(trained):
+    *_, meta, _ = trained
+    config = meta.training_config
+    assert config["steps"] == math.ceil(200 * 3000 / 512)
+    assert config["normalize_activations"] is False and config["adam_beta1"] == 0.9
+    assert config["dead_after"] == math.ceil(3000 / 512)
+    assert config["sae_options"] == {"threshold_rate": 0.01}  # 1,172 steps: the default rate
+    short = meta_config(3000, 64, 3, epochs=20, batch_size=512)  # 118 steps: the average spans ~12 of them
+    assert short.steps == 118 and short.sae_options["threshold_rate"] == pytest.approx(10 / 118)
+    assert meta_config(3000, epochs=1, sae_options={"threshold_rate": 0.5, "aux_k": 3}).sae_options == {
+        "threshold_rate": 0.5, "aux_k": 3}
+    assert meta_config(3000, epochs=1).width == 750  # d_sae // 4 by default
+
+
+def test_meta_sae_does_not_start_from_the_base_sae_initialisation():
+    """Same seed, same input width: the trainer would give the meta-SAE the base SAE's first
+    initial rows; the meta-SAE's own seed avoids that."""
+    base = create_sae("relu", 48, 3000).init_weights(torch.Generator().manual_seed(0))  # the trainer's init, seed 0
+    meta, _ = train_meta_sae(base, width=64, k=3, epochs=1, lr=1e-9, batch_size=3000, seed=0, progress=False)
+    assert meta.training_config["seed"] == SEED_OFFSET
+    assert float(max_cosine_similarity(meta.W_dec, base.W_dec).max()) < 0.8
+    same_seed = create_sae("relu", 48, 64).init_weights(torch.Generator().manual_seed(0))
+    assert torch.allclose(same_seed.W_dec, base.W_dec[:64])  # what the offset avoids
+
+
+def test_checkpoint_resumes_and_refuses_other_rows(tmp_path):
+    _, rows, _ = composed_dictionary(n_atoms=16, d=12, n=200)
+    first, result = train_meta_sae(rows, width=16, k=2, epochs=5, lr=1e-3, batch_size=64, progress=False,
+                                   checkpoint_dir=tmp_path / "m")
+    again, result_again = train_meta_sae(rows, width=16, k=2, epochs=5, lr=1e-3, batch_size=64, progress=False,
+                                         checkpoint_dir=tmp_path / "m")  # finished: returned at once
+    assert torch.equal(first.W_dec, again.W_dec) and result_again.fve == result.fve
+    with pytest.raises(ValueError, match="other decoder rows"):
+        train_meta_sae(rows.flip(0), width=16, k=2, epochs=5, lr=1e-3, batch_size=64, progress=False,
+                       checkpoint_dir=tmp_path / "m")
+
+
+def test_helpers_pick_and_compare():
+    _, rows, _ = composed_dictionary(n_atoms=16, d=12, n=50)
+    assert torch.allclose(decoder_directions(rows * 3), rows, atol=1e-6)
+    others = max_cosine_to_others(rows)
+    cos = rows.double() @ rows.double().T
+    cos.fill_diagonal_(-2)
+    torch.testing.assert_close(others, cos.max(1).values)
+
+    class Result:
+        decompositions = [[(0, 0.9)], [(1, 0.5), (2, 0.3), (3, 0.1)], [(4, 0.25), (5, 0.25)], [(6, 0.5), (7, 0.4)]]
+        reconstruction_cosine = np.array([0.9, 0.8, 0.3, 0.5])
+
+    assert pick_decompositions(Result, n=2) == [3, 1]  # two strong meta-latents each; more weight first
+    assert pick_decompositions(Result, n=2, candidates=[0, 2]) == [2, 0]
+    assert pick_decompositions(Result, n=1, candidates=np.array([True, False, False, False])) == [0]
+    assert pick_decompositions(Result, n=2, min_cosine=0.6) == [1, 0]
+
+    base, small, meta = (create_sae("relu", 12, w) for w in (50, 20, 10))
+    with torch.no_grad():
+        base.W_dec.copy_(rows)
+        small.W_dec.copy_(rows[:20])
+        meta.W_dec.copy_(rows[5:15])
+    sims = similarity_to_smaller_sae(meta, base, small)
+    assert np.allclose(sims["meta → smaller"], 1.0) and np.allclose(sims["base → smaller"][:20], 1.0)
+    np.testing.assert_allclose(sims["base → other base"], others.numpy())
+
+
+def test_meta_latent_cards_show_usage_tokens_and_top_base_latents():
+    model = tiny_model(seed=0)
+    _, rows, _ = composed_dictionary(n_atoms=24, d=16, n=400)
+    base = create_sae("relu", 16, 400, metadata={"hook_name": "blocks.1.hook_resid_post"})
+    with torch.no_grad():
+        base.W_dec.copy_(rows)
+    meta, result = train_meta_sae(base, width=24, k=2, epochs=20, lr=3e-3, batch_size=128, progress=False)
+    used = [m for m in range(24) if result.top_base_latents[m]][:2]
+    page = meta_latent_cards(meta, result, used, model, base, coefficients={used[0]: 0.5}, n_base=3, k_tokens=4)
+    assert page.count("class='sae-latent-card'") == 2
+    assert f"Meta-latent {used[0]} (coefficient 0.500)" in page and f"Meta-latent {used[1]}<" in page
+    uses = sum(used[1] in {m for m, _ in pairs} for pairs in result.decompositions)
+    assert f"{uses / 400:.2%} of base latents ({uses:,})" in page
+    for i, activation in result.top_base_latents[used[1]][:3]:
+        assert f"<tr><td>{i}</td><td>{activation:.3f}</td>" in page
+    top_token = logit_tokens(model, meta.W_dec.detach()[used[1]][None], k=1).token.iloc[0]
+    assert top_token.replace(" ", "␣") in page
+
+
+@pytest.mark.slow
+def test_larger_dictionary_is_recovered():
+    atoms, rows, members = composed_dictionary(n_atoms=128, d=64, n=8000, max_atoms=4, seed=1)
+    meta, result = train_meta_sae(rows, width=128, k=3, epochs=200, lr=3e-3, batch_size=1024, progress=False)
+    assert float(max_cosine_similarity(atoms, meta.W_dec).mean()) >= 0.9  # measured 0.984
+    assert decomposition_agreement(atoms, meta, result, members) >= 0.8  # measured 0.960
