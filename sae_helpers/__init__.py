@@ -2,7 +2,8 @@
 
 The names the notebooks use:
 
-* training: :func:`train_sae`, :func:`train_saes` (many SAEs, one pass), :class:`TrainConfig`
+* training: :func:`train_sae`, :func:`train_saes` (many SAEs, one pass), :func:`family_configs`
+  (SAEs that differ only in width), :class:`TrainConfig`
 * SAEs (``relu``, ``gated``, ``topk``, ``batchtopk``, ``jumprelu``): :func:`create_sae`,
   :func:`load_sae`, ``sae.encode / decode / save``,
   ``sae(x)`` -> ``SAEOutput(latents, reconstruction, losses)``,
@@ -14,11 +15,27 @@ The names the notebooks use:
 * language models: :func:`load_model` (embedded SmolLM2 by default), :func:`harvest`
   (activation cache), :func:`splice_eval` / :func:`splice_losses` (loss recovered),
   :func:`text_dataset`, :func:`tiny_model` (tests)
-* inspection: :func:`top_activating_contexts`, :func:`contexts_html`
+* inspection: :func:`top_activating_contexts`, :func:`contexts_html`, :func:`firing_density`,
+  :func:`latent_statistics`, :func:`logit_tokens` / :func:`decoder_logit_tokens` (tokens a
+  direction promotes), :func:`latent_cards` / :func:`latent_card_html` (HTML latent cards)
+* meta-SAEs (atomicity): :mod:`meta` -- ``meta.train_meta_sae``, ``meta.analyse_meta_sae``,
+  ``meta.pick_decompositions``, ``meta.similarity_to_smaller_sae``
+* stitching (completeness): :mod:`stitching` -- ``stitching.stitch``, ``stitching.analyze``
+  (novel vs reconstruction latents, the cosine proxy), ``stitching.curve``
 * reproducibility: :func:`environment_report`
 """
 
-from .analysis import contexts_html, top_activating_contexts
+from . import meta, stitching
+from .analysis import (
+    contexts_html,
+    decoder_logit_tokens,
+    firing_density,
+    latent_card_html,
+    latent_cards,
+    latent_statistics,
+    logit_tokens,
+    top_activating_contexts,
+)
 from .data import SyntheticFeatures, appendix_f_toy, zipf_firing_probs
 from .data.text import text_dataset
 from .evaluation import (
@@ -45,7 +62,7 @@ from .saes import (
     architectures,
     create_sae,
 )
-from .training import TrainConfig, train_sae, train_saes
+from .training import TrainConfig, family_configs, train_sae, train_saes
 
 __version__ = "0.1.0"
 
@@ -59,6 +76,13 @@ __all__ = [
     "hook_names",
     "harvest",
     "contexts_html",
+    "decoder_logit_tokens",
+    "firing_density",
+    "latent_card_html",
+    "latent_cards",
+    "latent_statistics",
+    "logit_tokens",
+    "meta",
     "activations_at",
     "SAE",
     "BatchTopKSAE",
@@ -75,6 +99,7 @@ __all__ = [
     "create_sae",
     "environment_report",
     "evaluate",
+    "family_configs",
     "load_sae",
     "log10_density_histogram",
     "magnitude_ratios",
@@ -85,5 +110,6 @@ __all__ = [
     "set_seed",
     "train_sae",
     "train_saes",
+    "stitching",
     "zipf_firing_probs",
 ]

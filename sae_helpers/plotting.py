@@ -31,7 +31,13 @@ METRIC_LABELS = {
     "loss_recovered": "Loss recovered",
     "delta_lm_loss": r"$\Delta$ LM loss (nats/token)",
     "kl": "KL(clean || spliced) (nats/token)",
+    "mse": "MSE (per element)",
+    "n_latents": "Latents",
+    "width": "Width (latents)",
+    "max_cos": "Max cosine to the smaller SAE",
+    "delta_mse": r"$\Delta$ MSE when inserted",
 }
+CLASS_COLORS = {"novel": "#1b9e77", "reconstruction": "#d95f02"}
 
 
 def use_book_style() -> None:
@@ -154,4 +160,80 @@ def plot_frontier(results: pd.DataFrame, x: str = "l0", y: str = "loss_recovered
     if logx:
         ax.set_xscale("log")
     ax.legend(frameon=False)
+    return ax
+
+
+def plot_cosine_by_class(table: pd.DataFrame, threshold: float | None = None, ax: Axes | None = None,
+                         bins: int = 40) -> Axes:
+    """Histograms of the larger SAE's max cosine to the smaller SAE, novel vs reconstruction
+    latents (``stitching.analyze``'s table; dead latents left out and counted in the title)."""
+    ax = _ax(ax)
+    live = table[~table["dead"]]
+    low = min(0.0, float(live["max_cos"].min())) if len(live) else 0.0
+    edges = np.linspace(low, 1, bins + 1)
+    for name, part in (("novel", live[live["novel"]]), ("reconstruction", live[~live["novel"]])):
+        ax.hist(part["max_cos"], bins=edges, histtype="step", lw=2, color=CLASS_COLORS[name],
+                label=f"{name} ({len(part)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="0.3", lw=1, ls="--", label=f"threshold {threshold:.2f}")
+    ax.set_xlabel(METRIC_LABELS["max_cos"])
+    ax.set_ylabel("Latents of the larger SAE")
+    ax.set_title(f"{int(table['dead'].sum())} dead latents not shown", fontsize="small")
+    ax.legend(frameon=False, loc="upper left")
+    return ax
+
+
+def plot_proxy_scatter(table: pd.DataFrame, threshold: float | None = None, ax: Axes | None = None,
+                       max_points: int = 5000) -> Axes:
+    """Measured MSE change of inserting each live larger-SAE latent against its max cosine."""
+    ax = _ax(ax)
+    live = table[~table["dead"]].iloc[:max_points]
+    colors = np.where(live["novel"], CLASS_COLORS["novel"], CLASS_COLORS["reconstruction"])
+    ax.scatter(live["max_cos"], live["delta_mse"], s=5, alpha=0.4, c=colors)
+    ax.axhline(0.0, color="0.3", lw=1)
+    if threshold is not None:
+        ax.axvline(threshold, color="0.3", lw=1, ls="--")
+    ax.set_yscale("symlog", linthresh=max(1e-6, float(live["delta_mse"].abs().quantile(0.1))))
+    ax.set_xlabel(METRIC_LABELS["max_cos"])
+    ax.set_ylabel(METRIC_LABELS["delta_mse"])
+    return ax
+
+
+def plot_stitching_curves(curves: Mapping[str, pd.DataFrame], family: pd.DataFrame, x: str = "l0",
+                          y: str = "fvu", ax: Axes | None = None) -> Axes:
+    """Stitching curves (one line per named pair) against the family's own SAEs (stars,
+    labelled by width). ``family`` has one row per SAE with ``width``, ``x`` and ``y``;
+    for ``x="n_latents"`` the width is used."""
+    ax = _ax(ax)
+    palette = sns.color_palette("colorblind", len(curves))
+    for color, (name, curve) in zip(palette, curves.items(), strict=True):
+        ax.plot(curve[x], curve[y], ".-", color=color, lw=1.2, ms=5, label=name)
+    fx = family["width"] if x == "n_latents" else family[x]
+    ax.scatter(fx, family[y], marker="*", s=160, color="black", zorder=3, label="family SAEs")
+    for xi, yi, width in zip(fx, family[y], family["width"], strict=True):
+        ax.annotate(f"{width}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize="small")
+    ax.set_xlabel(METRIC_LABELS.get(x, x))
+    ax.set_ylabel(METRIC_LABELS.get(y, y))
+    ax.legend(frameon=False, fontsize="small")
+    return ax
+
+
+def plot_similarity_histograms(values: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor],
+                               ax: Axes | None = None, bins: int = 40,
+                               xlabel: str = "Max cosine similarity", colors: Sequence[str] | None = None) -> Axes:
+    """Histograms of max cosine similarities of sets of different sizes: each normalised to
+    fractions of its set, its median marked with a dashed line and given in the legend."""
+    ax = _ax(ax)
+    arrays = {name: np.asarray(v, dtype=float) for name, v in values.items()}
+    low = min(0.0, *(float(a.min()) for a in arrays.values() if len(a)))
+    edges = np.linspace(low, 1, bins + 1)
+    palette = list(colors) if colors is not None else sns.color_palette("colorblind", len(arrays))
+    for color, (name, a) in zip(palette, arrays.items(), strict=True):
+        median = float(np.median(a))
+        ax.hist(a, bins=edges, weights=np.full(len(a), 1 / max(len(a), 1)), histtype="step", lw=2, color=color,
+                label=f"{name} (n={len(a):,}, median {median:.2f})")
+        ax.axvline(median, color=color, lw=1, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("Fraction of rows")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     return ax
