@@ -3,7 +3,7 @@
 The names the notebooks use:
 
 * training: :func:`train_sae`, :func:`train_saes` (many SAEs, one pass), :func:`family_configs`
-  (SAEs that differ only in width), :class:`TrainConfig`
+  (SAEs that differ only in width), :func:`decoder_drift`, :class:`TrainConfig`
 * SAEs (``relu``, ``gated``, ``topk``, ``batchtopk``, ``jumprelu``): :func:`create_sae`,
   :func:`load_sae`, ``sae.encode / decode / save``,
   ``sae(x)`` -> ``SAEOutput(latents, reconstruction, losses)``,
@@ -62,7 +62,7 @@ from .saes import (
     architectures,
     create_sae,
 )
-from .training import TrainConfig, family_configs, train_sae, train_saes
+from .training import TrainConfig, decoder_drift, family_configs, train_sae, train_saes
 
 __version__ = "0.1.0"
 
@@ -98,6 +98,7 @@ __all__ = [
     "architectures",
     "create_sae",
     "environment_report",
+    "decoder_drift",
     "evaluate",
     "family_configs",
     "load_sae",

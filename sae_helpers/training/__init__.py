@@ -3,13 +3,14 @@
 from .config import TrainConfig
 from .init import activation_scale, geometric_median
 from .sweep import SweepResult, family_configs, train_saes
-from .trainer import TrainingRun, train_sae
+from .trainer import TrainingRun, decoder_drift, train_sae
 
 __all__ = [
     "SweepResult",
     "TrainConfig",
     "TrainingRun",
     "activation_scale",
+    "decoder_drift",
     "family_configs",
     "geometric_median",
     "train_sae",

@@ -158,3 +158,22 @@ def test_jumprelu_thresholds_get_their_own_learning_rate_scale():
     assert set(lrs) == set(by_name.values())
     assert lrs["log_threshold"] == pytest.approx(10 * lrs["W_enc"]) and lrs["W_enc"] > 0
     assert all(lr == lrs["W_enc"] for name, lr in lrs.items() if name != "log_threshold")
+
+
+def test_decoder_drift_is_one_at_the_start_and_falls_with_training():
+    from sae_helpers import SyntheticFeatures, decoder_drift, train_sae
+
+    x = SyntheticFeatures(d=12, n_features=24, firing_prob=0.1).sample(4000, seed=0).x
+    common = {"batch_size": 128, "seed": 4, "progress": False}
+    barely = train_sae(x, "relu", 32, 1.0, 1, lr=1e-9, **common)
+    trained = train_sae(x, "relu", 32, 1.0, 400, lr=1e-2, **common)
+    assert decoder_drift(barely).min() > 0.999999
+    assert decoder_drift(trained).median() < 0.9
+    with pytest.raises(ValueError, match="training_config"):
+        decoder_drift(sh_create())
+
+
+def sh_create():
+    from sae_helpers import create_sae
+
+    return create_sae("relu", 12, 32)
