@@ -161,7 +161,7 @@ def test_jumprelu_thresholds_get_their_own_learning_rate_scale():
 
 
 def test_decoder_drift_is_one_at_the_start_and_falls_with_training():
-    from sae_helpers import SyntheticFeatures, decoder_drift, train_sae
+    from sae_helpers import SyntheticFeatures, create_sae, decoder_drift, train_sae
 
     x = SyntheticFeatures(d=12, n_features=24, firing_prob=0.1).sample(4000, seed=0).x
     common = {"batch_size": 128, "seed": 4, "progress": False}
@@ -170,10 +170,4 @@ def test_decoder_drift_is_one_at_the_start_and_falls_with_training():
     assert decoder_drift(barely).min() > 0.999999
     assert decoder_drift(trained).median() < 0.9
     with pytest.raises(ValueError, match="training_config"):
-        decoder_drift(sh_create())
-
-
-def sh_create():
-    from sae_helpers import create_sae
-
-    return create_sae("relu", 12, 32)
+        decoder_drift(create_sae("relu", 12, 32))
