@@ -44,11 +44,26 @@ def sae():
     return sae
 
 
-def _all_latents(sae, cache):
+def _cache_rows(cache):
     source = CacheSource(cache)
-    x = torch.cat([source.shard_activations(i) for i in range(len(source.shards))]).double()
+    return torch.cat([source.shard_activations(i) for i in range(len(source.shards))])
+
+
+def _all_latents(sae, cache):
+    x = _cache_rows(cache).double()
     W_enc, b_enc, b_dec = (getattr(sae, n).detach().double() for n in ("W_enc", "b_enc", "b_dec"))
     return np.maximum(((x - b_dec) @ W_enc + b_enc).numpy(), 0.0)  # a ReLU SAE, by hand
+
+
+def _sae_latents(sae, cache, batch_size):
+    """The SAE's own activations as float64: ``sae.encode`` of the cache rows in the batches
+    latent_statistics uses (per shard, ``batch_size`` rows at a time), so every value is
+    bit-identical to the ones it counts."""
+    source = CacheSource(cache)
+    with torch.no_grad():
+        return torch.cat([sae.encode(acts[start : start + batch_size].to(dtype=sae.dtype))
+                          for acts in (source.shard_activations(i) for i in range(len(source.shards)))
+                          for start in range(0, len(acts), batch_size)]).double().numpy()
 
 
 def test_density_and_histograms_match_a_hand_computation(sae, cache):
@@ -58,20 +73,32 @@ def test_density_and_histograms_match_a_hand_computation(sae, cache):
     np.testing.assert_allclose(density, (f != 0).mean(0), atol=1e-12)
     assert density[3] == 0 and 0 < density.min(where=density > 0, initial=1) < density.max() <= 1
 
+    # The SAE's own activations agree with the float64 hand computation to float32 rounding,
+    # and fire on exactly the same tokens. The histograms are then checked against the SAE's
+    # own values: a float64 recomputation can put a latent's largest activation a rounding
+    # error above the last edge (the SAE's float32 maximum), where np.histogram drops it.
+    g = _sae_latents(sae, cache, batch_size=37)
+    scale = np.abs(f).max(0, keepdims=True) + 1.0
+    np.testing.assert_allclose(g / scale, f / scale, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(g != 0, f != 0)
+
     latents = [11, 3, 7, 0]
     stats = latent_statistics(sae, cache, latents, bins=8, batch_size=37, progress=False)
     assert stats.latents == latents and stats.n_tokens == 300 and stats.histogram.shape == (4, 8)
     for i, j in enumerate(latents):
-        values = f[f[:, j] != 0, j]
+        values = g[g[:, j] != 0, j]
         assert stats.density[i] == pytest.approx(len(values) / 300)
         if not len(values):
             assert stats.histogram[i].sum() == 0 and stats.max_activation[i] == 0
             continue
-        assert stats.max_activation[i] == pytest.approx(values.max(), rel=1e-6)
-        np.testing.assert_allclose(stats.edges[i], np.linspace(0, values.max(), 9), rtol=1e-6)
+        assert stats.max_activation[i] == values.max()  # the SAE's own maximum, exactly
+        assert stats.max_activation[i] == pytest.approx(f[:, j].max(), rel=1e-5)
+        np.testing.assert_allclose(stats.edges[i], np.linspace(0, values.max(), 9), rtol=1e-12, atol=0)
+        assert stats.edges[i][-1] == values.max()
         expected, _ = np.histogram(values, bins=stats.edges[i])
         np.testing.assert_array_equal(stats.histogram[i], expected)
-        assert stats.histogram[i].sum() == len(values)
+        assert stats.histogram[i].sum() == len(values)  # every firing counted
+        assert stats.histogram[i][-1] >= 1  # the maximum sits in the last bin (its right edge included)
 
 
 def test_logit_tokens_read_decoder_rows_through_the_scaled_unembedding(sae, model):
