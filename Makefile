@@ -2,9 +2,10 @@
 #
 #   make install   create .venv and install everything (fast when nothing changed)
 #   make test      unit tests, then every notebook under nbval (quick default parameters)
-#   make book      execute every notebook with papermill, then build the Jupyter Book
+#   make book      execute every notebook whose inputs changed with papermill, then build
+#                  the Jupyter Book (make book FORCE=1 re-executes every notebook)
 #   make lint      ruff
-#   make clean     remove the built book and the executed chapters
+#   make clean     remove the built book and the executed chapters (with their input hashes)
 #
 # A fresh machine needs only python3.11 and make. Nothing is installed outside .venv.
 #
@@ -26,6 +27,8 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
 CHAPTERS := book/chapters
 PARAMS := book/params
+# make book FORCE=1 re-executes every chapter, even those whose inputs are unchanged.
+FORCE ?=
 
 # Jupyter: prefer the kernelspec inside .venv over any user-level one, so the kernel
 # "python3" is the venv's own interpreter. Keep matplotlib's inline backend in the kernel
@@ -59,20 +62,41 @@ test: install
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "No notebooks under notebooks/: nothing for nbval to run."; \
 	else $(PY) -m pytest --nbval-lax --nbval-current-env $(NOTEBOOKS); fi
 
+# A chapter is executed again only when its inputs changed since its last successful run:
+# the source notebook, book/params/NAME.yaml (or its absence), every sae_helpers/**/*.py (paths
+# included, so renames count), requirements.txt and pyproject.toml. Their combined sha256 is
+# recorded in book/chapters/NAME.inputs.sha256 after papermill succeeded, and removed before a
+# run, so an interrupted or failed run is never mistaken for a finished one. The hash is taken
+# before papermill starts: a source edited during the run makes the next `make book` run it again.
 book: install
 	@mkdir -p $(CHAPTERS)
-	@for nb in $(NOTEBOOKS); do \
+	@shared=$$( { sha256sum requirements.txt pyproject.toml; \
+	  find sae_helpers -type f -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } ); \
+	for nb in $(NOTEBOOKS); do \
 	  name=$$(basename "$$nb" .ipynb); \
 	  out="$(CHAPTERS)/$$name.ipynb"; \
-	  rm -f "$(CHAPTERS)/$$name.failed.ipynb"; \
+	  record="$(CHAPTERS)/$$name.inputs.sha256"; \
 	  params=(); \
 	  if [ -f "$(PARAMS)/$$name.yaml" ]; then params=(-f "$(PARAMS)/$$name.yaml"); fi; \
+	  hash=$$( { echo "notebook $$name $$(sha256sum < "$$nb" | cut -c1-64)"; \
+	    if [ -f "$(PARAMS)/$$name.yaml" ]; then echo "params $$(sha256sum < "$(PARAMS)/$$name.yaml" | cut -c1-64)"; \
+	    else echo "params none"; fi; \
+	    echo "$$shared"; } | sha256sum | cut -c1-64 ); \
+	  if [ -n "$(FORCE)" ] && [ "$(FORCE)" != 0 ]; then why="FORCE=$(FORCE)"; \
+	  elif [ ! -f "$$record" ]; then why="no record of a previous successful run"; \
+	  elif [ ! -f "$$out" ]; then why="executed notebook $$out missing"; \
+	  elif [ "$$(cat "$$record")" != "$$hash" ]; then why="inputs changed"; \
+	  else echo "$$name: up to date, skipped"; continue; fi; \
+	  echo "$$name: $$why, executing"; \
+	  rm -f "$$record" "$(CHAPTERS)/$$name.failed.ipynb"; \
 	  echo "papermill $$nb -> $$out $${params[*]}"; \
 	  if ! $(VENV)/bin/papermill "$$nb" "$$out" -k python3 --cwd notebooks --no-progress-bar "$${params[@]}"; then \
 	    mv -f "$$out" "$(CHAPTERS)/$$name.failed.ipynb" 2>/dev/null || true; \
 	    echo "FAILED: $$nb (executed copy with the error: $(CHAPTERS)/$$name.failed.ipynb)" >&2; \
 	    exit 1; \
 	  fi; \
+	  echo "$$hash" > "$$record.tmp"; \
+	  mv -f "$$record.tmp" "$$record"; \
 	done
 	$(VENV)/bin/jupyter-book build --all -W .
 	@# Every executed chapter must carry its figures into the HTML.
@@ -87,5 +111,6 @@ book: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Removes the executed chapters together with their input hashes (NAME.inputs.sha256).
 clean:
 	rm -rf _build $(CHAPTERS)
