@@ -1,10 +1,13 @@
-"""Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons."""
+"""Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons, training health."""
 
 from .frontier import compare_at_equal_fidelity, l0_to_reach, pareto_frontier
+from .health import HEALTH_LIMITS, NEAR_INITIAL_COSINE, health_table, loss_plateau, training_health
 from .metrics import MetricAccumulator, cosine_blocks, evaluate, log10_density_histogram, max_cosine_similarity, mmcs
 from .recovery import best_matching_latents, magnitude_ratios, match_by_l0
 
 __all__ = [
+    "HEALTH_LIMITS",
+    "NEAR_INITIAL_COSINE",
     "MetricAccumulator",
     "best_matching_latents",
     "compare_at_equal_fidelity",
@@ -12,6 +15,9 @@ __all__ = [
     "l0_to_reach",
     "pareto_frontier",
     "evaluate",
+    "health_table",
+    "loss_plateau",
+    "training_health",
     "log10_density_histogram",
     "magnitude_ratios",
     "match_by_l0",

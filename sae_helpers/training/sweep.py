@@ -99,11 +99,14 @@ def train_saes(
         log and final SAE (``sae/``, SAELens layout). A rerun skips finished runs and
         resumes unfinished ones from their checkpoints.
     eval_activations : if given, each SAE is evaluated on them (:func:`evaluate`) and the
-        metrics join its results row.
+        metrics join its results row, with ``passes_health`` (:func:`training_health`).
+        Every row holds ``near_initial_fraction``, ``loss_plateau`` and ``fvu_plateau``
+        (training health from the decoder and the training log) either way.
     results_csv : where to write the results table (atomically).
     data_seed : seed of the data order; default the first configuration's ``seed``. With
         equal seeds, each SAE equals :func:`train_sae` run alone on the same data.
     """
+    from ..evaluation.health import training_health
     from ..evaluation.metrics import evaluate
 
     cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
@@ -152,8 +155,12 @@ def train_saes(
         assert sae is not None
         last = sae.training_log[-1] if sae.training_log else {}  # type: ignore[attr-defined]
         row = {"name": name, **cfg.to_dict(), **{f"train_{k}": last[k] for k in ("l0", "fvu", "loss") if k in last}}
-        if eval_activations is not None:
-            row.update(evaluate(sae, eval_activations))
+        evaluation = evaluate(sae, eval_activations) if eval_activations is not None else None
+        row.update(evaluation or {})
+        health = training_health(sae, evaluation=evaluation)  # reuses the evaluation: no second pass
+        row.update({k: health[k] for k in ("near_initial_fraction", "loss_plateau", "fvu_plateau")})
+        if evaluation is not None:
+            row["passes_health"] = health["passes"]
         rows.append(row)
     table = pd.DataFrame(rows)
     if results_csv is not None:

@@ -80,3 +80,36 @@ def test_family_configs_give_each_width_its_own_initialisation():
         assert cos.diagonal().abs().max() < 0.9  # no row starts as a copy of the narrower SAE's
     with pytest.raises(ValueError, match="distinct"):
         family_configs([16, 16])
+
+
+def test_results_report_training_health(tmp_path):
+    import math
+
+    from sae_helpers import create_sae, loss_plateau, training_health
+
+    # 30 steps at lr 0.03 leave about half the latents near their random start; at lr 0.1 almost none.
+    configs = [{**CONFIGS[0], "steps": 30, "lr": 0.03}, {**CONFIGS[2], "steps": 30, "lr": 0.1}]
+    plain = train_saes(X, configs, out_dir=tmp_path, progress=False)
+    health = ["near_initial_fraction", "loss_plateau", "fvu_plateau"]
+    assert set(health) <= set(plain.results.columns) and "passes_health" not in plain.results.columns
+    # Rerun from disk (finished runs are loaded, not trained) with held-out activations.
+    evaluated = train_saes(X, configs, out_dir=tmp_path, eval_activations=X[:500], results_csv=tmp_path / "r.csv",
+                           progress=False)
+    table = pd.read_csv(tmp_path / "r.csv")
+    expected_columns = {*health, "passes_health", "dead_fraction", "dense_fraction", "l0", "fvu", "train_loss"}
+    assert expected_columns <= set(table.columns)
+    assert 0 < table.near_initial_fraction[0] < 1  # a count, not all-or-nothing
+    assert not table.passes_health[0] and table.near_initial_fraction[1] < table.near_initial_fraction[0]
+    for cfg, sae, (_, row) in zip(configs, evaluated.saes, table.iterrows(), strict=True):
+        # Near-initial fraction against the initial rows redrawn independently from the seed, in float64.
+        start = create_sae(cfg["arch"], X.shape[1], cfg["width"]).init_weights(torch.Generator().manual_seed(0))
+        cos = torch.nn.functional.cosine_similarity(sae.W_dec.detach().double(), start.W_dec.detach().double(), dim=1)
+        assert row["near_initial_fraction"] == float((cos > 0.9).double().mean())
+        assert row["loss_plateau"] == pytest.approx(loss_plateau(sae.training_log, "loss"), rel=1e-12)
+        assert row["fvu_plateau"] == pytest.approx(loss_plateau(sae.training_log, "fvu"), rel=1e-12)
+        assert math.isfinite(row["loss_plateau"]) and math.isfinite(row["fvu_plateau"])
+        expected = training_health(sae, X[:500])
+        assert bool(row["passes_health"]) == expected["passes"]
+        assert row["dead_fraction"] == pytest.approx(expected["dead_fraction"], abs=1e-15)
+    for a, b in zip(plain.results.to_dict("records"), evaluated.results.to_dict("records"), strict=True):
+        assert all(a[k] == b[k] for k in health)  # the same SAEs, trained once and loaded

@@ -1,0 +1,158 @@
+"""Training health: is an SAE trained, or does it still carry its random start?
+
+Four symptoms of an undertrained or broken SAE, per SAE:
+
+* ``near_initial_fraction``: the fraction of latents whose decoder row keeps a cosine above
+  ``near_initial_cosine`` (0.9) to its own initial row (:func:`decoder_drift`, which redraws
+  the initial rows from the training seed). Such latents have barely moved: their
+  directions describe the initialisation, not the data.
+* ``dead_fraction``: latents that never fire on held-out activations; ``dense_fraction``:
+  latents that fire on more than 10% of them (both exactly as :func:`evaluate` defines them).
+* ``loss_plateau`` and ``fvu_plateau``: the relative change of the training loss and of the
+  training FVU over the last tenth of the run (:func:`loss_plateau`); near 0 when training
+  has converged, clearly negative while it is still improving.
+
+An SAE *passes* when every check in :data:`HEALTH_LIMITS` holds (at most 5% of latents near
+their initial row, at most 5% dead). The dense fraction and the plateaus are reported, not
+judged: how dense a latent may be and how flat a curve must end depend on the chapter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from ..saes.base import SAE
+from ..training.trainer import decoder_drift
+from .metrics import evaluate
+
+#: The checks behind ``passes``: each value must be at most its limit.
+HEALTH_LIMITS: dict[str, float] = {"near_initial_fraction": 0.05, "dead_fraction": 0.05}
+#: A latent is "near its initial row" when its decoder row keeps a cosine above this to it.
+NEAR_INITIAL_COSINE = 0.9
+#: The dense-latent threshold (firing frequency) of :func:`evaluate`, quoted for chapters.
+DENSE_THRESHOLD = 0.1
+
+
+def loss_plateau(
+    log: Sequence[Mapping[str, Any]], metric: str = "loss", last_fraction: float = 0.1, smoothing: float = 0.2
+) -> float:
+    """The relative change of a training-log metric over the last ``last_fraction`` of the run.
+
+    ``log`` is a training log (``sae.training_log``: one dict per logging step, with
+    ``"step"`` and the metrics). With ``S`` the last logged step, the last tenth holds the
+    ``n`` records with ``step >= (1 - last_fraction) * S``. Single records are noisy (each
+    is one batch), so both ends are means over ``m = ceil(smoothing * n)`` records (the
+    first and the last 20% of the last tenth; at most ``n // 2``, so they never overlap):
+
+    * ``start`` = mean of ``metric`` over the first ``m`` records of the last tenth,
+    * ``end`` = mean over its last ``m`` records,
+
+    and the result is ``(end - start) / |start|``: 0 for a flat curve, ``-0.01`` when the
+    metric still fell by 1% over the last tenth. For the trainer's log (200 evenly spaced
+    records) that is 21 records, ends of 5. Records without a finite ``metric`` are ignored.
+    NaN when fewer than 2 records fall in the last tenth (a log with one record per step
+    needs ``S >= 10``), or ``start`` is 0.
+    """
+    if not 0 < last_fraction <= 1 or not 0 < smoothing <= 0.5:
+        raise ValueError(f"Need 0 < last_fraction <= 1 and 0 < smoothing <= 0.5, got {last_fraction}, {smoothing}.")
+    points = []
+    for i, record in enumerate(log):
+        value = record.get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            points.append((float(record.get("step", i + 1)), float(value)))
+    if not points:
+        return math.nan
+    points.sort(key=lambda point: point[0])
+    last = points[-1][0]
+    s0 = (1.0 - last_fraction) * last - 1e-9 * max(abs(last), 1.0)  # a record exactly at the edge is inside
+    window = [value for step, value in points if step >= s0]
+    m = min(math.ceil(smoothing * len(window)), len(window) // 2)
+    if m < 1:
+        return math.nan
+    start = sum(window[:m]) / m
+    end = sum(window[-m:]) / m
+    return (end - start) / abs(start) if start != 0 else math.nan
+
+
+def _near_initial_fraction(sae: SAE, near_initial_cosine: float) -> float:
+    if not getattr(sae, "training_config", None):
+        return math.nan
+    return float((decoder_drift(sae) > near_initial_cosine).double().mean())
+
+
+def training_health(
+    sae: SAE,
+    eval_activations=None,
+    *,
+    near_initial_cosine: float = NEAR_INITIAL_COSINE,
+    evaluation: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The training-health checks of one SAE (see the module docstring).
+
+    Parameters
+    ----------
+    sae : an SAE from :func:`train_sae` / :func:`train_saes` (or loaded from a run directory):
+        it needs ``training_config`` for ``near_initial_fraction`` and ``training_log`` for the
+        plateaus.
+    eval_activations : held-out activations for ``dead_fraction`` / ``dense_fraction``
+        (one :func:`evaluate` pass).
+    near_initial_cosine : the cosine above which a decoder row counts as near its initial row.
+    evaluation : a precomputed ``evaluate(sae, eval_activations)`` result; used instead of a
+        second pass (its dense fraction uses the threshold it was computed with, 0.1 by default).
+
+    Returns a dict: ``near_initial_fraction``, ``dead_fraction``, ``dense_fraction``,
+    ``loss_plateau``, ``fvu_plateau``, ``passes`` (every :data:`HEALTH_LIMITS` check holds) and
+    ``failing`` (e.g. ``"near_initial_fraction=0.31 > 0.05"``, ``""`` when it passes). A check
+    that cannot be made (no ``training_config``; neither ``eval_activations`` nor
+    ``evaluation``) is NaN and counts as failing.
+    """
+    if evaluation is None and eval_activations is not None:
+        evaluation = evaluate(sae, eval_activations)
+    log = getattr(sae, "training_log", None) or []
+    health: dict[str, Any] = {
+        "near_initial_fraction": _near_initial_fraction(sae, near_initial_cosine),
+        "dead_fraction": math.nan if evaluation is None else float(evaluation["dead_fraction"]),
+        "dense_fraction": math.nan if evaluation is None else float(evaluation["dense_fraction"]),
+        "loss_plateau": loss_plateau(log, "loss"),
+        "fvu_plateau": loss_plateau(log, "fvu"),
+    }
+    failing = []
+    for name, limit in HEALTH_LIMITS.items():
+        value = health[name]
+        if math.isnan(value):
+            why = "no training_config" if name == "near_initial_fraction" else "no eval_activations"
+            failing.append(f"{name}=nan ({why})")
+        elif value > limit:
+            failing.append(f"{name}={value:.3g} > {limit:g}")
+    health["passes"] = not failing
+    health["failing"] = "; ".join(failing)
+    return health
+
+
+def health_table(
+    saes: Mapping[str, SAE],
+    eval_activations=None,
+    evaluations: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    near_initial_cosine: float = NEAR_INITIAL_COSINE,
+) -> pd.DataFrame:
+    """:func:`training_health` of every SAE, one row each, indexed by the names of ``saes``.
+
+    ``evaluations`` (optional, by the same names) holds precomputed :func:`evaluate` results,
+    so SAEs already evaluated are not evaluated again.
+    """
+    evaluations = evaluations or {}
+    rows = {
+        name: training_health(sae, eval_activations, near_initial_cosine=near_initial_cosine,
+                              evaluation=evaluations.get(name))
+        for name, sae in saes.items()
+    }
+    columns = ["near_initial_fraction", "dead_fraction", "dense_fraction", "loss_plateau", "fvu_plateau",
+               "passes", "failing"]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns) if rows else pd.DataFrame(columns=columns)
+    table.index.name = "sae"
+    return table
