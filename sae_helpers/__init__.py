@@ -10,11 +10,13 @@ The names the notebooks use:
   :meth:`GatedSAE.to_jumprelu`
 * evaluation: :func:`evaluate`, :func:`mmcs`, :func:`max_cosine_similarity`,
   :func:`log10_density_histogram`
+* training health (is an SAE trained?): :func:`training_health`, :func:`health_table`,
+  :func:`loss_plateau`, :data:`HEALTH_LIMITS`
 * synthetic data: :class:`SyntheticFeatures`, :func:`appendix_f_toy`,
   :func:`zipf_firing_probs`
 * language models: :func:`load_model` (embedded SmolLM2 by default), :func:`harvest`
-  (activation cache), :func:`splice_eval` / :func:`splice_losses` (loss recovered),
-  :func:`text_dataset`, :func:`tiny_model` (tests)
+  (activation cache), :func:`harvest_sites` (several sites, one forward pass),
+  :func:`splice_eval` / :func:`splice_losses` (loss recovered), :func:`text_dataset`, :func:`tiny_model` (tests)
 * inspection: :func:`top_activating_contexts`, :func:`contexts_html`, :func:`firing_density`,
   :func:`latent_statistics`, :func:`logit_tokens` / :func:`decoder_logit_tokens` (tokens a
   direction promotes), :func:`latent_cards` / :func:`latent_card_html` (HTML latent cards)
@@ -39,16 +41,20 @@ from .analysis import (
 from .data import SyntheticFeatures, appendix_f_toy, zipf_firing_probs
 from .data.text import text_dataset
 from .evaluation import (
+    HEALTH_LIMITS,
     best_matching_latents,
     evaluate,
+    health_table,
     log10_density_histogram,
+    loss_plateau,
     magnitude_ratios,
     match_by_l0,
     max_cosine_similarity,
     mmcs,
+    training_health,
 )
 from .formats import load_sae, save_sae
-from .harvest import harvest
+from .harvest import harvest, harvest_sites
 from .models import activations_at, hook_names, load_model, splice_eval, splice_losses, tiny_model
 from .reproducibility import environment_report, set_seed
 from .saes import (
@@ -75,6 +81,7 @@ __all__ = [
     "load_model",
     "hook_names",
     "harvest",
+    "harvest_sites",
     "contexts_html",
     "decoder_logit_tokens",
     "firing_density",
@@ -100,6 +107,10 @@ __all__ = [
     "environment_report",
     "decoder_drift",
     "evaluate",
+    "HEALTH_LIMITS",
+    "health_table",
+    "loss_plateau",
+    "training_health",
     "family_configs",
     "load_sae",
     "log10_density_histogram",

@@ -1,20 +1,27 @@
-"""Harvest a model's activations at one site into an on-disk cache.
+"""Harvest a model's activations at one or several sites into on-disk caches.
 
-text (``datasets``) -> token windows -> model, stopped right after the site ->
-fixed-size checksummed shards (:mod:`sae_helpers.data.cache`). The cache directory is
-then a valid ``activations`` argument of :func:`train_sae`, :func:`train_saes` and
-:func:`evaluate`.
+text (``datasets``) -> token windows -> model, stopped right after the (deepest) site ->
+fixed-size checksummed shards (:mod:`sae_helpers.data.cache`), one cache directory per
+site. A cache directory is then a valid ``activations`` argument of :func:`train_sae`,
+:func:`train_saes` and :func:`evaluate`.
+
+:func:`harvest` fills one site's cache; :func:`harvest_sites` fills several from one
+forward pass per batch, each cache identical, row for row, to a :func:`harvest` of that
+site alone.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .data.cache import build_cache
+from torch import Tensor
+
+from .data.cache import build_caches
 from .data.text import iter_token_windows, text_dataset
-from .models.hooks import activations_at, check_hook_name, d_at
+from .models.hooks import activations_at, activations_at_sites, check_hook_name, d_at
 from .models.splice import model_name_of
 
 
@@ -48,7 +55,8 @@ def harvest(
     Parameters
     ----------
     model : a TransformerLens model (:func:`load_model`).
-    hook_name : e.g. ``"blocks.6.hook_resid_post"``.
+    hook_name : e.g. ``"blocks.6.hook_resid_post"``. For several sites in one pass, see
+        :func:`harvest_sites`.
     n_tokens : activation rows to store (position 0 of each window excluded by default).
     out_dir : the cache directory; rerunning with the same arguments resumes an
         interrupted harvest, or returns at once when it is complete.
@@ -56,24 +64,118 @@ def harvest(
         or a ``datasets.Dataset`` with a ``text`` column.
     split : the split when ``dataset`` is a name (``"train"`` / ``"eval"`` for sotu).
     context_size : tokens per window, the BOS token at position 0 included.
-    dtype : storage dtype of the activations (``"float32"``, ``"bfloat16"``...).
+    dtype : storage dtype of the activations: ``"float32"``, ``"bfloat16"`` or ``"float16"``
+        (half the disk and memory; readers return float32 either way). float16 holds
+        magnitudes up to 65504 only: a larger activation is an error naming the row (use
+        bfloat16, float32's range at lower precision, for residual streams with massive
+        activations).
     batch_size : windows per forward pass.
     shard_tokens : activation rows per shard file.
     exclude_bos : drop position 0 (the BOS token, whose activations are outliers).
     outlier_factor : also drop rows whose norm exceeds this multiple of the batch median.
     """
-    check_hook_name(model, hook_name)
+    if not isinstance(hook_name, str):
+        raise TypeError(
+            f"harvest takes one hook name, got {hook_name!r}. For several sites in one forward pass use "
+            "sh.harvest_sites(model, hook_names, n_tokens, out_dirs)."
+        )
+    return _harvest(
+        model, [hook_name], n_tokens, {hook_name: out_dir}, dataset=dataset, split=split,
+        context_size=context_size, dtype=dtype, batch_size=batch_size, shard_tokens=shard_tokens,
+        exclude_bos=exclude_bos, outlier_factor=outlier_factor, progress=progress,
+    )[hook_name]
+
+
+def harvest_sites(
+    model: Any,
+    hook_names: Sequence[str],
+    n_tokens: int,
+    out_dirs: Mapping[str, str | os.PathLike] | str | os.PathLike,
+    *,
+    dataset: Any = None,
+    split: str = "train",
+    context_size: int = 128,
+    dtype: str = "float32",
+    batch_size: int = 16,
+    shard_tokens: int = 65536,
+    exclude_bos: bool = True,
+    outlier_factor: float | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """:func:`harvest` at several sites from one forward pass per batch: ``{hook_name: cache dir}``.
+
+    Each batch of windows runs through the model once, stopped right after the deepest
+    site still needed, and every site goes to its own cache directory in the usual format.
+    With the same arguments, the cache of each site holds exactly the rows of
+    ``harvest(model, site, n_tokens, out_dir, ...)``, in the same order, so the two are
+    interchangeable (one resumes or reuses the other's cache).
+
+    Parameters
+    ----------
+    hook_names : the sites, e.g. ``["blocks.3.hook_resid_post", "blocks.6.hook_resid_post"]``.
+    out_dirs : ``{hook_name: directory}``, or one root directory: then site ``h`` goes to
+        ``root / h`` (e.g. ``root/blocks.6.hook_resid_post``).
+    outlier_factor : rows are kept or dropped together at every site, on the norm at the
+        **first** site of ``hook_names`` (so the caches stay aligned row for row): the first
+        site's cache equals its single-site harvest, and the other sites' caches record
+        ``outlier_site`` in their settings. Put the site whose outliers matter first.
+
+    All other parameters are those of :func:`harvest`, shared by all sites. Rerunning
+    resumes an interrupted harvest; sites whose caches are complete are not recomputed
+    (only the missing ones run, and a site that is behind catches up alone). Memory holds
+    about two shards per site being written.
+    """
+    if isinstance(hook_names, str):
+        raise TypeError(f"hook_names must be a list of hook names, got the string {hook_names!r}; "
+                        "for one site use sh.harvest.")
+    names = list(hook_names)
+    if not names:
+        raise ValueError("hook_names is empty: name at least one site.")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"hook_names repeats {duplicates}; name each site once.")
+    if isinstance(out_dirs, Mapping):
+        dirs = dict(out_dirs)
+        missing = [name for name in names if name not in dirs]
+        extra = [key for key in dirs if key not in names]
+        if missing or extra:
+            raise ValueError(f"out_dirs must map exactly the hook names to directories: missing {missing}, "
+                             f"not among hook_names {extra}.")
+    elif isinstance(out_dirs, (str, os.PathLike)):
+        dirs = {name: Path(out_dirs) / name for name in names}
+    else:
+        raise TypeError(f"out_dirs must be a mapping {{hook_name: directory}} or a root directory, got "
+                        f"{type(out_dirs).__name__}.")
+    return _harvest(
+        model, names, n_tokens, dirs, dataset=dataset, split=split, context_size=context_size, dtype=dtype,
+        batch_size=batch_size, shard_tokens=shard_tokens, exclude_bos=exclude_bos,
+        outlier_factor=outlier_factor, progress=progress,
+    )
+
+
+def _harvest(
+    model: Any, names: list[str], n_tokens: int, dirs: Mapping[str, str | os.PathLike], *, dataset: Any,
+    split: str, context_size: int, dtype: str, batch_size: int, shard_tokens: int, exclude_bos: bool,
+    outlier_factor: float | None, progress: bool,
+) -> dict[str, Path]:
+    for name in names:
+        check_hook_name(model, name)
     data, label = _dataset_and_label(dataset, split)
-    info = {
-        "model": model_name_of(model),
-        "hook_name": hook_name,
-        "context_size": context_size,
-        "d_model": d_at(model, hook_name),
-        "dataset": label,
+    model_name = model_name_of(model)
+    infos = {
+        name: {"model": model_name, "hook_name": name, "context_size": context_size,
+               "d_model": d_at(model, name), "dataset": label}
+        for name in names
     }
+
+    def activation_fn(tokens: Tensor, sites: list[str]) -> dict[str, Tensor]:
+        if len(sites) == 1:  # the single-site path (bench/harvest_throughput.py times this call)
+            return {sites[0]: activations_at(model, tokens, sites[0])}
+        return activations_at_sites(model, tokens, sites)
+
     windows = iter_token_windows(data, model.tokenizer, context_size)
-    return build_cache(
-        out_dir, windows, lambda tokens: activations_at(model, tokens, hook_name), n_tokens, info,
+    return build_caches(
+        {name: dirs[name] for name in names}, windows, activation_fn, n_tokens, infos, filter_site=names[0],
         batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype, exclude_first=exclude_bos,
         outlier_factor=outlier_factor, progress=progress,
     )

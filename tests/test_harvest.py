@@ -1,10 +1,14 @@
-"""harvest: the cache holds exactly the model's activations at the site, for the stored tokens."""
+"""harvest: the cache holds exactly the model's activations at the site, for the stored tokens;
+harvest_sites: several sites from one forward pass, each cache equal to its single-site harvest."""
+
+import json
 
 import datasets
+import pytest
 import torch
 
-from sae_helpers import harvest, splice_eval, train_sae
-from sae_helpers.data.cache import CacheSource
+from sae_helpers import evaluate, harvest, harvest_sites, splice_eval, train_sae
+from sae_helpers.data.cache import CacheError, CacheSource
 from sae_helpers.models import activations_at, tiny_model
 from sae_helpers.models.tiny import TINY_WORDS
 
@@ -45,3 +49,136 @@ def test_trained_sae_splices_into_the_model(tmp_path):
     assert keys <= set(result)
     assert result["n_predictions"] >= 500
     assert result["kl"] >= 0
+
+
+# ---------------------------------------------------------------- several sites, one forward pass
+SHALLOW, ATTN, DEEP = "blocks.0.hook_resid_post", "blocks.0.attn.hook_z", "blocks.1.hook_mlp_out"
+SMALL = {"context_size": 16, "batch_size": 4, "shard_tokens": 64, "progress": False}  # 60 rows per batch
+
+
+def shard_digests(path):
+    return [s["sha256"] for s in CacheSource(path).shards]
+
+
+class BlockCalls:
+    """Count the forward passes of batch ``batch_size`` through ``model.blocks[i]`` (the width
+    probes of ``d_at`` have batch 1), and optionally raise from inside the ``fail_at``-th one."""
+
+    def __init__(self, model, block, batch_size=4, fail_at=None):
+        self.calls, self.batch_size, self.fail_at = 0, batch_size, fail_at
+        self.handle = model.blocks[block].register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        if args[0].shape[0] == self.batch_size:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise KeyboardInterrupt
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_harvest_sites_equals_single_site_harvests_row_for_row(tmp_path):
+    model = tiny_model(seed=0)
+    sites = [DEEP, SHALLOW, ATTN]
+    with BlockCalls(model, 0) as first, BlockCalls(model, 1) as second:
+        out = harvest_sites(model, sites, 300, tmp_path / "multi", dataset=tiny_corpus(), **SMALL)
+    assert first.calls == second.calls == 5  # one forward pass per batch of 4 windows (60 rows)
+    assert out == {site: tmp_path / "multi" / site for site in sites}
+    for site in sites:
+        single = harvest(model, site, 300, tmp_path / f"single-{site}", dataset=tiny_corpus(), **SMALL)
+        assert shard_digests(out[site]) == shard_digests(single)  # bitwise-equal shards
+        multi_src, single_src = CacheSource(out[site]), CacheSource(single)
+        assert multi_src.manifest["settings"] == single_src.manifest["settings"]
+        assert torch.equal(torch.cat(list(multi_src.in_order(50))), torch.cat(list(single_src.in_order(50))))
+    assert CacheSource(out[ATTN]).d == model.cfg.n_heads * model.cfg.d_head
+
+
+def test_harvest_sites_stops_after_the_deepest_site(tmp_path):
+    model = tiny_model(seed=0)
+    with BlockCalls(model, 1) as second:
+        harvest_sites(model, [SHALLOW, ATTN], 120, {SHALLOW: tmp_path / "a", ATTN: tmp_path / "b"},
+                      dataset=tiny_corpus(), **SMALL)
+    assert second.calls == 0
+
+
+def test_an_interrupted_multi_site_harvest_resumes_to_the_same_caches(tmp_path):
+    model = tiny_model(seed=0)
+    whole = harvest_sites(model, [SHALLOW, DEEP], 300, tmp_path / "whole", dataset=tiny_corpus(), **SMALL)
+    with BlockCalls(model, 1, fail_at=3), pytest.raises(KeyboardInterrupt):
+        harvest_sites(model, [SHALLOW, DEEP], 300, tmp_path / "run", dataset=tiny_corpus(), **SMALL)
+    for site in (SHALLOW, DEEP):
+        partial = json.loads((tmp_path / "run" / site / "manifest.json").read_text())
+        assert not partial["complete"] and len(partial["shards"]) == 1  # 2 batches = 120 rows = 1 shard + 56
+    with BlockCalls(model, 0) as first:
+        resumed = harvest_sites(model, [SHALLOW, DEEP], 300, tmp_path / "run", dataset=tiny_corpus(), **SMALL)
+    assert first.calls == 4  # resumed at the batch holding row 64, the 2nd; 5 batches in all
+    for site in (SHALLOW, DEEP):
+        assert shard_digests(resumed[site]) == shard_digests(whole[site])
+        assert CacheSource(resumed[site]).manifest["complete"]
+
+
+def test_complete_sites_are_not_recomputed_and_a_site_behind_catches_up(tmp_path):
+    model = tiny_model(seed=0)
+    root = tmp_path / "caches"
+    deep = harvest(model, DEEP, 300, root / DEEP, dataset=tiny_corpus(), **SMALL)
+    manifest_before = (deep / "manifest.json").read_bytes()
+    with BlockCalls(model, 0, fail_at=2), pytest.raises(KeyboardInterrupt):  # ATTN: 1 batch of 5 done
+        harvest(model, ATTN, 300, root / ATTN, dataset=tiny_corpus(), **SMALL)
+    with BlockCalls(model, 1) as second, BlockCalls(model, 0) as first:
+        out = harvest_sites(model, [DEEP, SHALLOW, ATTN], 300, root, dataset=tiny_corpus(), **SMALL)
+    assert second.calls == 0  # DEEP was complete: the forward passes stopped in block 0
+    assert first.calls == 5  # SHALLOW from the start; ATTN, behind by one shard, ran along
+    assert (deep / "manifest.json").read_bytes() == manifest_before
+    for site in (SHALLOW, ATTN):
+        single = harvest(model, site, 300, tmp_path / f"single-{site}", dataset=tiny_corpus(), **SMALL)
+        assert shard_digests(out[site]) == shard_digests(single)
+    with BlockCalls(model, 0) as first:
+        harvest_sites(model, [DEEP, SHALLOW, ATTN], 300, root, dataset=tiny_corpus(), **SMALL)
+    assert first.calls == 0  # everything complete: no forward pass at all
+
+
+def test_multi_site_outlier_filter_drops_the_same_rows_everywhere(tmp_path):
+    model = tiny_model(seed=0)
+    out = harvest_sites(model, [SHALLOW, DEEP], 300, tmp_path / "m", dataset=tiny_corpus(), outlier_factor=1.2,
+                        **SMALL)
+    shallow, deep = CacheSource(out[SHALLOW]), CacheSource(out[DEEP])
+    positions = [torch.cat([src.tokens_of_rows(i)[1] + 16 * int(src.load_shard(i)["first_window"])
+                            for i in range(len(src.shards))]) for src in (shallow, deep)]
+    assert torch.equal(*positions)  # aligned row for row
+    assert len(set(positions[0].tolist())) == 300 and positions[0].max() >= 300 * 16 // 15  # rows were dropped
+    single = harvest(model, SHALLOW, 300, tmp_path / "s", dataset=tiny_corpus(), outlier_factor=1.2, **SMALL)
+    assert shard_digests(out[SHALLOW]) == shard_digests(single)  # the first site decides
+    assert deep.manifest["settings"]["outlier_site"] == SHALLOW
+    with pytest.raises(CacheError, match="outlier_site: cache 'blocks.0.hook_resid_post', now None"):
+        harvest(model, DEEP, 300, out[DEEP], dataset=tiny_corpus(), outlier_factor=1.2, **SMALL)
+
+
+def test_harvest_sites_argument_errors(tmp_path):
+    model = tiny_model(seed=0)
+    with pytest.raises(TypeError, match="harvest_sites"):
+        harvest(model, [SHALLOW, DEEP], 100, tmp_path / "x")
+    with pytest.raises(ValueError, match=r"missing \['blocks.1.hook_mlp_out'\]"):
+        harvest_sites(model, [SHALLOW, DEEP], 100, {SHALLOW: tmp_path / "a"})
+    with pytest.raises(ValueError, match="repeats"):
+        harvest_sites(model, [SHALLOW, SHALLOW], 100, tmp_path)
+    with pytest.raises(ValueError, match="Unknown hook name"):
+        harvest_sites(model, [SHALLOW, "blocks.9.hook_resid_post"], 100, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_float16_harvest_trains_and_evaluates(tmp_path):
+    model = tiny_model(seed=0)
+    out = harvest_sites(model, [SHALLOW, DEEP], 600, tmp_path / "half", dataset=tiny_corpus(), dtype="float16",
+                        **SMALL)
+    full = harvest(model, SHALLOW, 600, tmp_path / "full", dataset=tiny_corpus(), **SMALL)
+    half = CacheSource(out[SHALLOW])
+    assert half.dtype == "float16" and half.load_shard(0)["activations"].dtype == torch.float16
+    assert torch.equal(half.shard_activations(0), CacheSource(full).shard_activations(0).half().float())
+    assert next(half.batches(32, seed=0)).dtype == torch.float32
+    sae = train_sae(out[SHALLOW], "topk", 32, steps=20, k=4, batch_size=64, progress=False, init_sample_size=200)
+    result = evaluate(sae, out[SHALLOW])
+    assert result["n_tokens"] == 600 and 0 <= result["fvu"] < 1.5

@@ -4,13 +4,18 @@ Layout of a cache directory::
 
     manifest.json             model, hook_name, d_model, n_tokens, context_size, dtype,
                               shards [{path, sha256, n_tokens}], settings, progress
-    shard_00000.safetensors   activations [n, d]; token_ids [w, context_size] (the windows
+    shard_00000.safetensors   activations [n, d] (in dtype); token_ids [w, context_size] (the windows
                               its rows come from); positions [n] (row -> w * context_size + pos)
                               first_window [1] (global index of token_ids[0])
 
 Every shard holds exactly ``shard_tokens`` rows (the last one may hold fewer). Each file
 is written atomically and the manifest is rewritten after every shard, so a killed
 harvest resumes from its last shard. Readers verify each shard's sha256 before using it.
+
+:func:`build_caches` writes several such caches (one per site) from one pass over the
+windows; each is exactly the cache :func:`build_cache` would write for that site alone.
+Activations are stored in ``dtype`` (float32, bfloat16 or float16); a value the storage
+dtype cannot hold (float16 above 65504) is an error, never a silent inf.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,7 @@ from torch import Tensor
 
 from .._io import atomic_write, atomic_write_json, read_json, sha256_file
 from .._progress import tqdm
-from ..saes.base import resolve_dtype
+from ..saes.base import dtype_name, resolve_dtype
 
 MANIFEST = "manifest.json"
 FORMAT = "sae_helpers.activation_cache/1"
@@ -70,151 +75,300 @@ def build_cache(
     data, e.g. the dataset) goes into the manifest; rerunning with other ``info`` or
     settings on an existing, unfinished cache is an error, with the same ones it resumes.
     ``exclude_first`` drops position 0 (the BOS token); ``outlier_factor`` drops rows
-    whose norm exceeds that multiple of the batch's median norm.
+    whose norm exceeds that multiple of the batch's median norm. ``dtype`` is the storage
+    dtype; a value that does not fit it (float16 overflows to inf above 65504) is an error.
     """
-    out = Path(out_dir)
+    site = str(info.get("hook_name") or "activations")
+    return build_caches(
+        {site: out_dir}, windows, lambda tokens, sites: {site: activation_fn(tokens)}, n_tokens, {site: info},
+        batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype, exclude_first=exclude_first,
+        outlier_factor=outlier_factor, progress=progress,
+    )[site]
+
+
+def build_caches(
+    out_dirs: Mapping[str, str | os.PathLike],
+    windows: Iterable[Tensor],
+    activation_fn: Callable[[Tensor, list[str]], Mapping[str, Tensor]],
+    n_tokens: int,
+    infos: Mapping[str, dict[str, Any]],
+    *,
+    filter_site: str | None = None,
+    batch_size: int = 16,
+    shard_tokens: int = 65536,
+    dtype: str = "float32",
+    exclude_first: bool = True,
+    outlier_factor: float | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """:func:`build_cache` for several sites from one pass over ``windows``: one cache each.
+
+    ``out_dirs`` and ``infos`` map each site to its cache directory and manifest info.
+    ``activation_fn(tokens, sites)`` returns ``{site: [batch, context_size, d]}`` for the
+    sites it is asked for: only those whose cache still needs that batch (plus
+    ``filter_site`` when filtering), so finished caches are never recomputed and a site
+    that is behind (added later, or interrupted earlier) catches up alone.
+
+    Every cache holds exactly the rows :func:`build_cache` would write for that site alone
+    with the same settings, in the same order, and resumes the same way. The outlier filter
+    decides once per row, on the norms at ``filter_site`` (default: the first site), and
+    drops that row at every site, so the caches stay aligned row for row; the caches of the
+    other sites then record ``outlier_site`` in their settings.
+    """
+    sites = list(out_dirs)
+    if not sites:
+        raise ValueError("No sites to harvest: out_dirs is empty.")
+    if set(infos) != set(sites):
+        raise ValueError(f"out_dirs names the sites {sites}, infos {list(infos)}; they must match.")
     if n_tokens <= 0 or shard_tokens <= 0 or batch_size <= 0:
         raise ValueError("n_tokens, shard_tokens and batch_size must be positive.")
-    settings = {
-        **info, "n_tokens_requested": n_tokens, "shard_tokens": shard_tokens, "dtype": dtype,
-        "exclude_first": exclude_first, "outlier_factor": outlier_factor, "batch_size": batch_size,
-    }
+    filter_site = sites[0] if filter_site is None else filter_site
+    if filter_site not in sites:
+        raise ValueError(f"filter_site {filter_site!r} is not one of the sites {sites}.")
+    paths = {site: Path(out_dirs[site]) for site in sites}
+    resolved = [p.resolve() for p in paths.values()]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"Every site needs its own cache directory, got {list(map(str, paths.values()))}.")
     torch_dtype = resolve_dtype(dtype)
-    manifest = _open_for_writing(out, settings)
-    if manifest["complete"]:
-        return out
-    done_rows = manifest["n_tokens"]
-    # Resume at the start of the batch holding the first unwritten row, so every batch has
-    # the same windows as in an uninterrupted run (bitwise-equal activations), and drop
-    # the rows of that batch already written.
-    skip_windows = manifest["progress"]["batch_start"]
-    skip_rows_of_next = manifest["progress"]["rows_written_of_batch"]
-    written_by_batch: dict[int, int] = {skip_windows: skip_rows_of_next}
+    if not torch_dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point type (float32, bfloat16, float16), got {dtype!r}.")
+    context_sizes = {int(infos[site]["context_size"]) for site in sites}
+    if len(context_sizes) != 1:
+        raise ValueError(f"All sites must share one context_size, got {sorted(context_sizes)}.")
+    context_size = context_sizes.pop()
 
-    buf_acts: list[Tensor] = []
-    buf_pos: list[Tensor] = []  # global flat index: window * context_size + position
-    buf_rows = 0
-    window_store: dict[int, Tensor] = {}
-    context_size = int(info["context_size"])
-    bar = tqdm(total=n_tokens, initial=done_rows, desc=f"harvest {info.get('hook_name', '')}",
-               unit="tok", unit_scale=True, disable=not progress)
+    settings = {}
+    for site in sites:
+        settings[site] = {
+            **infos[site], "n_tokens_requested": n_tokens, "shard_tokens": shard_tokens, "dtype": dtype,
+            "exclude_first": exclude_first, "outlier_factor": outlier_factor, "batch_size": batch_size,
+        }
+        if outlier_factor is not None and site != filter_site:
+            settings[site]["outlier_site"] = infos[filter_site].get("hook_name", filter_site)
+    # Check every existing cache before creating any, so a refused call leaves nothing behind.
+    for site in sites:
+        _open_for_writing(paths[site], settings[site], create=False)
+    writers = {
+        site: _SiteWriter(site, paths[site], settings[site], n_tokens, shard_tokens, batch_size, context_size,
+                          torch_dtype)
+        for site in sites
+    }
+    running = [w for w in writers.values() if not w.manifest["complete"]]
+    if not running:
+        return paths
 
-    def flush(final: bool) -> None:
-        nonlocal buf_acts, buf_pos, buf_rows, done_rows
-        while buf_rows >= shard_tokens or (final and buf_rows > 0):
-            acts, pos = torch.cat(buf_acts), torch.cat(buf_pos)
-            take = min(shard_tokens, buf_rows)
+    first_position = 1 if exclude_first else 0
+    names = ", ".join(str(w.manifest.get("hook_name") or w.site) for w in running)
+
+    def slowest() -> int:
+        return min(w.done_rows + w.buf_rows for w in running)
+
+    bar = tqdm(total=n_tokens, initial=slowest(), desc=f"harvest {names}", unit="tok", unit_scale=True,
+               disable=not progress)
+    try:
+        for start, tokens in _window_batches(windows, min(w.batch_start for w in running), batch_size,
+                                             context_size):
+            if all(w.full for w in running):
+                break
+            wanted = [w for w in running if w.wants(start)]
+            if not wanted:
+                continue
+            need = {w.site for w in wanted} | ({filter_site} if outlier_factor is not None else set())
+            need_sites = [site for site in sites if site in need]
+            with torch.no_grad():
+                computed = activation_fn(tokens, need_sites)
+            n_win = len(tokens)
+            pos = (torch.arange(start, start + n_win)[:, None] * context_size
+                   + torch.arange(first_position, context_size)).reshape(-1)
+            rows = {site: _batch_rows(site, computed, tokens, start, first_position) for site in need_sites}
+            keep = None
+            if outlier_factor is not None:
+                norms = rows[filter_site].norm(dim=1)
+                keep = norms <= outlier_factor * norms.median()
+            for w in wanted:
+                flat = rows[w.site]
+                w.add(tokens, start, flat if keep is None else flat[keep], pos if keep is None else pos[keep])
+            bar.update(slowest() - bar.n)
+        for w in running:
+            w.flush(final=True)
+    finally:
+        bar.close()
+    for w in running:
+        w.finish()
+    return paths
+
+
+def _batch_rows(site: str, computed: Mapping[str, Tensor], tokens: Tensor, start: int, first_position: int) -> Tensor:
+    """One site's activations of a batch as float32 rows ``[windows * positions, d]`` on the CPU."""
+    if site not in computed:
+        raise ValueError(f"activation_fn returned no activations for the site {site!r}.")
+    acts = computed[site]
+    if acts.ndim != 3 or acts.shape[:2] != tokens.shape:
+        raise ValueError(
+            f"activation_fn returned shape {tuple(acts.shape)} at {site!r} for tokens {tuple(tokens.shape)}."
+        )
+    acts = acts[:, first_position:].float().cpu()
+    flat = acts.reshape(-1, acts.shape[-1])
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError(
+            f"The model produced non-finite activations at {site!r} in windows {start}..{start + len(tokens) - 1}."
+        )
+    return flat
+
+
+def _window_batches(
+    windows: Iterable[Tensor], skip_windows: int, batch_size: int, context_size: int
+) -> Iterator[tuple[int, Tensor]]:
+    """``(index of the first window, [batch, context_size] tokens)``, from window ``skip_windows`` on."""
+    batch, start = [], skip_windows
+    for index, window in enumerate(windows):
+        if index < skip_windows:
+            continue
+        if window.shape != (context_size,):
+            raise ValueError(f"Token window {index} has shape {tuple(window.shape)}, expected ({context_size},).")
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield start, torch.stack(batch)
+            batch, start = [], index + 1
+    if batch:
+        yield start, torch.stack(batch)
+
+
+class _SiteWriter:
+    """One cache directory being written: a row buffer, whole shards written atomically, and
+    the manifest (rewritten after every shard) with the resume point."""
+
+    def __init__(self, site: str, out: Path, settings: dict[str, Any], n_tokens: int, shard_tokens: int,
+                 batch_size: int, context_size: int, torch_dtype: torch.dtype) -> None:
+        self.site, self.out, self.n_tokens = site, out, n_tokens
+        self.shard_tokens, self.batch_size, self.context_size = shard_tokens, batch_size, context_size
+        self.torch_dtype = torch_dtype
+        self.manifest = _open_for_writing(out, settings)
+        self.done_rows = int(self.manifest["n_tokens"])
+        # Resume at the start of the batch holding the first unwritten row, so every batch has
+        # the same windows as in an uninterrupted run (bitwise-equal activations), and drop
+        # the rows of that batch already written.
+        self.batch_start = int(self.manifest["progress"]["batch_start"])
+        self.skip_rows = int(self.manifest["progress"]["rows_written_of_batch"])
+        self.written_by_batch: dict[int, int] = {self.batch_start: self.skip_rows}
+        self.buf_acts: list[Tensor] = []
+        self.buf_pos: list[Tensor] = []  # global flat index: window * context_size + position
+        self.buf_rows = 0
+        self.window_store: dict[int, Tensor] = {}
+
+    @property
+    def full(self) -> bool:
+        return self.manifest["complete"] or self.done_rows + self.buf_rows >= self.n_tokens
+
+    def wants(self, start: int) -> bool:
+        """Whether this cache still needs the batch starting at window ``start``."""
+        return not self.full and start >= self.batch_start
+
+    def add(self, tokens: Tensor, start: int, flat: Tensor, pos: Tensor) -> None:
+        """Append a batch's kept rows (float32 ``[n, d]``, their flat positions ``[n]``)."""
+        d = flat.shape[1]
+        if self.manifest["d_model"] is None:
+            self.manifest["d_model"] = d
+        elif self.manifest["d_model"] != d:
+            raise CacheError(f"activation_fn returned width {d} at {self.site!r}, the cache in {self.out} "
+                             f"holds width {self.manifest['d_model']}.")
+        if self.skip_rows:
+            flat, pos = flat[self.skip_rows:], pos[self.skip_rows:]
+            self.skip_rows = 0
+        room = self.n_tokens - self.done_rows - self.buf_rows
+        flat, pos = flat[:room], pos[:room]
+        stored = flat.to(self.torch_dtype)
+        self._check_representable(stored, flat, pos)
+        for i in range(len(tokens)):
+            self.window_store[start + i] = tokens[i]
+        self.buf_acts.append(stored)
+        self.buf_pos.append(pos)
+        self.buf_rows += len(stored)
+        self.flush(final=False)
+
+    def _check_representable(self, stored: Tensor, flat: Tensor, pos: Tensor) -> None:
+        """Finiteness after the cast to the storage dtype: float16 overflows to inf above 65504."""
+        finite = torch.isfinite(stored)
+        if bool(finite.all()):
+            return
+        bad = (~finite).nonzero()[0]
+        i, col = int(bad[0]), int(bad[1])
+        row = self.done_rows + self.buf_rows + i
+        window, position = divmod(int(pos[i]), self.context_size)
+        name = dtype_name(self.torch_dtype)
+        raise ValueError(
+            f"{self.site!r}: activation row {row} of the cache (window {window}, position {position}, "
+            f"column {col}) is {float(flat[i, col]):.6g}, which overflows to {float(stored[i, col])} in "
+            f"{name} (largest finite {name}: {torch.finfo(self.torch_dtype).max:.6g}). Store this site with "
+            f"dtype='bfloat16' (float32's range at half the size) or dtype='float32': delete {self.out} "
+            "and harvest again."
+        )
+
+    def flush(self, final: bool) -> None:
+        """Write every full shard in the buffer (with ``final``, the rest as a last, short one)."""
+        manifest, context_size, batch_size = self.manifest, self.context_size, self.batch_size
+        while self.buf_rows >= self.shard_tokens or (final and self.buf_rows > 0):
+            acts, pos = torch.cat(self.buf_acts), torch.cat(self.buf_pos)
+            take = min(self.shard_tokens, self.buf_rows)
             shard_acts, shard_pos = acts[:take], pos[:take]
             win = torch.div(shard_pos, context_size, rounding_mode="floor")
             first, last = int(win[0]), int(win[-1])
-            token_ids = torch.stack([window_store[w] for w in range(first, last + 1)]).to(torch.int32)
+            token_ids = torch.stack([self.window_store[w] for w in range(first, last + 1)]).to(torch.int32)
             tensors = {
-                "activations": shard_acts.to(torch_dtype).contiguous(),
+                "activations": shard_acts.contiguous(),
                 "token_ids": token_ids,
                 "positions": (shard_pos - first * context_size).contiguous(),
                 "first_window": torch.tensor([first], dtype=torch.int64),
             }
-            index = len(manifest["shards"])
-            path = out / _shard_name(index)
+            path = self.out / _shard_name(len(manifest["shards"]))
             atomic_write(path, lambda tmp, t=tensors: save_file(t, str(tmp)))
-            done_rows += take
+            self.done_rows += take
             manifest["shards"].append({"path": path.name, "sha256": sha256_file(path), "n_tokens": take})
-            manifest["n_tokens"] = done_rows
+            manifest["n_tokens"] = self.done_rows
             for start, count in zip(*torch.unique(win // batch_size * batch_size, return_counts=True), strict=True):
-                written_by_batch[int(start)] = written_by_batch.get(int(start), 0) + int(count)
+                self.written_by_batch[int(start)] = self.written_by_batch.get(int(start), 0) + int(count)
             # Resume point: the batch holding the first row not yet written.
             rest = pos[take:]
             next_window = int(rest[0]) // context_size if len(rest) else last + 1
             batch_start = next_window // batch_size * batch_size
             manifest["progress"] = {"batch_start": batch_start,
-                                    "rows_written_of_batch": written_by_batch.get(batch_start, 0)}
-            for key in [k for k in written_by_batch if k < batch_start]:
-                del written_by_batch[key]
-            manifest["complete"] = done_rows >= n_tokens
-            atomic_write_json(out / MANIFEST, manifest)
+                                    "rows_written_of_batch": self.written_by_batch.get(batch_start, 0)}
+            for key in [k for k in self.written_by_batch if k < batch_start]:
+                del self.written_by_batch[key]
+            manifest["complete"] = self.done_rows >= self.n_tokens
+            atomic_write_json(self.out / MANIFEST, manifest)
             # Copy the few leftover rows: a view would keep the whole concatenated shard
             # buffer alive through the next fill (peak memory ~3 shards instead of ~2).
-            buf_acts, buf_pos = [acts[take:].clone()], [rest.clone()]
-            buf_rows -= take
-            for w in [w for w in window_store if w < batch_start]:
-                del window_store[w]
+            self.buf_acts, self.buf_pos = [acts[take:].clone()], [rest.clone()]
+            self.buf_rows -= take
+            for w in [w for w in self.window_store if w < batch_start]:
+                del self.window_store[w]
 
-    def batches() -> Iterator[tuple[int, Tensor]]:
-        batch, start = [], skip_windows
-        for index, window in enumerate(windows):
-            if index < skip_windows:
-                continue
-            if window.shape != (context_size,):
-                raise ValueError(
-                    f"Token window {index} has shape {tuple(window.shape)}, expected ({context_size},)."
-                )
-            batch.append(window)
-            if len(batch) == batch_size:
-                yield start, torch.stack(batch)
-                batch, start = [], index + 1
-        if batch:
-            yield start, torch.stack(batch)
-
-    first_position = 1 if exclude_first else 0
-    try:
-        for start, tokens in batches():
-            if done_rows + buf_rows >= n_tokens:
-                break
-            with torch.no_grad():
-                acts = activation_fn(tokens)
-            if acts.ndim != 3 or acts.shape[:2] != tokens.shape:
-                raise ValueError(
-                    f"activation_fn returned shape {tuple(acts.shape)} for tokens {tuple(tokens.shape)}."
-                )
-            acts = acts[:, first_position:].float().cpu()
-            n_win, n_pos, d = acts.shape
-            if manifest["d_model"] is None:
-                manifest["d_model"] = d
-            elif manifest["d_model"] != d:
-                raise CacheError(f"activation_fn returned width {d}, the cache holds width {manifest['d_model']}.")
-            windows_idx = torch.arange(start, start + n_win)
-            pos = (windows_idx[:, None] * context_size + torch.arange(first_position, context_size)).reshape(-1)
-            flat = acts.reshape(-1, d)
-            if not bool(torch.isfinite(flat).all()):
-                raise ValueError(
-                    f"The model produced non-finite activations in windows {start}..{start + n_win - 1}."
-                )
-            if outlier_factor is not None:
-                norms = flat.norm(dim=1)
-                keep = norms <= outlier_factor * norms.median()
-                flat, pos = flat[keep], pos[keep]
-            if skip_rows_of_next:
-                flat, pos = flat[skip_rows_of_next:], pos[skip_rows_of_next:]
-                skip_rows_of_next = 0
-            room = n_tokens - done_rows - buf_rows
-            flat, pos = flat[:room], pos[:room]
-            for i in range(n_win):
-                window_store[start + i] = tokens[i]
-            buf_acts.append(flat)
-            buf_pos.append(pos)
-            buf_rows += len(flat)
-            bar.update(len(flat))
-            flush(final=False)
-        flush(final=True)
-    finally:
-        bar.close()
-    if not manifest["complete"]:
-        manifest["complete"] = True
-        atomic_write_json(out / MANIFEST, manifest)
+    def finish(self) -> None:
+        """Mark a cache the text ran out for as complete, with a warning."""
+        if self.manifest["complete"]:
+            return
+        self.manifest["complete"] = True
+        atomic_write_json(self.out / MANIFEST, self.manifest)
         warnings.warn(
-            f"The text ran out after {manifest['n_tokens']:,} of {n_tokens:,} requested tokens; "
-            f"the cache in {out} holds what there was.", stacklevel=2,
+            f"The text ran out after {self.manifest['n_tokens']:,} of {self.n_tokens:,} requested tokens; "
+            f"the cache in {self.out} holds what there was.", stacklevel=4,
         )
-    return out
 
 
-def _open_for_writing(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+def _open_for_writing(out: Path, settings: dict[str, Any], create: bool = True) -> dict[str, Any] | None:
+    """The manifest of the cache in ``out`` (checked against ``settings``), or a new one.
+
+    With ``create=False`` only check: return ``None`` where a new cache would be created.
+    """
     path = out / MANIFEST
     if path.is_file():
         manifest = read_json(path, what="Activation cache manifest")
         if manifest.get("settings") != json.loads(json.dumps(settings)):
             old = manifest.get("settings", {})
-            diffs = [f"{k}: cache {old.get(k)!r}, now {v!r}" for k, v in settings.items() if old.get(k) != v]
+            new = json.loads(json.dumps(settings))
+            diffs = [f"{k}: cache {old.get(k)!r}, now {new.get(k)!r}"
+                     for k in [*new, *(k for k in old if k not in new)] if old.get(k) != new.get(k)]
             raise CacheError(
                 f"{out} holds an activation cache made with other settings ({'; '.join(diffs)}). "
                 "Use another out_dir, or delete this one to harvest again."
@@ -227,6 +381,8 @@ def _open_for_writing(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         return manifest
     if out.exists() and any(out.iterdir()):
         raise CacheError(f"{out} exists, is not empty and has no {MANIFEST}; choose an empty or new directory.")
+    if not create:
+        return None
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": FORMAT,
@@ -254,6 +410,10 @@ class CacheSource:
     seeded random order, ``buffer_tokens`` rows (whole shards) at a time, and each block's
     rows are permuted. Memory holds one block, never the cache, and batch ``t`` is a
     pure function of ``(seed, t)``, so resumed training sees the same data.
+
+    Every reader (``batches``, ``in_order``, ``sample``, ``shard_activations``) hands out
+    float32 rows whatever the storage ``dtype`` (a half-precision cache keeps its blocks in
+    that dtype in memory and converts each batch).
     """
 
     def __init__(self, path: str | os.PathLike, buffer_tokens: int = 1 << 20, verify: bool = True) -> None:
@@ -269,6 +429,7 @@ class CacheSource:
             warnings.warn(f"The activation cache {self.path} is incomplete (the harvest did not finish); "
                           "using the shards written so far.", stacklevel=2)
         self.d = int(self.manifest["d_model"])
+        self.dtype = str(self.manifest["dtype"])  # the storage dtype; readers return float32
         self.n = sum(int(s["n_tokens"]) for s in self.shards)
         self.description = f"activation cache {self.path}"
         self.verify = verify
@@ -310,7 +471,7 @@ class CacheSource:
         return [order[i : i + k] for i in range(0, len(order), k)]
 
     def _block_rows(self, seed: int, epoch: int, block_index: int, shards: list[int]) -> Tensor:
-        rows = torch.cat([self.shard_activations(i) for i in shards])
+        rows = torch.cat([self.load_shard(i)["activations"] for i in shards])  # storage dtype
         gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7919 + block_index)
         return rows[torch.randperm(len(rows), generator=gen)]
 
@@ -333,7 +494,7 @@ class CacheSource:
                     have += len(take)
                     rows = rows[len(take):]
                     if have == batch_size:
-                        yield torch.cat(parts)
+                        yield torch.cat(parts).float()
                         parts, have = [], 0
             epoch += 1
 

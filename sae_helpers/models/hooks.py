@@ -9,14 +9,16 @@ d_head]``, as SAELens does for ``hook_z`` SAEs.
 Early stopping: a hook on the site stores the activation and raises a private
 exception, which unwinds the rest of the forward pass (TransformerLens removes the
 hook on the way out). This stops *right after* the site, also inside a block, where
-the bridge's ``stop_at_layer`` only stops at block boundaries.
+the bridge's ``stop_at_layer`` only stops at block boundaries. With several sites
+(:func:`activations_at_sites`) the pass stops right after the last of them to fire, i.e.
+after the deepest one.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -110,6 +112,10 @@ def _run_with_hook(model: Any, tokens: Tensor, hook_name: str, hook: Callable, *
     return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)], **kwargs)
 
 
+def _run_with_hooks(model: Any, tokens: Tensor, hooks: list[tuple[str, Callable]], **kwargs: Any) -> Any:
+    return model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
+
+
 @torch.no_grad()
 def activations_at(model: Any, tokens: Any, hook_name: str, *, stop_early: bool = True) -> Tensor:
     """The activations ``[batch, pos, d]`` at ``hook_name`` for token ids ``[batch, pos]``.
@@ -155,3 +161,43 @@ def d_at(model: Any, hook_name: str) -> int:
     residual stream, ``n_heads * d_head`` for ``attn.hook_z``), from a one-token probe."""
     probe = torch.zeros(1, 1, dtype=torch.long)
     return int(activations_at(model, probe, hook_name).shape[-1])
+
+
+@torch.no_grad()
+def activations_at_sites(
+    model: Any, tokens: Any, hook_names: Sequence[str], *, stop_early: bool = True
+) -> dict[str, Tensor]:
+    """The activations ``[batch, pos, d]`` at several sites from one forward pass.
+
+    Like :func:`activations_at` for each name in ``hook_names`` (the same values), but
+    the model runs once: with ``stop_early`` the pass ends right after the last site to
+    fire (the deepest one). Returns ``{hook_name: activations}`` in the order given;
+    repeated names are computed once.
+    """
+    if isinstance(hook_names, str):
+        raise TypeError(f"hook_names must be a list of hook names, got the string {hook_names!r}; "
+                        "use activations_at for one site.")
+    names = list(dict.fromkeys(hook_names))
+    if not names:
+        raise ValueError("hook_names is empty: name at least one site.")
+    for name in names:
+        check_hook_name(model, name)
+    tokens = as_tokens(model, tokens)
+    stored: dict[str, Tensor] = {}
+
+    def hook_for(name: str) -> Callable:
+        def store(activation: Tensor, hook: Any) -> None:
+            stored.setdefault(name, activation.detach())
+            if stop_early and len(stored) == len(names):
+                raise _StopForward
+
+        return store
+
+    try:
+        _run_with_hooks(model, tokens, [(name, hook_for(name)) for name in names], return_type=None)
+    except _StopForward:
+        pass
+    missing = [name for name in names if name not in stored]
+    if missing:
+        raise RuntimeError(f"The hooks {missing} did not fire during the forward pass.")
+    return {name: site_vectors(stored[name], name, tuple(tokens.shape)) for name in names}

@@ -1,12 +1,13 @@
-"""The activation cache: shards, manifest, checksums, resume, and reading it back."""
+"""The activation cache: shards, manifest, checksums, resume, reading it back, half-precision storage,
+and several sites written in one pass."""
 
 import json
 
 import pytest
 import torch
 
-from sae_helpers import train_sae
-from sae_helpers.data.cache import CacheError, CacheSource, build_cache
+from sae_helpers import evaluate, train_sae
+from sae_helpers.data.cache import CacheError, CacheSource, build_cache, build_caches
 from sae_helpers.data.sources import as_source
 
 CTX, D = 8, 5
@@ -130,3 +131,136 @@ def test_a_cache_directory_trains_and_evaluates(tmp_path):
     assert sae.d_in == D
     with pytest.raises(FileNotFoundError, match="not an activation cache"):
         as_source(tmp_path)
+
+
+# ---------------------------------------------------------------- half-precision storage
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_round_trip(tmp_path, dtype):
+    build(tmp_path / "full")
+    build(tmp_path / "half", dtype=dtype)
+    full, half = CacheSource(tmp_path / "full"), CacheSource(tmp_path / "half")
+    assert half.dtype == dtype and half.manifest["dtype"] == dtype
+    stored = getattr(torch, dtype)
+    for i in range(len(full.shards)):
+        assert half.load_shard(i)["activations"].dtype == stored
+        assert torch.equal(half.shard_activations(i), full.shard_activations(i).to(stored).float())
+        assert torch.equal(half.tokens_of_rows(i)[1], full.tokens_of_rows(i)[1])
+    # every reader hands out float32: the same rows as the float32 cache, rounded
+    for a, b in zip(half.batches(16, seed=1), full.batches(16, seed=1), strict=False):
+        assert a.dtype == torch.float32 and torch.equal(a, b.to(stored).float())
+        break
+    assert torch.equal(torch.cat(list(half.in_order(64))), torch.cat(list(full.in_order(64))).to(stored).float())
+    assert torch.equal(half.sample(50, seed=2), full.sample(50, seed=2).to(stored).float())
+
+
+def test_float16_overflow_is_an_error_naming_the_row_and_the_fix(tmp_path):
+    window_6 = list(windows())[6]
+
+    def huge_in_window_7(tokens):
+        out = fake_activations(tokens)
+        if torch.equal(tokens[0], window_6):  # the batch of windows 6, 7, 8
+            out[1, 5, 3] = 1e5
+        return out
+
+    row = 7 * (CTX - 1) + 4  # windows 0..6, then positions 1..4 of window 7
+    with pytest.raises(ValueError, match=rf"'blocks.0.hook_resid_post': activation row {row} of the cache "
+                                         r"\(window 7, position 5, column 3\) is 100000.*inf in float16.*65504.*"
+                                         r"dtype='bfloat16'.*dtype='float32'"):
+        build(tmp_path / "f16", fn=huge_in_window_7, dtype="float16")
+    build(tmp_path / "bf16", fn=huge_in_window_7, dtype="bfloat16")
+    top = float(torch.cat(list(CacheSource(tmp_path / "bf16").in_order(200))).max())
+    assert top == float(torch.tensor(1e5).bfloat16())  # 99840: bfloat16 keeps the range, not the digits
+
+
+def test_float16_check_is_on_the_stored_rows_after_the_outlier_filter(tmp_path):
+    def with_outliers(tokens):
+        out = fake_activations(tokens)
+        out[:, 3] *= 1000.0  # up to 1e5: would overflow float16, but the filter drops them
+        return out
+
+    build(tmp_path / "c", fn=with_outliers, outlier_factor=10.0, dtype="float16")
+    assert bool(torch.isfinite(torch.cat(list(CacheSource(tmp_path / "c").in_order(100)))).all())
+
+
+def test_a_float16_cache_trains_and_evaluates(tmp_path):
+    build(tmp_path / "c", dtype="float16")
+    sae = train_sae(tmp_path / "c", "gated", 8, 0.1, 5, batch_size=16, progress=False, init_sample_size=50)
+    result = evaluate(sae, tmp_path / "c")
+    assert result["n_tokens"] == 150 and result["fvu"] == result["fvu"]  # finite, not NaN
+
+
+def test_unknown_or_integer_dtype_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        build(tmp_path / "a", dtype="float8")
+    with pytest.raises(ValueError, match="floating-point"):
+        build(tmp_path / "b", dtype=torch.int32)
+
+
+# ---------------------------------------------------------------- several sites
+def two_sites(tokens, sites):
+    """Site "a" as fake_activations; site "b" = 2 * a, with a huge row where a is normal."""
+    a = fake_activations(tokens)
+    b = 2 * a
+    b[:, 2] *= 1000.0
+    return {name: {"a": a, "b": b}[name] for name in sites}
+
+
+def build_two(root, fn=two_sites, sites=("a", "b"), n_tokens=150, **kw):
+    infos = {s: {**INFO, "hook_name": f"site.{s}"} for s in sites}
+    return build_caches({s: root / s for s in sites}, windows(), fn, n_tokens, infos, batch_size=3,
+                        shard_tokens=40, progress=False, **kw)
+
+
+def global_positions(path):
+    """Each row's window * CTX + position, over the whole cache."""
+    src = CacheSource(path)
+    return torch.cat([src.tokens_of_rows(i)[1] + CTX * int(src.load_shard(i)["first_window"])
+                      for i in range(len(src.shards))])
+
+
+def test_build_caches_match_build_cache_and_filter_on_one_site(tmp_path):
+    out = build_two(tmp_path / "m")
+    build_cache(tmp_path / "a", windows(), lambda t: two_sites(t, ["a"])["a"], 150,
+                {**INFO, "hook_name": "site.a"}, batch_size=3, shard_tokens=40, progress=False)
+    digests = [[s["sha256"] for s in CacheSource(path).shards] for path in (out["a"], tmp_path / "a")]
+    assert digests[0] == digests[1]
+    rows_a = torch.cat(list(CacheSource(out["a"]).in_order(200)))
+    assert torch.equal(torch.cat(list(CacheSource(out["b"]).in_order(200))), 2 * rows_a * torch.tensor(
+        [1.0 if p != 2 else 1000.0 for p in rows_a[:, 1].long().tolist()])[:, None])
+    # with the filter, the first site decides: b's huge position-2 rows are kept, and aligned with a's
+    filtered = build_two(tmp_path / "f", outlier_factor=10.0)
+    pos = [global_positions(filtered[s]) for s in "ab"]
+    assert torch.equal(pos[0], pos[1]) and bool((pos[0] % CTX == 2).any())
+    assert CacheSource(filtered["b"]).manifest["settings"]["outlier_site"] == "site.a"
+    assert "outlier_site" not in CacheSource(filtered["a"]).manifest["settings"]
+    by_b = build_two(tmp_path / "g", outlier_factor=10.0, filter_site="b")
+    assert not bool((torch.cat(list(CacheSource(by_b["a"]).in_order(200)))[:, 1] == 2).any())
+
+
+def test_build_caches_only_computes_what_is_missing(tmp_path):
+    asked = []
+
+    def recording(tokens, sites):
+        asked.append(tuple(sites))
+        return two_sites(tokens, sites)
+
+    build_two(tmp_path / "m", sites=("a",))
+    build_two(tmp_path / "m", fn=recording)
+    assert set(asked) == {("b",)}
+    asked.clear()
+    build_two(tmp_path / "m", fn=recording)
+    assert asked == []
+
+
+def test_a_refused_multi_site_call_creates_nothing(tmp_path):
+    build_two(tmp_path / "m", sites=("a",))
+    with pytest.raises(CacheError, match="other settings.*n_tokens_requested: cache 150, now 160"):
+        build_two(tmp_path / "m", n_tokens=160)
+    assert not (tmp_path / "m" / "b").exists()
+
+
+def test_build_caches_warn_for_every_site_when_the_text_runs_out(tmp_path):
+    with pytest.warns(UserWarning, match="text ran out after 280 of 1,000") as record:
+        out = build_two(tmp_path / "m", n_tokens=1000)
+    assert len(record) == 2
+    assert all(CacheSource(out[s]).manifest["complete"] and CacheSource(out[s]).n == 280 for s in "ab")

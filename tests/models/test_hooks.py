@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sae_helpers.models import activations_at, check_hook_name, d_at, hook_names, layer_of
+from sae_helpers.models.hooks import activations_at_sites
 
 SITES = [
     "hook_embed",
@@ -83,3 +84,34 @@ def test_bad_tokens_are_clear_errors(model):
 def test_layer_of():
     assert layer_of("blocks.12.attn.hook_z") == 12
     assert layer_of("hook_embed") is None
+
+
+def test_several_sites_from_one_forward_pass_equal_one_site_at_a_time(model, tokens):
+    sites = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_z", "hook_embed", "blocks.0.hook_mlp_out"]
+    got = activations_at_sites(model, tokens, sites)
+    assert list(got) == sites
+    for site in sites:
+        assert torch.equal(got[site], activations_at(model, tokens, site))
+    assert list(activations_at_sites(model, tokens, [sites[1], sites[1]])) == [sites[1]]
+
+
+def test_several_sites_stop_after_the_deepest_and_leave_no_hook(model, tokens):
+    calls = []
+    handle = model.blocks[1].register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        activations_at_sites(model, tokens, ["blocks.0.hook_resid_post", "blocks.0.attn.hook_z"])
+        assert calls == []
+        activations_at_sites(model, tokens, ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"])
+        assert calls == [1]
+    finally:
+        handle.remove()
+    assert all(not hook_point.fwd_hooks for hook_point in model.hook_dict.values())
+
+
+def test_several_sites_argument_errors(model, tokens):
+    with pytest.raises(TypeError, match="use activations_at for one site"):
+        activations_at_sites(model, tokens, "blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match="empty"):
+        activations_at_sites(model, tokens, [])
+    with pytest.raises(ValueError, match="Unknown hook name"):
+        activations_at_sites(model, tokens, ["blocks.0.hook_resid_post", "blocks.5.hook_resid_post"])
