@@ -73,7 +73,11 @@ def test_sparse_decoder_and_aux_loss_match_a_dense_float64_rederivation(cls):
     dead_pre = pre.masked_fill(~dead, float("-inf"))
     aux_idx = dead_pre.topk(5, dim=1).indices
     f_aux = torch.zeros_like(pre).scatter(1, aux_idx, torch.relu(pre.gather(1, aux_idx)))
-    aux = 0.25 * ((error - f_aux @ p["W_dec"]) ** 2).sum(1).mean()
+    # Gao et al.'s normalisation, rewritten for an unnormalised main loss: the aux-k error is
+    # divided by the batch variance of the error and multiplied by that of x (both constants).
+    variance = {name: float(((v - v.mean(0)) ** 2).sum(1).mean()) for name, v in (("x", x), ("e", error))}
+    assert abs(variance["x"] / variance["e"] - 1) > 0.05  # the factor matters: an unnormalised loss would fail
+    aux = 0.25 * variance["x"] / variance["e"] * ((error - f_aux @ p["W_dec"]) ** 2).sum(1).mean()
     torch.testing.assert_close(out.reconstruction, x_hat.detach())
     torch.testing.assert_close(out.losses["auxiliary"], aux.detach())
     (recon + aux).backward()
