@@ -55,6 +55,9 @@ class TrainConfig:
         ``gated`` and 0 (off) for the others; 0 disables.
     resample_lr_warmup_steps : after a resampling the learning rate drops to 0.1x
         and warms back up linearly over this many steps.
+    resample_pool_size : inputs (sampled afresh from the training data at each
+        resampling) among which dead latents find badly reconstructed ones; Anthropic's
+        recipe draws from a pool far larger than one batch.
     dead_after : a latent that has not fired for this many steps counts as dead
         (logged, resampled at the next resampling, fed to TopK's aux-k loss); ``None``
         means ``resample_every``, or for architectures with an aux-k loss the steps
@@ -82,13 +85,14 @@ class TrainConfig:
     normalize_activations: bool = True
     resample_every: int | None = None
     resample_lr_warmup_steps: int = 1000
+    resample_pool_size: int = 65536
     dead_after: int | None = None
     seed: int = 0
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
         cls = get_sae_class(self.arch)
-        for name in ("width", "steps", "batch_size", "init_sample_size"):
+        for name in ("width", "steps", "batch_size", "init_sample_size", "resample_pool_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")

@@ -1,7 +1,9 @@
 """Dead-latent resampling, Anthropic "Towards Monosemanticity" style.
 
-Dead latents are pointed at inputs the SAE reconstructs badly (sampled with
-probability proportional to the squared reconstruction loss): the decoder row
+Dead latents are pointed at inputs the SAE reconstructs badly, sampled with
+probability proportional to the squared reconstruction loss from a pool of inputs much
+larger than one batch (Anthropic draw from 819,200; the trainer passes
+``TrainConfig.resample_pool_size`` rows sampled from the training data): the decoder row
 becomes the centred input's direction, the encoder column the same direction
 scaled to 0.2x the mean norm of the live encoder columns, the latent's biases go to
 zero, and its Adam moments are reset. The trainer then drops the learning rate to
@@ -17,6 +19,16 @@ from ..saes.base import SAE
 
 
 @torch.no_grad()
+def per_sample_squared_error(sae: SAE, x: Tensor, chunk: int = 8192) -> Tensor:
+    """``||x - x_hat||^2`` of every row of ``x`` (float64, on the CPU), in chunks of ``chunk`` rows."""
+    losses = []
+    for start in range(0, x.shape[0], chunk):
+        rows = x[start : start + chunk].to(device=sae.device, dtype=sae.dtype)
+        losses.append((rows - sae(rows).reconstruction).double().pow(2).sum(-1).cpu())
+    return torch.cat(losses)
+
+
+@torch.no_grad()
 def resample_dead_latents(
     sae: SAE,
     optimizer: torch.optim.Optimizer,
@@ -25,7 +37,8 @@ def resample_dead_latents(
     generator: torch.Generator,
     encoder_norm_ratio: float = 0.2,
 ) -> int:
-    """Re-initialise the latents flagged in the boolean mask ``dead`` from batch ``x``.
+    """Re-initialise the latents flagged in the boolean mask ``dead`` from the input pool ``x``
+    (rows in the units the SAE is trained on; any number, processed in chunks).
 
     Returns how many latents were resampled.
     """
@@ -33,13 +46,11 @@ def resample_dead_latents(
     n_dead = len(dead_idx)
     if n_dead == 0:
         return 0
-    out = sae(x)
-    per_sample_loss = (x - out.reconstruction).double().pow(2).sum(-1)
-    weights = per_sample_loss.pow(2).cpu()
+    weights = per_sample_squared_error(sae, x).pow(2)
     if not float(weights.sum()) > 0:
         weights = torch.ones_like(weights)
-    chosen = torch.multinomial(weights, n_dead, replacement=True, generator=generator).to(x.device)
-    centred = x[chosen] - sae.b_dec
+    chosen = torch.multinomial(weights, n_dead, replacement=True, generator=generator)
+    centred = x[chosen].to(device=sae.device, dtype=sae.dtype) - sae.b_dec
     directions = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     alive = ~dead.to(sae.device)

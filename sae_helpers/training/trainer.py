@@ -174,16 +174,27 @@ class TrainingRun:
     def finished(self) -> bool:
         return self.step_count >= self.cfg.steps
 
-    def _maybe_resample(self, x: Tensor) -> None:
+    @property
+    def resamples_now(self) -> bool:
+        """Whether the next :meth:`step` resamples dead latents (and so wants an input pool)."""
         cfg, step = self.cfg, self.step_count
         interval = cfg.resample_interval
-        if not interval or step == 0 or step % interval or step >= cfg.decay_start_step:
+        return bool(interval) and step > 0 and step % interval == 0 and step < cfg.decay_start_step
+
+    def _maybe_resample(self, x: Tensor, pool: Callable[[int], Tensor] | None) -> None:
+        if not self.resamples_now:
             return
+        cfg = self.cfg
         dead = self.steps_since_fired >= cfg.dead_window
-        n = resample_dead_latents(self.sae, self.optimizer, dead, x, self.resample_generator)
+        if not bool(dead.any()):
+            return
+        inputs = x if pool is None else pool(cfg.resample_pool_size).to(device=self.device, dtype=self.sae.dtype)
+        if pool is not None and self.scale != 1.0:
+            inputs = inputs * self.scale
+        n = resample_dead_latents(self.sae, self.optimizer, dead, inputs, self.resample_generator)
         if n:
             self.steps_since_fired[dead] = 0
-            self.last_resample_step = step
+            self.last_resample_step = self.step_count
             self.n_resampled += n
 
     @torch.no_grad()
@@ -197,15 +208,19 @@ class TrainingRun:
         self.steps_since_fired += 1
         self.steps_since_fired.masked_fill_(fired, 0)
 
-    def step(self, batch: Tensor) -> dict[str, Any] | None:
-        """One optimiser step on ``batch``; returns a log record on logging steps."""
+    def step(self, batch: Tensor, pool: Callable[[int], Tensor] | None = None) -> dict[str, Any] | None:
+        """One optimiser step on ``batch``; returns a log record on logging steps.
+
+        ``pool(n)`` gives ``n`` raw training rows to resample dead latents from (default:
+        the batch itself); it is called only on resampling steps.
+        """
         cfg, sae, step = self.cfg, self.sae, self.step_count
         if batch.shape[1] != sae.d_in:
             raise ValueError(f"Batch width {batch.shape[1]} does not match the SAE's d_in={sae.d_in}.")
         x = batch.to(device=self.device, dtype=sae.dtype, non_blocking=True)
         if self.scale != 1.0:
             x = x * self.scale
-        self._maybe_resample(x)
+        self._maybe_resample(x, pool)
 
         lr = cfg.lr * lr_multiplier(cfg, step, self.last_resample_step)
         for group in self.optimizer.param_groups:
@@ -289,14 +304,24 @@ def drive(
         )
     (batch_size,) = batch_sizes
     start = min(r.step_count for r in pending)
+    # A one-shot iterator cannot be sampled mid-run without losing the rows read ahead:
+    # its runs resample from the current batch instead of a larger pool.
+    one_shot = bool(getattr(source, "one_shot", False))
     total = max(r.cfg.steps for r in runs)
     bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
     try:
         for step, batch in enumerate(source.batches(batch_size, data_seed, start_step=start), start=start):
+            pools: dict[int, Tensor] = {}
+
+            def pool(n: int, step: int = step) -> Tensor:  # one sample per step, shared by the runs
+                if n not in pools:
+                    pools[n] = source.sample(n, data_seed + 104_729 * (step + 1))
+                return pools[n]
+
             for index, run in enumerate(runs):
                 if run.finished or run.step_count != step:
                     continue
-                record = run.step(batch)
+                record = run.step(batch, None if one_shot else pool)
                 every = checkpoint_every or max(1, run.cfg.steps // 10)
                 if on_checkpoint is not None and (run.finished or run.step_count % every == 0):
                     on_checkpoint(index)

@@ -45,3 +45,36 @@ def test_nothing_dead_nothing_changes():
     assert resample_dead_latents(sae, opt, torch.zeros(8, dtype=torch.bool), torch.randn(5, 4),
                                  torch.Generator()) == 0
     assert torch.equal(sae.W_dec, before)
+
+
+def test_training_resamples_from_a_pool_larger_than_the_batch():
+    """At a resampling step the trainer draws inputs from ``pool`` (the training data), not only the batch:
+    a badly reconstructed row that is only in the pool is where every dead latent is pointed."""
+    from sae_helpers.training.config import TrainConfig
+    from sae_helpers.training.trainer import TrainingRun
+
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randn(32, 6, generator=gen)
+    cfg = TrainConfig(arch="relu", width=10, steps=40, l1_coefficient=1.0, batch_size=32, resample_every=10,
+                      dead_after=5, normalize_activations=False, b_dec_init="zeros", lr=1e-6)
+    run = TrainingRun.start(cfg, batch, torch.device("cpu"))
+    run.step_count = 10  # a resampling step
+    run.steps_since_fired[[2, 5]] = 7
+    outlier = torch.zeros(1, 6)
+    outlier[0, 3] = 100.0  # far worse reconstructed than any batch row
+    pool_rows = torch.cat([torch.randn(500, 6, generator=gen), outlier])
+    asked = []
+
+    def pool(n):
+        asked.append(n)
+        return pool_rows
+
+    run.step(batch, pool)
+    assert asked == [cfg.resample_pool_size] and run.n_resampled == 2
+    for j in (2, 5):
+        cos = torch.nn.functional.cosine_similarity(run.sae.W_dec[j], outlier[0], dim=0)
+        assert cos.item() > 0.999
+    run.steps_since_fired[[2, 5]] = 7
+    run.step_count = 11  # not a resampling step: the pool is not asked for
+    run.step(batch, pool)
+    assert asked == [cfg.resample_pool_size]

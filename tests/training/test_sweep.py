@@ -36,9 +36,9 @@ def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path, monkeypatch):
     calls = []
     original = TrainingRun.step
 
-    def counting(self, batch):
+    def counting(self, batch, pool=None):
         calls.append(self.cfg.arch)
-        return original(self, batch)
+        return original(self, batch, pool)
 
     monkeypatch.setattr(TrainingRun, "step", counting)
     again = train_saes(X, CONFIGS, out_dir=tmp_path, progress=False)

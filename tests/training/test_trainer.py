@@ -47,10 +47,10 @@ def test_resume_equals_an_uninterrupted_run(arch, tmp_path, monkeypatch):
 
     original = TrainingRun.step
 
-    def crashing_step(self, batch):
+    def crashing_step(self, batch, pool=None):
         if self.step_count == 37:
             raise Crash
-        return original(self, batch)
+        return original(self, batch, pool)
 
     monkeypatch.setattr(TrainingRun, "step", crashing_step)
     with pytest.raises(Crash):
