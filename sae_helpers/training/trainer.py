@@ -280,6 +280,18 @@ class TrainingRun:
         return sae
 
 
+def _resampling_pool(source: ActivationSource, seed: int) -> Callable[[int], Tensor]:
+    """``pool(n)``: ``n`` rows sampled from ``source`` with ``seed``, drawn once and shared by the runs of a step."""
+    drawn: dict[int, Tensor] = {}
+
+    def pool(n: int) -> Tensor:
+        if n not in drawn:
+            drawn[n] = source.sample(n, seed)
+        return drawn[n]
+
+    return pool
+
+
 def drive(
     runs: Sequence[TrainingRun],
     source: ActivationSource,
@@ -311,13 +323,7 @@ def drive(
     bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
     try:
         for step, batch in enumerate(source.batches(batch_size, data_seed, start_step=start), start=start):
-            pools: dict[int, Tensor] = {}
-
-            def pool(n: int, step: int = step) -> Tensor:  # one sample per step, shared by the runs
-                if n not in pools:
-                    pools[n] = source.sample(n, data_seed + 104_729 * (step + 1))
-                return pools[n]
-
+            pool = _resampling_pool(source, data_seed + 104_729 * (step + 1))
             for index, run in enumerate(runs):
                 if run.finished or run.step_count != step:
                     continue
