@@ -10,12 +10,13 @@ The names the notebooks use:
   :meth:`GatedSAE.to_jumprelu`
 * evaluation: :func:`evaluate`, :func:`mmcs`, :func:`max_cosine_similarity`,
   :func:`log10_density_histogram`
-* training health (is an SAE trained?): :func:`training_health`, :func:`health_table`,
+* training health (is an SAE trained?): :func:`training_health`, :func:`health_table`, :func:`health_summary`,
   :func:`loss_plateau`, :data:`HEALTH_LIMITS`
 * synthetic data: :class:`SyntheticFeatures`, :func:`appendix_f_toy`,
   :func:`zipf_firing_probs`
 * language models: :func:`load_model` (embedded SmolLM2 by default), :func:`harvest`
   (activation cache), :func:`harvest_sites` (several sites, one forward pass),
+  :func:`harvest_splits` (shared train/held-out caches),
   :func:`splice_eval` / :func:`splice_losses` (loss recovered), :func:`text_dataset`, :func:`tiny_model` (tests)
 * inspection: :func:`top_activating_contexts`, :func:`contexts_html`, :func:`firing_density`,
   :func:`latent_statistics`, :func:`logit_tokens` / :func:`decoder_logit_tokens` (tokens a
@@ -44,6 +45,7 @@ from .evaluation import (
     HEALTH_LIMITS,
     best_matching_latents,
     evaluate,
+    health_summary,
     health_table,
     log10_density_histogram,
     loss_plateau,
@@ -54,7 +56,7 @@ from .evaluation import (
     training_health,
 )
 from .formats import load_sae, save_sae
-from .harvest import harvest, harvest_sites
+from .harvest import SplitCaches, harvest, harvest_sites, harvest_splits
 from .models import activations_at, hook_names, load_model, splice_eval, splice_losses, tiny_model
 from .reproducibility import environment_report, set_seed
 from .saes import (
@@ -82,6 +84,8 @@ __all__ = [
     "hook_names",
     "harvest",
     "harvest_sites",
+    "harvest_splits",
+    "SplitCaches",
     "contexts_html",
     "decoder_logit_tokens",
     "firing_density",
@@ -108,6 +112,7 @@ __all__ = [
     "decoder_drift",
     "evaluate",
     "HEALTH_LIMITS",
+    "health_summary",
     "health_table",
     "loss_plateau",
     "training_health",

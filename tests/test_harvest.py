@@ -182,3 +182,25 @@ def test_a_float16_harvest_trains_and_evaluates(tmp_path):
     sae = train_sae(out[SHALLOW], "topk", 32, steps=20, k=4, batch_size=64, progress=False, init_sample_size=200)
     result = evaluate(sae, out[SHALLOW])
     assert result["n_tokens"] == 600 and 0 <= result["fvu"] < 1.5
+
+
+def test_harvest_splits_names_shared_caches_and_harvests_only_what_is_missing(tmp_path):
+    from sae_helpers import harvest_splits
+
+    model = tiny_model(seed=0)
+    opts = dict(dataset=tiny_corpus(), context_size=16, batch_size=4, shard_tokens=64, progress=False)
+    first = harvest_splits(model, [DEEP], 120, 60, tmp_path, outlier_factor=3.0, **opts)
+    root = tmp_path / model.model_name
+    assert first[DEEP].train == root / DEEP / "train-120-ctx16-float32-outlier3"
+    assert first[DEEP].eval == root / DEEP / "eval-60-ctx16-float32-outlier3"
+    assert (CacheSource(first[DEEP].train).n, CacheSource(first[DEEP].eval).n) == (120, 60)
+    with BlockCalls(model, 0) as calls:
+        again = harvest_splits(model, [DEEP, SHALLOW], 120, 60, tmp_path, outlier_factor=3.0, **opts)
+    assert again[DEEP] == first[DEEP]  # the same directories: nothing harvested twice for DEEP
+    assert again[SHALLOW].train == root / SHALLOW / f"train-120-ctx16-float32-outlier3-by-{DEEP}"
+    assert calls.calls > 0  # SHALLOW was missing and had to be harvested
+    with BlockCalls(model, 0) as calls:
+        harvest_splits(model, [DEEP, SHALLOW], 120, 60, tmp_path, outlier_factor=3.0, **opts)
+    assert calls.calls == 0  # everything complete: no forward pass
+    plain = harvest_splits(model, [DEEP], 120, 60, tmp_path, **opts)
+    assert plain[DEEP].train.name == "train-120-ctx16-float32"

@@ -156,3 +156,28 @@ def health_table(
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns) if rows else pd.DataFrame(columns=columns)
     table.index.name = "sae"
     return table
+
+
+def health_summary(table: pd.DataFrame) -> str:
+    """One Markdown paragraph, computed from a :func:`health_table`: how many SAEs pass the
+    :data:`HEALTH_LIMITS` checks, which fail and why, and the range of the loss plateaus."""
+    if table.empty:
+        return "No SAEs were trained."
+    limits = ", ".join(f"{name.removesuffix('_fraction').replace('_', '-')} latents at most {limit:.0%}"
+                       for name, limit in HEALTH_LIMITS.items())
+    failing = table[~table["passes"].astype(bool)]
+    n = len(table)
+    if failing.empty:
+        text = f"**All {n} SAEs pass the health checks** ({limits})."
+    else:
+        reasons = "; ".join(f"`{name}`: {why}" for name, why in failing["failing"].items())
+        text = (f"**{n - len(failing)} of {n} SAEs pass the health checks** ({limits}). "
+                f"Failing: {reasons}. Read the numbers of the failing SAEs as those of partly trained SAEs.")
+    text += (f" Near-initial latents range over {table['near_initial_fraction'].min():.1%}-"
+             f"{table['near_initial_fraction'].max():.1%}, dead latents over {table['dead_fraction'].min():.1%}-"
+             f"{table['dead_fraction'].max():.1%}.")
+    plateau = table["loss_plateau"].dropna()
+    if len(plateau):
+        text += (f" Over the last tenth of training the loss changed by "
+                 f"{plateau.min():+.1%} to {plateau.max():+.1%}.")
+    return text

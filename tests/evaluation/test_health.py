@@ -195,3 +195,16 @@ def test_health_table_has_one_row_per_sae():
     assert table.loc["fresh", "near_initial_fraction"] == 1.0 and not table.loc["fresh", "passes"]
     given = health_table(saes, None, evaluations={"moved": {"dead_fraction": 0.5, "dense_fraction": 0.0}})
     assert given.loc["moved", "dead_fraction"] == 0.5 and math.isnan(given.loc["fresh", "dead_fraction"])
+
+
+def test_health_summary_counts_passes_and_names_the_failures():
+    from sae_helpers import health_summary
+
+    table = pd.DataFrame(
+        {"near_initial_fraction": [0.01, 0.30], "dead_fraction": [0.0, 0.02], "dense_fraction": [0.0, 0.0],
+         "loss_plateau": [-0.01, -0.05], "fvu_plateau": [0.0, 0.0], "passes": [True, False],
+         "failing": ["", "near_initial_fraction=0.3 > 0.05"]}, index=pd.Index(["a", "b"], name="sae"))
+    text = health_summary(table)
+    assert "1 of 2 SAEs pass" in text and "`b`: near_initial_fraction=0.3 > 0.05" in text
+    assert "1.0%-30.0%" in text and "-5.0% to -1.0%" in text
+    assert "All 1 SAEs pass" in health_summary(table.iloc[:1])
