@@ -31,3 +31,20 @@ def test_select_latents_slices_every_per_latent_parameter():
     assert set(parts) == {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec"}
     torch.testing.assert_close(parts["W_enc"], sae.W_enc[:, [2, 7]].detach())
     torch.testing.assert_close(parts["W_dec"], sae.W_dec[[2, 7]].detach())
+
+
+@pytest.mark.parametrize("arch", ["relu", "gated", "topk", "batchtopk", "jumprelu"])
+def test_training_starts_with_unit_decoder_rows_and_the_encoder_as_their_transpose(arch):
+    """Gao et al.'s initialisation, for every architecture the trainer builds."""
+    from sae_helpers.training.config import TrainConfig
+    from sae_helpers.training.trainer import TrainingRun
+
+    sparsity = {"relu": {"l1_coefficient": 1.0}, "gated": {"l1_coefficient": 1.0}, "topk": {"k": 4},
+                "batchtopk": {"k": 4}, "jumprelu": {"l0_coefficient": 1.0}}[arch]
+    cfg = TrainConfig(arch=arch, width=24, steps=10, batch_size=8, normalize_activations=False, **sparsity)
+    sae = TrainingRun.start(cfg, torch.randn(64, 7, generator=torch.Generator().manual_seed(0)),
+                            torch.device("cpu")).sae
+    norms = sae.W_dec.detach().double().norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(24, dtype=torch.float64))
+    assert torch.equal(sae.W_enc.detach(), sae.W_dec.detach().T)
+    assert torch.unique(sae.W_dec.detach(), dim=0).shape[0] == 24  # distinct random rows
