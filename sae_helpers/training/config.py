@@ -39,7 +39,14 @@ class TrainConfig:
         "init_threshold": 0.5}`` (jumprelu).
     batch_size : activations per step (paper: 4,096).
     lr : Adam learning rate (paper: 3e-4 for Gated SAEs).
-    adam_beta1, adam_beta2 : Adam betas (paper: 0 and 0.999).
+    adam_beta1 : Adam's first-moment decay (paper: 0).
+    adam_beta2 : Adam's second-moment decay; ``None`` sizes its memory to the run:
+        ``1 - 1/min(1000, max(10, steps // 25))``, i.e. the paper's 0.999 from 25,000 steps
+        on and a memory of a 25th of the run below (0.9896 for 2,400 steps). With 0.999 on
+        a run of a few thousand steps, the second moment still remembers the large
+        gradients of the first steps at the end, and latents whose gradients later shrink
+        (or spike) take tiny steps: on SmolLM2 a fifth of a BatchTopK SAE's decoder rows
+        stayed at their random start after 2,400 steps, against 0.2% with 0.99 (Methods).
     lr_warmup_steps : linear learning-rate warm-up from 0; ``None`` means
         ``min(1000, steps // 20)``.
     lr_decay_start : fraction of ``steps`` after which the learning rate decays
@@ -76,7 +83,7 @@ class TrainConfig:
     batch_size: int = 4096
     lr: float = 3e-4
     adam_beta1: float = 0.0
-    adam_beta2: float = 0.999
+    adam_beta2: float | None = None
     lr_warmup_steps: int | None = None
     lr_decay_start: float | None = 0.8
     l1_warmup_steps: int | None = None
@@ -101,6 +108,10 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}.")
         if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}.")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
         if self.lr_decay_start is not None and not 0 <= self.lr_decay_start <= 1:
             raise ValueError(f"lr_decay_start must be a fraction in [0, 1] or None, got {self.lr_decay_start!r}.")
 
@@ -136,6 +147,14 @@ class TrainConfig:
         return {**kwargs, **(self.sae_options or {})}
 
     # Resolved defaults ----------------------------------------------------------
+    @property
+    def beta2(self) -> float:
+        """Adam's second-moment decay: ``adam_beta2``, or by default a memory of 1/25 of the run
+        (at most the paper's 1,000 steps, at least 10)."""
+        if self.adam_beta2 is not None:
+            return self.adam_beta2
+        return 1.0 - 1.0 / min(1000, max(10, self.steps // 25))
+
     @property
     def warmup_steps(self) -> int:
         return self.lr_warmup_steps if self.lr_warmup_steps is not None else min(1000, self.steps // 20)

@@ -88,7 +88,7 @@ class TrainingRun:
             for scale in sorted(set(scales.get(n, 1.0) for n, _ in sae.named_parameters()))
         ]
         self.optimizer = torch.optim.Adam(
-            groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), foreach=True
+            groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.beta2), foreach=True
         )
         self.log_every = max(1, cfg.steps // 200)
 
