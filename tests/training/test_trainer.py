@@ -171,3 +171,21 @@ def test_decoder_drift_is_one_at_the_start_and_falls_with_training():
     assert decoder_drift(trained).median() < 0.9
     with pytest.raises(ValueError, match="training_config"):
         decoder_drift(create_sae("relu", 12, 32))
+
+
+def test_default_adam_beta2_is_sized_to_the_run_and_reaches_the_optimiser():
+    from sae_helpers.training.config import TrainConfig
+
+    def beta2(steps, **kw):
+        return TrainConfig(arch="relu", width=8, steps=steps, l1_coefficient=1.0, **kw).beta2
+
+    assert beta2(2400) == pytest.approx(1 - 1 / 96)  # a memory of a 25th of the run
+    assert beta2(25_000) == beta2(10**6) == pytest.approx(0.999)  # the paper's value for long runs
+    assert beta2(50) == pytest.approx(0.9)  # at least a memory of 10 steps
+    assert beta2(2400, adam_beta2=0.95) == 0.95  # an explicit value wins
+    with pytest.raises(ValueError, match="adam_beta2 must be in"):
+        beta2(100, adam_beta2=1.0)
+    sae = train_sae(X, "relu", 16, L1, 250, **FAST)  # the public default path
+    assert sae.training_config.get("adam_beta2") is None
+    run = TrainingRun.start(TrainConfig.from_dict(sae.training_config), X[:512], torch.device("cpu"))
+    assert run.optimizer.param_groups[0]["betas"] == (0.0, pytest.approx(0.9))  # 250 // 25 = 10 steps
