@@ -31,6 +31,16 @@ and, where they differ from the defaults, how training treats them:
 ``resamples_by_default``
     whether dead latents are resampled unless the configuration says otherwise.
 
+and, for moving latents between SAEs (:mod:`sae_helpers.stitching`):
+
+``encoder_biases``
+    the per-latent biases added to the encoder projection, each with the name of the
+    per-latent log-scale of the encoder column it sees (``None``: scale 1); a latent moved
+    to an SAE with another ``b_dec`` gets these corrected so its activation is unchanged.
+``coupled_latents``
+    why one latent cannot be moved alone (TopK: per-token selection couples them), or
+    ``None`` when it can.
+
 An architecture whose training parametrisation differs from its saved one (JumpReLU
 trains log-thresholds; BatchTopK saves as JumpReLU) overrides :meth:`SAE.for_training`
 and :meth:`SAE.for_inference`.
@@ -166,6 +176,8 @@ class SAE(nn.Module, ABC):
     sparsity_option: ClassVar[str | None] = "l1_coefficient"
     uses_dead_mask: ClassVar[bool] = False
     resamples_by_default: ClassVar[bool] = True
+    encoder_biases: ClassVar[dict[str, str | None]] = {"b_enc": None}
+    coupled_latents: ClassVar[str | None] = None
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class GatedSAE(SAE):
     architecture = "gated"
     saelens_architecture = "gated"
     latent_axes = {"W_enc": 1, "b_gate": 0, "r_mag": 0, "b_mag": 0, "W_dec": 0}
+    encoder_biases = {"b_gate": None, "b_mag": "r_mag"}  # pi_gate = u + b_gate, pi_mag = exp(r_mag) u + b_mag
     bias_like = ("b_gate", "b_mag", "b_dec")
     reset_on_resample = ("b_gate", "r_mag", "b_mag")
 

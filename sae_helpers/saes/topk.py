@@ -81,6 +81,10 @@ class TopKSAE(SAE):
     sparsity_option = None
     uses_dead_mask = True
     resamples_by_default = False
+    coupled_latents = (
+        "a TopK SAE keeps the k largest pre-activations of each token, so adding or removing one latent changes "
+        "which other latents fire, and a moved latent's activation is not preserved"
+    )
 
     def __init__(
         self,
