@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -327,21 +326,18 @@ def test_swap_effects_equal_literal_swaps():
 
 
 @pytest.mark.parametrize("arch", ["jumprelu", "gated"])
-def test_curve_bookkeeping_and_end_points(arch):
+@pytest.mark.parametrize("grouping", stitching.GROUPINGS)
+def test_curve_bookkeeping_and_end_points(arch, grouping):
     small, large = split_saes(arch)
     x = inputs(500)
-    curve = stitching.curve(small, large, x, threshold=0.7, n_points=None)
-    steps = stitching.plan(small, large, x, threshold=0.7)
+    curve = stitching.curve(small, large, x, threshold=0.7, grouping=grouping, n_points=None)
+    steps = stitching.plan(small, large, x, threshold=0.7, grouping=grouping, n_points=None)
     assert len(curve) == len(steps) + 1 and list(curve.step) == list(range(len(steps) + 1))
     assert (curve.n_latents == small.d_sae + curve.n_added - curve.n_removed).all()
     assert curve.n_added.is_monotonic_increasing and curve.n_removed.is_monotonic_increasing
     assert curve.n_added.iloc[-1] == large.d_sae and curve.n_removed.iloc[-1] == small.d_sae
-    # Order: inserts (most negative delta first), then swaps (most helpful first), then b_dec.
-    kinds = [s.kind for s in steps]
-    assert kinds == sorted(kinds, key=["insert", "swap", "b_dec"].index) and kinds[-1] == "b_dec"
-    for kind in ("insert", "swap"):
-        deltas = [s.delta_mse for s in steps if s.kind == kind]
-        assert deltas == sorted(deltas)
+    kinds = [s.kind for s in steps]  # inserts, then swaps
+    assert kinds == sorted(kinds, key=["insert", "swap"].index) and kinds[-1] == "swap"
     first, last = sh.evaluate(small, x), sh.evaluate(large, x)
     for key in ("l0", "mse", "fvu"):
         assert curve[key].iloc[0] == pytest.approx(first[key], rel=1e-12)
@@ -351,8 +347,68 @@ def test_curve_bookkeeping_and_end_points(arch):
         torch.testing.assert_close(getattr(final, name), param, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_every_step_is_the_most_helpful_one_measured_in_context(arch):
+    """Re-measured before every step (n_points=None): each step's delta_mse equals the literal
+    change of MSE from the state before it (the decoder bias's move included), and no other
+    remaining step of its phase would have lowered the MSE more (checked by literal stitching)."""
+    small, large = split_saes(arch)
+    x = inputs(400)
+    steps = stitching.plan(small, large, x, threshold=0.7, n_points=None)
+    mse = [sh.evaluate(stitching.state_after(small, large, steps[:i]), x)["mse"] for i in range(len(steps) + 1)]
+    for i, step in enumerate(steps):
+        assert step.delta_mse == pytest.approx(mse[i + 1] - mse[i], rel=1e-8, abs=1e-13)
+        rivals = [s for s in steps[i + 1 :] if s.kind == step.kind]
+        for rival in rivals:
+            literal = sh.evaluate(stitching.state_after(small, large, [*steps[:i], rival]), x)["mse"] - mse[i]
+            assert literal >= step.delta_mse - 1e-12
+
+
+def nested_orthogonal_features(n_shared: int = 12, n_new: int = 12, d: int = 32, n: int = 20_000):
+    """Data built from orthonormal features (coefficients 1-2, each firing with probability
+    0.1) plus an offset; a narrow JumpReLU SAE holding the first ``n_shared`` features with a
+    slightly wrong decoder bias, and a wide one holding all features (shuffled) with the exact
+    offset as its decoder bias, so the wide SAE reconstructs every token exactly."""
+    gen = torch.Generator().manual_seed(11)
+    features = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0].T[: n_shared + n_new]
+    offset = torch.randn(d, generator=gen, dtype=torch.float64)
+    fires = torch.rand(n, len(features), generator=gen, dtype=torch.float64) < 0.1
+    x = (fires * (1 + torch.rand(n, len(features), generator=gen, dtype=torch.float64))) @ features + offset
+
+    def sae(which, b_dec):
+        out = sh.create_sae("jumprelu", d, len(which), dtype=torch.float64, metadata=dict(SITE))
+        with torch.no_grad():
+            out.W_enc.copy_(features[which].T)
+            out.W_dec.copy_(features[which])
+            out.b_dec.copy_(b_dec)
+            out.b_enc.copy_((b_dec - offset) @ out.W_enc)  # pre = (x - offset) . f_j: the coefficient
+            out.threshold.fill_(0.5)
+        return out
+
+    order = torch.randperm(len(features), generator=gen)
+    wrong = offset + 0.05 * torch.randn(d, generator=gen, dtype=torch.float64)
+    return x, sae(list(range(n_shared)), wrong), sae(order.tolist(), offset), order
+
+
+def test_walk_between_nested_known_features_falls_monotonically_to_the_larger_sae():
+    """The wide SAE holds every feature of the narrow one plus 12 more: the walk inserts the 12
+    new features, swaps each shared feature for its copy (moving the decoder bias to the exact
+    one), falls at every step and ends at the wide SAE (FVU 0)."""
+    x, narrow, wide, order = nested_orthogonal_features()
+    curve = stitching.curve(narrow, wide, x, n_points=None)
+    assert curve.attrs["steps"] == {"insert": 12, "swap": 12} and curve.attrs["largest_group"] == 2
+    rises, intervals, _ = stitching.count_rises(curve.fvu)
+    assert (rises, intervals) == (0, 24) and curve.fvu.iloc[-1] < 1e-20
+    steps = stitching.plan(narrow, wide, x, n_points=None)
+    assert sorted(j for s in steps if s.kind == "insert" for j in s.add) == sorted(
+        (order >= 12).nonzero().flatten().tolist())
+    final = stitching.state_after(narrow, wide, steps)
+    for name, param in wide.named_parameters():
+        torch.testing.assert_close(getattr(final, name), param, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("threshold", [0.999, 0.0])
-def test_walk_places_every_latent_between_unrelated_saes(threshold):
+def test_threshold_walk_places_every_latent_between_unrelated_saes(threshold):
     """Independent random SAEs: above 0.999 almost nothing matches, above 0.0 almost everything.
     Every larger-SAE latent is either a novel insert (measured novel, no match above the
     threshold) or in a swap group; every smaller-SAE latent leaves in some swap; the walk
@@ -360,30 +416,47 @@ def test_walk_places_every_latent_between_unrelated_saes(threshold):
     small, large = random_sae("relu", 12, seed=31), random_sae("relu", 20, seed=32)
     x = inputs(600)
     table, _ = stitching.analyze(small, large, x, threshold=threshold)
-    steps = stitching.plan(small, large, x, threshold=threshold, table=table)
+    steps = stitching.plan(small, large, x, threshold=threshold, table=table, grouping="threshold")
     inserted = [j for s in steps if s.kind == "insert" for j in s.add]
     swapped = [j for s in steps if s.kind == "swap" for j in s.add]
     removed = [i for s in steps for i in s.remove]
     assert sorted(inserted + swapped) == list(range(large.d_sae))
     assert sorted(removed) == list(range(small.d_sae))
     assert all(table.novel[j] and table.max_cos[j] <= threshold for j in inserted)
-    assert steps[-1].kind == "b_dec"
     final = stitching.state_after(small, large, steps)
     for name, param in large.named_parameters():
         torch.testing.assert_close(getattr(final, name), param, rtol=1e-12, atol=1e-12)
 
 
-def test_curve_without_b_dec_step_and_with_fewer_points():
+def test_best_match_groups_follow_each_latents_best_match():
+    small, large = random_sae("relu", 12, seed=31), random_sae("relu", 20, seed=32)
+    cos = (torch.nn.functional.normalize(large.W_dec.detach(), dim=1)
+           @ torch.nn.functional.normalize(small.W_dec.detach(), dim=1).T)
+    inserted = [3, 7]
+    groups = stitching.best_match_groups(small, large, inserted)
+    group_of = {("L", j): g for g, group in enumerate(groups) for j in group.large}
+    group_of |= {("S", i): g for g, group in enumerate(groups) for i in group.small}
+    assert sorted(i for g in groups for i in g.small) == list(range(small.d_sae))
+    for j in range(large.d_sae):
+        if j not in inserted:
+            assert group_of[("L", j)] == group_of[("S", int(cos[j].argmax()))]
+    for i in range(small.d_sae):
+        assert group_of[("S", i)] == group_of[("L", int(cos[:, i].argmax()))]
+    assert sum(len(g.large) + len(g.small) for g in groups) <= small.d_sae + large.d_sae
+
+
+def test_curve_with_fewer_points_is_the_full_walk_re_measured_less_often():
     small, large = split_saes()
     x = inputs(500)
-    full = stitching.curve(small, large, x, threshold=0.7, n_points=None, adopt_large_b_dec=False, blend_b_dec=False)
-    sparse = stitching.curve(small, large, x, threshold=0.7, n_points=5, adopt_large_b_dec=False, blend_b_dec=False)
-    assert len(sparse) == 5 and sparse.step.iloc[0] == 0 and sparse.step.iloc[-1] == full.step.iloc[-1]
-    pd.testing.assert_frame_equal(sparse.reset_index(drop=True),
-                                  full.set_index("step").loc[sparse.step].reset_index()[sparse.columns])
-    end = stitching.stitch(small, large, add=range(large.d_sae), remove=range(small.d_sae))
-    assert full.mse.iloc[-1] == pytest.approx(sh.evaluate(end, x)["mse"], rel=1e-12)
-    assert full.kind.iloc[-1] == "swap"
+    sparse = stitching.curve(small, large, x, threshold=0.7, n_points=5)
+    assert len(sparse) == 5 and sparse.step.iloc[0] == 0 and sparse.step.iloc[-1] == sparse.step.max()
+    steps = stitching.plan(small, large, x, threshold=0.7, n_points=5)
+    for row in sparse.itertuples():
+        assert row.mse == pytest.approx(sh.evaluate(stitching.state_after(small, large, steps[: row.step]), x)["mse"],
+                                        rel=1e-12)
+    np.testing.assert_allclose(sparse.delta_mse.iloc[1:], np.diff(sparse.mse))
+    end = stitching.stitch(small, large, add=range(large.d_sae), remove=range(small.d_sae), b_dec="large")
+    assert sparse.mse.iloc[-1] == pytest.approx(sh.evaluate(end, x)["mse"], rel=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -401,17 +474,18 @@ def test_blended_b_dec_keeps_activations_and_moves_reconstruction_linearly(arch)
         stitching.stitch(small, large, add, remove, b_dec=1.5)
 
 
-def test_blended_walk_uses_the_share_of_larger_sae_latents():
+def test_walk_keeps_the_small_b_dec_while_inserting_and_moves_it_with_the_swaps():
     small, large = split_saes()
     x = inputs(300)
     steps = stitching.plan(small, large, x, threshold=0.7)
-    part = steps[: len(steps) // 2]
-    n_add = sum(len(s.add) for s in part)
-    n = small.d_sae - sum(len(s.remove) for s in part) + n_add
-    blended = stitching.state_after(small, large, part)
-    torch.testing.assert_close(blended.b_dec, torch.lerp(small.b_dec, large.b_dec, n_add / n))
-    before_b_dec = stitching.state_after(small, large, steps[:-1])  # every group swapped: already the large b_dec
-    torch.testing.assert_close(before_b_dec.b_dec, large.b_dec)
+    n_inserts = sum(s.kind == "insert" for s in steps)
+    assert n_inserts >= 1
+    torch.testing.assert_close(stitching.state_after(small, large, steps[:n_inserts]).b_dec, small.b_dec)
+    part = steps[: n_inserts + 3]
+    share = sum(len(s.remove) for s in part) / small.d_sae
+    torch.testing.assert_close(stitching.state_after(small, large, part).b_dec,
+                               torch.lerp(small.b_dec, large.b_dec, share))
+    torch.testing.assert_close(stitching.state_after(small, large, steps).b_dec, large.b_dec)
 
 
 def test_curve_with_a_model_adds_loss_recovered():
@@ -426,10 +500,35 @@ def test_curve_with_a_model_adds_loss_recovered():
     fewer = stitching.curve(small, large, x, model, threshold=0.5, n_points=3, n_splice_points=2, n_splice_tokens=64)
     assert fewer.loss_recovered.isna().tolist() == [False, True, False]
     np.testing.assert_allclose(fewer.loss_recovered.iloc[[0, 2]], curve.loss_recovered.iloc[[0, 2]])
-    steps = stitching.plan(small, large, x, threshold=0.5)
+    steps = stitching.plan(small, large, x, threshold=0.5, n_points=3)
     final = stitching.state_after(small, large, steps[: curve.step.iloc[-1]])
     expected = sh.splice_eval(model, final, 64, progress=False)["loss_recovered"]
     assert curve.loss_recovered.iloc[-1] == pytest.approx(expected, rel=1e-9)
     first = sh.splice_eval(model, small, 64, progress=False)["loss_recovered"]
     assert curve.loss_recovered.iloc[0] == pytest.approx(first, rel=1e-9)
     assert not math.isnan(curve.loss_recovered.iloc[1])
+
+
+def test_cosine_nulls_and_trained_latents_against_independent_computations():
+    x = inputs(2_000, d=16)
+    common = dict(steps=30, batch_size=200, lr=3e-2, l1_coefficient=1.0, progress=False)
+    small = sh.train_sae(x, "relu", 8, seed=1, **common)
+    large = sh.train_sae(x, "relu", 12, seed=2, **common)
+    nulls = stitching.cosine_nulls(small, large, seed=4)
+    gen = torch.Generator().manual_seed(4)
+    rand_large, rand_small = (torch.nn.functional.normalize(torch.randn(n, 16, generator=gen, dtype=torch.float64),
+                                                            dim=1) for n in (12, 8))
+    np.testing.assert_allclose(nulls["random"], (rand_large @ rand_small.T).max(1).values.numpy(), rtol=1e-12)
+    initial = [torch.nn.functional.normalize(sh.training.trainer.initial_decoder(s), dim=1) for s in (large, small)]
+    np.testing.assert_allclose(nulls["initial"], (initial[0] @ initial[1].T).max(1).values.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(nulls["trained"], stitching.decoder_match(large, small).max_cos.numpy())
+    table, summary = stitching.analyze(small, large, x)
+    trained = (sh.decoder_drift(large) <= 0.9).numpy()
+    assert 0 < trained.sum() < 12  # 30 steps: some latents moved, some did not
+    assert (table.trained.to_numpy() == trained).all() and summary["n_trained"] == trained.sum()
+    live_trained = table[trained & ~table.dead.to_numpy()]
+    assert summary["frac_novel_trained"] == pytest.approx(live_trained.novel.mean())
+    untracked = random_sae("relu", 12, seed=3, d=16)
+    assert "initial" not in stitching.cosine_nulls(small, untracked)
+    table, summary = stitching.analyze(small, untracked, x)
+    assert "trained" not in table and math.isnan(summary["frac_novel_trained"])

@@ -41,15 +41,20 @@ from .novelty import (
     DecoderMatch,
     InsertionEffect,
     analyze,
+    cosine_nulls,
     decoder_match,
     fit_threshold,
     insertion_effects,
     proxy_accuracy,
+    trained_latents,
 )
 from .surgery import SITE_FIELDS, check_compatible, moved_latents, prepare, stitch
 from .walk import (
+    GROUPINGS,
     Group,
     Step,
+    b_dec_share,
+    best_match_groups,
     count_rises,
     curve,
     evaluation_points,
@@ -57,17 +62,22 @@ from .walk import (
     plan,
     state_after,
     swap_effects,
+    walk_groups,
 )
 
 __all__ = [
     "CHUNK_ELEMENTS",
     "SITE_FIELDS",
+    "GROUPINGS",
     "DecoderMatch",
     "Group",
     "InsertionEffect",
     "Step",
     "analyze",
+    "b_dec_share",
+    "best_match_groups",
     "check_compatible",
+    "cosine_nulls",
     "count_rises",
     "curve",
     "decoder_match",
@@ -82,4 +92,6 @@ __all__ = [
     "state_after",
     "stitch",
     "swap_effects",
+    "trained_latents",
+    "walk_groups",
 ]

@@ -18,8 +18,10 @@ import torch
 from torch import Tensor
 
 from ..data.sources import as_source
-from ..evaluation.metrics import cosine_blocks
+from ..evaluation.health import NEAR_INITIAL_COSINE
+from ..evaluation.metrics import cosine_blocks, max_cosine_similarity
 from ..saes.base import SAE
+from ..training.trainer import decoder_drift, initial_decoder
 from .surgery import check_compatible, prepare
 
 #: Elements of a [rows, latents] float32 matrix per streamed chunk (256 MiB).
@@ -139,6 +141,34 @@ def proxy_accuracy(max_cos: np.ndarray, novel: np.ndarray, threshold: float) -> 
     return float(((max_cos < threshold) == novel).mean()) if max_cos.size else math.nan
 
 
+@torch.no_grad()
+def cosine_nulls(small: SAE, large: SAE, seed: int = 0, block: int = 2048) -> dict[str, np.ndarray]:
+    """Each larger-SAE latent's max decoder cosine to the smaller SAE, and the same under two nulls.
+
+    ``"trained"``: the SAEs as they are (:func:`decoder_match`); ``"random"``: as many random
+    unit directions (Gaussian, ``torch.Generator().manual_seed(seed)``) in ``d_in`` as each SAE
+    has latents; ``"initial"``: the two SAEs' decoders at initialisation (redrawn from their
+    ``training_config``; left out when either SAE has none). A threshold on ``max_cos`` at or
+    below the nulls' upper quantiles separates nothing that training made.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    random_large = torch.randn(large.d_sae, large.d_in, generator=generator, dtype=torch.float64)
+    random_small = torch.randn(small.d_sae, small.d_in, generator=generator, dtype=torch.float64)
+    out = {"trained": decoder_match(large, small, block).max_cos.numpy(),
+           "random": max_cosine_similarity(random_large, random_small, block).numpy()}
+    if getattr(small, "training_config", None) and getattr(large, "training_config", None):
+        out["initial"] = max_cosine_similarity(initial_decoder(large), initial_decoder(small), block).numpy()
+    return out
+
+
+def trained_latents(sae: SAE, near_initial_cosine: float = NEAR_INITIAL_COSINE) -> np.ndarray | None:
+    """Per latent, whether its decoder row left its initial direction (cosine to it at most
+    ``near_initial_cosine``, as in the health checks); ``None`` without a ``training_config``."""
+    if not getattr(sae, "training_config", None):
+        return None
+    return (decoder_drift(sae) <= near_initial_cosine).numpy()
+
+
 def analyze(small: SAE, large: SAE, activations, threshold: float | None = None, block: int = 2048,
             batch_size: int = 1024) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Classify every latent of ``large`` as novel or not, and test the cosine proxy.
@@ -164,13 +194,18 @@ def analyze(small: SAE, large: SAE, activations, threshold: float | None = None,
     table : DataFrame
         Indexed by larger-SAE latent (``latent``), columns ``max_cos``, ``argmax_cos`` (the
         best-matching smaller-SAE latent), ``delta_mse`` (in ``evaluate``'s ``mse`` units),
-        ``density`` (firing frequency on ``activations``), ``dead`` and ``novel``
-        (``delta_mse < 0``; dead latents are never novel).
+        ``density`` (firing frequency on ``activations``), ``dead``, ``novel``
+        (``delta_mse < 0``; dead latents are never novel) and ``trained`` (the latent left its
+        initial direction: :func:`trained_latents`; missing when ``large`` has no
+        ``training_config``).
     summary : dict
         ``n_latents``, ``n_dead``, ``n_novel``, ``frac_novel`` (of the live latents),
-        ``threshold``, ``threshold_fitted`` (bool), ``proxy_accuracy`` (on the live latents)
-        and ``n_tokens``.
+        ``n_trained`` and ``frac_novel_trained`` (of the live latents that left their initial
+        direction; ``nan`` without a ``training_config``), ``threshold``, ``threshold_fitted``
+        (bool), ``proxy_accuracy`` (on the live latents), ``majority_accuracy`` (the accuracy
+        of always predicting the more common class, the proxy's baseline) and ``n_tokens``.
     """
+    trained = trained_latents(large)
     small, large = prepare(small), prepare(large)
     match = decoder_match(large, small, block)
     effect = insertion_effects(small, large, activations, batch_size)
@@ -184,7 +219,10 @@ def analyze(small: SAE, large: SAE, activations, threshold: float | None = None,
         "dead": dead,
         "novel": (delta < 0) & ~dead,
     }, index=pd.RangeIndex(large.d_sae, name="latent"))
+    if trained is not None:
+        table["trained"] = trained
     live = table[~table.dead]
+    live_trained = live[live.trained] if trained is not None else live.iloc[:0]
     fitted = threshold is None
     if fitted:
         threshold, accuracy = fit_threshold(live.max_cos.to_numpy(), live.novel.to_numpy())
@@ -195,9 +233,12 @@ def analyze(small: SAE, large: SAE, activations, threshold: float | None = None,
         "n_dead": int(dead.sum()),
         "n_novel": int(table.novel.sum()),
         "frac_novel": float(live.novel.mean()) if len(live) else math.nan,
+        "n_trained": int(trained.sum()) if trained is not None else None,
+        "frac_novel_trained": float(live_trained.novel.mean()) if len(live_trained) else math.nan,
         "threshold": float(threshold),
         "threshold_fitted": fitted,
         "proxy_accuracy": accuracy,
+        "majority_accuracy": float(max(live.novel.mean(), 1 - live.novel.mean())) if len(live) else math.nan,
         "n_tokens": effect.n_tokens,
     }
     return table, summary

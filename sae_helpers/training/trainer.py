@@ -49,23 +49,32 @@ def build_training_sae(
 
 
 @torch.no_grad()
+def initial_decoder(sae: SAE) -> Tensor:
+    """The decoder rows ``[d_sae, d_in]`` that ``sae`` started from (float64, CPU).
+
+    Needs the SAE's ``training_config`` (set by :func:`train_sae` / ``train_saes``, saved
+    beside the weights); the initial rows are redrawn from its seed.
+    """
+    config = getattr(sae, "training_config", None)
+    if not config:
+        raise ValueError("This SAE has no training_config: its initial decoder is redrawn from the training seed, "
+                         "so it needs an SAE trained with train_sae/train_saes (or loaded from a run directory "
+                         "that holds training_config.json, then sae.training_config = that file's contents).")
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    start = build_training_sae(cfg, sae.d_in, torch.device("cpu"))
+    start.init_weights(torch.Generator().manual_seed(cfg.seed))
+    return start.W_dec.detach().double()
+
+
 def decoder_drift(sae: SAE) -> Tensor:
     """Per latent, the cosine between a trained SAE's decoder row and the same row at initialisation.
 
-    Needs the SAE's ``training_config`` (set by :func:`train_sae` / ``train_saes``, saved
-    beside the weights); the initial rows are redrawn from its seed. Values near 1 mean the
+    Needs the SAE's ``training_config`` (see :func:`initial_decoder`). Values near 1 mean the
     latent has barely left its random start: the run was too short for it, and its decoder
     direction says little about the data (decoder cosines between such SAEs measure the
     initialisation, not what was learned).
     """
-    config = getattr(sae, "training_config", None)
-    if not config:
-        raise ValueError("This SAE has no training_config: decoder_drift needs an SAE trained with "
-                         "train_sae/train_saes (or loaded from a run directory that holds training_config.json).")
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    start = build_training_sae(cfg, sae.d_in, torch.device("cpu"))
-    start.init_weights(torch.Generator().manual_seed(cfg.seed))
-    return torch.nn.functional.cosine_similarity(sae.W_dec.detach().double().cpu(), start.W_dec.double(), dim=1)
+    return torch.nn.functional.cosine_similarity(sae.W_dec.detach().double().cpu(), initial_decoder(sae), dim=1)
 
 
 class TrainingRun:
