@@ -403,3 +403,17 @@ def _splice(model: Any, saes: Sequence[SAE], n_tokens: int, chunk: int, progress
     for start in range(0, len(saes), max(1, chunk)):
         out.extend(splice_eval(model, list(saes[start : start + chunk]), n_tokens, progress=progress))
     return pd.DataFrame([{k: r[k] for k in ("loss_recovered", "delta_lm_loss")} for r in out])
+
+
+def grouping_report(small: SAE, large: SAE, table: pd.DataFrame, threshold: float | None = None,
+                    block: int = 2048) -> pd.DataFrame:
+    """Per grouping rule of :func:`walk_groups`: the latents inserted alone, the swap groups, and
+    the largest group's size and share of all latents of both SAEs (a rule whose largest group
+    holds most latents swaps them in one jump)."""
+    rows = {}
+    for grouping in GROUPINGS:
+        inserts, groups = walk_groups(small, large, table, grouping, threshold, block)
+        largest = max((len(g.large) + len(g.small) for g in groups), default=0)
+        rows[grouping] = {"inserted": len(inserts), "groups": len(groups), "largest_group": largest,
+                          "largest_share": largest / (small.d_sae + large.d_sae)}
+    return pd.DataFrame.from_dict(rows, orient="index")
