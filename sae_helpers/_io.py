@@ -46,26 +46,66 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _old_copy(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def recover_dir(final: str | os.PathLike) -> Path:
+    """Undo a crash between the two renames of :func:`atomic_replace_dir`.
+
+    ``final`` missing but ``.final.old`` present means the swap stopped after moving the
+    complete old copy aside: move it back. Returns ``final``.
+    """
+    final = Path(final)
+    old = _old_copy(final)
+    if not final.exists() and old.is_dir():
+        os.replace(old, final)
+    return final
+
+
+def clean_stale(final: str | os.PathLike) -> None:
+    """Recover ``final`` (:func:`recover_dir`), then delete what crashed swaps left beside it:
+    ``.final.old`` (once ``final`` is in place) and ``.final.*.tmp`` build directories.
+
+    Call it when a run starts, never while another process writes ``final``.
+    """
+    final = recover_dir(final)
+    if not final.parent.is_dir():
+        return
+    old = _old_copy(final)
+    if final.exists() and old.exists():
+        shutil.rmtree(old)
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+
+
 def atomic_replace_dir(final: str | os.PathLike, build: Callable[[Path], None]) -> Path:
     """Build a directory in a temporary sibling, then swap it into place.
 
     ``build(tmp_dir)`` fills the directory. An existing ``final`` is replaced only
-    after the new one is complete, so a crash never leaves a half-written directory.
+    after the new one is complete, so a crash never leaves a half-written directory:
+    between the two renames the complete old copy is ``.final.old``, which
+    :func:`recover_dir` moves back; it is deleted only once the new one is in place.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
+        # mkdtemp makes the directory private (0700): give it the mode of the one it replaces.
+        os.chmod(tmp_dir, (final if final.is_dir() else final.parent).stat().st_mode & 0o777)
         build(tmp_dir)
+        old = _old_copy(final)
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
             if old.exists():
-                shutil.rmtree(old)
+                shutil.rmtree(old)  # stale: final is the complete copy
             os.replace(final, old)
             os.replace(tmp_dir, final)
-            shutil.rmtree(old)
         else:
             os.replace(tmp_dir, final)
+        if old.exists():
+            shutil.rmtree(old)  # only now that the new copy is in place
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)

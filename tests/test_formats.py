@@ -106,3 +106,40 @@ def test_corrupt_files(tmp_path):
 def test_save_leaves_no_temporary_files(tmp_path):
     make("relu").save(tmp_path / "s")
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+
+
+def test_saving_over_an_sae_is_all_or_nothing(tmp_path, monkeypatch):
+    a = create_sae("topk", 6, 10, k=4)
+    a.init_weights(torch.Generator().manual_seed(0))
+    a.save(tmp_path / "s", training_config={"k": 4}, notes={"keep": True})
+    (tmp_path / "s" / "README.txt").write_text("mine")
+    b = create_sae("topk", 6, 10, k=8, metadata={"model_name": "m", "bad": {1, 2}})  # a set: not JSON
+    b.init_weights(torch.Generator().manual_seed(1))
+    with pytest.raises(TypeError, match="cfg.json.*not JSON serializable.*nothing was written"):
+        b.save(tmp_path / "s")
+    with pytest.raises(TypeError, match="log.json.*nothing was written"):
+        make("relu").save(tmp_path / "s", log=object())
+    old = load_sae(tmp_path / "s")
+    assert old.k == 4 and torch.equal(old.W_dec, a.W_dec)
+    # A crash in the middle of writing the new directory leaves the old one as it was.
+    b.metadata = {}
+    from sae_helpers import formats
+
+    def crash(*args, **kwargs):  # killed right after writing the new weights
+        save_file(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(formats, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        b.save(tmp_path / "s")
+    monkeypatch.setattr(formats, "save_file", save_file)
+    old = load_sae(tmp_path / "s")
+    assert old.k == 4 and torch.equal(old.W_dec, a.W_dec)
+    b.save(tmp_path / "s")
+    new = load_sae(tmp_path / "s")
+    assert new.k == 8 and torch.equal(new.W_dec, b.W_dec)
+    # Other files are kept; the old SAE's training_config (B has none) is not.
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["s"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "README.txt", "cfg.json", "notes.json", "sae_weights.safetensors"]

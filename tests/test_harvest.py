@@ -1,7 +1,9 @@
 """harvest: the cache holds exactly the model's activations at the site, for the stored tokens;
 harvest_sites: several sites from one forward pass, each cache equal to its single-site harvest."""
 
+import copy
 import json
+import warnings
 
 import datasets
 import pytest
@@ -204,3 +206,43 @@ def test_harvest_splits_names_shared_caches_and_harvests_only_what_is_missing(tm
     assert calls.calls == 0  # everything complete: no forward pass
     plain = harvest_splits(model, [DEEP], 120, 60, tmp_path, **opts)
     assert plain[DEEP].train.name == "train-120-ctx16-float32"
+
+
+def test_resuming_a_harvest_with_another_model_of_the_same_name_is_refused(tmp_path):
+    model, other = tiny_model(seed=0), tiny_model(seed=1)
+    other.model_name = model.model_name  # e.g. another fine-tune saved under the same name
+    with BlockCalls(model, 0, fail_at=3), pytest.raises(KeyboardInterrupt):
+        harvest(model, SHALLOW, 300, tmp_path / "c", dataset=tiny_corpus(), **SMALL)
+    with pytest.raises(CacheError, match="model_identity: cache .*same name but other weights or dtype"):
+        harvest(other, SHALLOW, 300, tmp_path / "c", dataset=tiny_corpus(), **SMALL)
+    with pytest.raises(CacheError, match="model_identity"):
+        harvest(copy.deepcopy(model).half(), SHALLOW, 300, tmp_path / "c", dataset=tiny_corpus(), **SMALL)
+    whole = harvest(model, SHALLOW, 300, tmp_path / "whole", dataset=tiny_corpus(), **SMALL)
+    assert shard_digests(harvest(model, SHALLOW, 300, tmp_path / "c", dataset=tiny_corpus(), **SMALL)) == \
+        shard_digests(whole)
+    # A cache written before model identities were recorded: resumed with a warning; complete, reused silently.
+    with BlockCalls(model, 0, fail_at=3), pytest.raises(KeyboardInterrupt):
+        harvest(model, SHALLOW, 300, tmp_path / "old", dataset=tiny_corpus(), **SMALL)
+    for name in ("old", "whole"):
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        del manifest["settings"]["model_identity"]
+        (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="cannot check that it is resumed with the same model"):
+        assert shard_digests(harvest(model, SHALLOW, 300, tmp_path / "old", dataset=tiny_corpus(), **SMALL)) == \
+            shard_digests(whole)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        harvest(other, SHALLOW, 300, tmp_path / "whole", dataset=tiny_corpus(), **SMALL)
+
+
+def test_a_float16_harvest_of_activations_beyond_its_range_is_an_error(tmp_path):
+    model = tiny_model(seed=0)
+    with torch.no_grad():
+        model.W_E.mul_(1e5)  # residual stream activations of about 1e5: finite in float32, inf in float16
+    for run in (lambda out: harvest(model, SHALLOW, 300, out, dataset=tiny_corpus(), dtype="float16", **SMALL),
+                lambda out: harvest_sites(model, [DEEP, SHALLOW], 300, out, dataset=tiny_corpus(), dtype="float16",
+                                          **SMALL)):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        with pytest.raises(ValueError, match="overflows to inf in float16.*dtype='bfloat16'"):
+            run(out)
+        assert not [m for m in out.rglob("manifest.json") if json.loads(m.read_text())["shards"]]

@@ -10,7 +10,9 @@ Layout of a cache directory::
 
 Every shard holds exactly ``shard_tokens`` rows (the last one may hold fewer). Each file
 is written atomically and the manifest is rewritten after every shard, so a killed
-harvest resumes from its last shard. Readers verify each shard's sha256 before using it.
+harvest resumes from its last shard. Readers accept only shard file names directly in the
+cache directory, compare each shard's safetensors header with the manifest (before hashing
+it), verify its sha256 and refuse NaN/inf activations, naming the shard.
 
 :func:`build_caches` writes several such caches (one per site) from one pass over the
 windows; each is exactly the cache :func:`build_cache` would write for that site alone.
@@ -20,8 +22,11 @@ dtype cannot hold (float16 above 65504) is an error, never a silent inf.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import struct
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -38,6 +43,8 @@ from ..saes.base import dtype_name, resolve_dtype
 
 MANIFEST = "manifest.json"
 FORMAT = "sae_helpers.activation_cache/1"
+#: Settings added to manifests after caches were first written (see ``_open_for_writing``).
+LATER_SETTINGS = ("model_identity",)
 REQUIRED_KEYS = ("model", "hook_name", "d_model", "n_tokens", "context_size", "dtype", "shards")
 
 
@@ -51,6 +58,42 @@ def is_cache_dir(path: str | os.PathLike) -> bool:
 
 def _shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
+
+
+SHARD_NAME = re.compile(r"shard_\d{5,}\.safetensors")
+_SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+_MAX_HEADER = 1 << 20  # a shard's header lists four tensors: a few hundred bytes
+
+
+def check_shard_entries(manifest: dict[str, Any], out: Path) -> None:
+    """Refuse ``shards`` entries that are not this cache's own shard files, or are listed twice.
+
+    A shard is named ``shard_NNNNN.safetensors`` and lies in the cache directory itself: a
+    path with ``..``, a directory or an absolute path would read another cache's (or any) file.
+    """
+    where = out / MANIFEST
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise CacheError(f"Manifest {where}: 'shards' must be a list of shard entries, found "
+                         f"{type(shards).__name__}. Delete {out} and harvest again.")
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(shards):
+        missing = [k for k in ("path", "sha256", "n_tokens") if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise CacheError(f"Manifest {where}: shards[{i}] lacks {missing}. Delete {out} and harvest again.")
+        name = entry["path"]
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+            raise CacheError(
+                f"Manifest {where}: shards[{i}].path is {name!r}, not a shard file name of this cache "
+                f"(shard_NNNNN.safetensors, directly in {out}); a cache reads only its own shards. Restore "
+                f"the manifest, or delete {out} and harvest again."
+            )
+        if name in seen:
+            raise CacheError(
+                f"Manifest {where}: shards[{i}].path {name!r} is listed twice (also shards[{seen[name]}]), so "
+                f"its rows would be read twice. Delete {out} and harvest again."
+            )
+        seen[name] = i
 
 
 def build_cache(
@@ -345,9 +388,15 @@ class _SiteWriter:
                 del self.window_store[w]
 
     def finish(self) -> None:
-        """Mark a cache the text ran out for as complete, with a warning."""
+        """Mark a cache the text ran out for as complete, with a warning (an error when the text
+        did not fill a single window: an empty "complete" cache would be useless)."""
         if self.manifest["complete"]:
             return
+        if not self.manifest["shards"]:
+            raise CacheError(
+                f"The text ran out before one window of {self.context_size} tokens for the cache in {self.out}: "
+                "nothing was harvested. Use a longer text (dataset=...) or a smaller context_size."
+            )
         self.manifest["complete"] = True
         atomic_write_json(self.out / MANIFEST, self.manifest)
         warnings.warn(
@@ -364,14 +413,33 @@ def _open_for_writing(out: Path, settings: dict[str, Any], create: bool = True) 
     path = out / MANIFEST
     if path.is_file():
         manifest = read_json(path, what="Activation cache manifest")
-        if manifest.get("settings") != json.loads(json.dumps(settings)):
-            old = manifest.get("settings", {})
-            new = json.loads(json.dumps(settings))
+        if create:  # a harvest starts: drop the temporaries of one that was killed
+            for tmp in [*out.glob(".shard_*.tmp"), *out.glob(f".{MANIFEST}.*.tmp")]:
+                tmp.unlink()
+        old = manifest.get("settings") or {}
+        new = json.loads(json.dumps(settings))
+        # Settings recorded only by newer versions: a cache written before them is compared without.
+        unrecorded = [k for k in LATER_SETTINGS if k in new and k not in old]
+        new = {k: v for k, v in new.items() if k not in unrecorded}
+        if old != new:
             diffs = [f"{k}: cache {old.get(k)!r}, now {new.get(k)!r}"
                      for k in [*new, *(k for k in old if k not in new)] if old.get(k) != new.get(k)]
+            hint = (" The model has the same name but other weights or dtype than the one the cache was harvested "
+                    "with." if "model_identity" in old and old.get("model_identity") != new.get("model_identity")
+                    else "")
             raise CacheError(
-                f"{out} holds an activation cache made with other settings ({'; '.join(diffs)}). "
+                f"{out} holds an activation cache made with other settings ({'; '.join(diffs)}).{hint} "
                 "Use another out_dir, or delete this one to harvest again."
+            )
+        if unrecorded and create and not manifest.get("complete"):
+            warnings.warn(f"The unfinished activation cache {out} was started before {unrecorded} were recorded: "
+                          "cannot check that it is resumed with the same model; resuming it.", stacklevel=4)
+        check_shard_entries(manifest, out)
+        listed = sum(int(shard["n_tokens"]) for shard in manifest["shards"])
+        if manifest.get("n_tokens") != listed:
+            raise CacheError(
+                f"Manifest {path}: n_tokens is {manifest.get('n_tokens')!r}, but its shards hold {listed} rows. "
+                f"The manifest was edited or damaged: delete {out} and harvest again."
             )
         for shard in manifest["shards"]:
             if not (out / shard["path"]).is_file():
@@ -422,6 +490,7 @@ class CacheSource:
         missing = [k for k in REQUIRED_KEYS if k not in self.manifest]
         if missing:
             raise CacheError(f"Manifest {self.path / MANIFEST} lacks {missing}; it is not an activation cache.")
+        check_shard_entries(self.manifest, self.path)
         self.shards = self.manifest["shards"]
         if not self.shards:
             raise CacheError(f"The activation cache {self.path} holds no shards yet; run the harvest (again).")
@@ -434,7 +503,14 @@ class CacheSource:
         self.description = f"activation cache {self.path}"
         self.verify = verify
         self._verified: set[int] = set()
+        self._finite: set[int] = set()  # shards checked for NaN/inf (once per process)
         self.shards_per_block = max(1, buffer_tokens // max(int(s["n_tokens"]) for s in self.shards))
+
+    def fingerprint(self) -> str:
+        """The sha256 of the shard list (names, checksums, row counts): the data, not its progress."""
+        shards = [(s["path"], s["sha256"], int(s["n_tokens"])) for s in self.shards]
+        digest = hashlib.sha256(json.dumps([self.d, self.dtype, shards]).encode()).hexdigest()
+        return f"cache of {self.n} rows, shards-sha256 {digest[:16]}"
 
     # ------------------------------------------------------------------ shards
     def load_shard(self, index: int) -> dict[str, Tensor]:
@@ -443,6 +519,8 @@ class CacheSource:
         file = self.path / entry["path"]
         if not file.is_file():
             raise CacheError(f"Shard {file} is missing; delete {self.path} and harvest again.")
+        if index not in self._verified:
+            self._check_size(file, entry)
         if self.verify and index not in self._verified:
             if sha256_file(file) != entry["sha256"]:
                 raise CacheError(
@@ -458,7 +536,53 @@ class CacheSource:
         if acts.ndim != 2 or acts.shape != (int(entry["n_tokens"]), self.d):
             raise CacheError(f"Shard {file} holds activations of shape {tuple(acts.shape)}, the manifest says "
                              f"({entry['n_tokens']}, {self.d}).")
+        if index not in self._finite:
+            self._check_finite(file, acts)
+            self._finite.add(index)
         return tensors
+
+    def _check_finite(self, file: Path, acts: Tensor) -> None:
+        """Refuse a shard holding NaN or inf (e.g. float16 overflow in a cache written without the check),
+        which would otherwise give an FVU of nan or a training run that "diverges"."""
+        for start in range(0, acts.shape[0], 65536):
+            finite = torch.isfinite(acts[start : start + 65536])
+            if not bool(finite.all()):
+                row, col = (int(v) for v in (~finite).nonzero()[0])
+                value = float(acts[start + row, col])
+                raise CacheError(
+                    f"Shard {file} holds a non-finite activation ({value}) at row {start + row}, column {col}. "
+                    f"The cache cannot be trained or evaluated on: delete {self.path} and harvest again (with "
+                    "dtype='bfloat16' or 'float32' if the activations exceed float16's range of 65504)."
+                )
+
+    def _check_size(self, file: Path, entry: dict[str, Any]) -> None:
+        """Compare the file with its safetensors header and the manifest before hashing or reading it,
+        so a file that is not this shard (however large) is refused at once."""
+        size = file.stat().st_size
+        fault = None
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if n is None or n > min(_MAX_HEADER, size - 8):
+                fault = "it has no safetensors header"
+            else:
+                try:
+                    header = json.loads(handle.read(n))
+                    acts = header["activations"]
+                    end = max(int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__")
+                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                    fault = "its safetensors header is unreadable or has no 'activations' tensor"
+                else:
+                    want_shape = [int(entry["n_tokens"]), self.d]
+                    want_dtype = _SAFETENSORS_DTYPES.get(self.dtype, acts.get("dtype"))
+                    if acts.get("shape") != want_shape or acts.get("dtype") != want_dtype:
+                        fault = (f"its activations are {acts.get('dtype')} {acts.get('shape')}, the manifest says "
+                                 f"{want_dtype} {want_shape}")
+                    elif size != 8 + n + end:
+                        fault = f"it is {size:,} bytes, its header describes {8 + n + end:,}"
+        if fault is not None:
+            raise CacheError(f"Shard {file} does not match {self.path / MANIFEST}: {fault}. "
+                             f"Delete {self.path} and harvest again.")
 
     def shard_activations(self, index: int) -> Tensor:
         return self.load_shard(index)["activations"].float()

@@ -9,11 +9,15 @@ iterable of ``[batch, d]`` tensors. Every source gives
   function of ``(seed, step)`` (tensors and files) or of the iterable's order, so a
   resumed run sees exactly the batches an uninterrupted one would;
 * ``in_order(batch_size)``: every row once, in order (evaluation);
-* ``sample(n, seed)``: a few rows to initialise ``b_dec`` and the activation scale.
+* ``sample(n, seed)``: a few rows to initialise ``b_dec`` and the activation scale;
+* ``fingerprint()``: a short string that identifies the data (cheap: a cache's shard
+  checksums, a tensor's shape and a hash of a sample of its rows), stored in training
+  checkpoints so that a run is never resumed on other data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -68,6 +72,20 @@ def _check_matrix(x: Tensor, description: str) -> None:
         raise ValueError(f"Activations in {description} are empty (shape {tuple(x.shape)}).")
 
 
+def rows_fingerprint(x: Tensor, n_rows: int = 256) -> str:
+    """Shape plus the sha256 of ``n_rows`` evenly spaced rows (first and last included)."""
+    index = torch.linspace(0, x.shape[0] - 1, min(n_rows, x.shape[0])).round().long().unique()
+    digest = hashlib.sha256(f"{tuple(x.shape)}".encode())
+    digest.update(x[index].detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return f"rows {x.shape[0]}x{x.shape[1]} sample-sha256 {digest.hexdigest()[:16]}"
+
+
+def data_fingerprint(source: ActivationSource) -> str | None:
+    """``source.fingerprint()``, or ``None`` for a source that has none."""
+    fingerprint = getattr(source, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else None
+
+
 class TensorSource:
     """An in-memory (or memory-mapped) ``[n, d]`` tensor, reshuffled every epoch."""
 
@@ -81,6 +99,9 @@ class TensorSource:
     def _epoch_permutation(self, seed: int, epoch: int) -> Tensor:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=gen)
+
+    def fingerprint(self) -> str:
+        return rows_fingerprint(self.x)
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Tensor]:
         position = start_step * batch_size  # index into the endless concatenation of epochs
@@ -123,6 +144,11 @@ class IterableSource:
         self._iterator: Iterator[Tensor] | None = None
         first = self._peek()
         self.d = first.shape[1]
+
+    def fingerprint(self) -> str:
+        """Width and a hash of a sample of the first tensor's rows (the only cheap part to read)."""
+        first = self._head[0] if self.one_shot and self._head else next(iter(self.iterable))
+        return f"iterable, first item {rows_fingerprint(first)}"
 
     def _raw(self) -> Iterator[Tensor]:
         if self.one_shot:

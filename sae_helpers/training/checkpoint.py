@@ -4,7 +4,8 @@
 moments, dead-latent counters, the resampling RNG state) and ``trainer.json`` (step,
 configuration and its fingerprint, activation scale, training log). The directory is
 built beside the old one and swapped in with a rename, so a crash at any moment
-leaves the previous complete checkpoint.
+leaves the previous complete checkpoint (a crash between the two renames leaves it as
+``.checkpoint.old``, which every reader moves back first).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .._io import atomic_replace_dir, read_json
+from .._io import atomic_replace_dir, clean_stale, read_json, recover_dir
 
 CHECKPOINT_SUBDIR = "checkpoint"
 STATE_FILE = "state.safetensors"
@@ -36,12 +37,25 @@ def write_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], in
 
 
 def has_checkpoint(directory: str | Path) -> bool:
-    return (Path(directory) / CHECKPOINT_SUBDIR / TRAINER_FILE).is_file()
+    """Whether ``directory`` holds a checkpoint (recovering one a crashed swap left aside)."""
+    return (recover_dir(Path(directory) / CHECKPOINT_SUBDIR) / TRAINER_FILE).is_file()
+
+
+def clean_checkpoint_dir(directory: str | Path) -> None:
+    """Recover the newest complete checkpoint and delete what crashed writes left behind
+    (``.checkpoint.old``, ``.checkpoint.*.tmp``, the same for ``sae/``, and
+    ``.training_log.json.*.tmp``). Called when a run starts or resumes."""
+    directory = Path(directory)
+    clean_stale(directory / CHECKPOINT_SUBDIR)
+    clean_stale(directory / "sae")  # the final SAE is swapped in the same way
+    if directory.is_dir():
+        for tmp in directory.glob(".training_log.json.*.tmp"):
+            tmp.unlink()
 
 
 def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and info of the checkpoint in ``directory``, with clear errors."""
-    folder = Path(directory) / CHECKPOINT_SUBDIR
+    folder = recover_dir(Path(directory) / CHECKPOINT_SUBDIR)
     info = read_json(folder / TRAINER_FILE, what="Checkpoint file")
     state_path = folder / STATE_FILE
     if not state_path.is_file():

@@ -16,6 +16,16 @@ B_DEC_INITS = ("geometric_median", "mean", "zeros")
 SPARSITY_OPTIONS = ("l1_coefficient", "k", "l0_coefficient")
 #: Fields omitted from :meth:`TrainConfig.to_dict` while ``None``.
 OPTIONAL_FIELDS = (*SPARSITY_OPTIONS, "sae_options")
+#: Step-count fields: (name, smallest allowed value, what it means); ``None`` keeps the default
+#: where the field allows it. A negative interval would resample every latent at every step,
+#: a dead window of 0 would mark every latent dead.
+STEP_COUNTS = (
+    ("resample_every", 0, "steps between resamplings of dead latents; 0 disables, None: the default"),
+    ("dead_after", 1, "steps without firing before a latent counts as dead; None: the default"),
+    ("lr_warmup_steps", 0, "steps of learning-rate warm-up; 0: none, None: the default"),
+    ("l1_warmup_steps", 0, "steps of sparsity-coefficient warm-up; 0: none, None: the default"),
+    ("resample_lr_warmup_steps", 0, "steps of learning-rate warm-up after a resampling; 0: none"),
+)
 #: Gao et al.: a latent is dead for the aux-k loss after 10M tokens without firing.
 AUX_K_DEAD_TOKENS = 10_000_000
 
@@ -112,6 +122,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+        for name, least, meaning in STEP_COUNTS:
+            value = getattr(self, name)
+            if value is None and name != "resample_lr_warmup_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least} ({meaning}), got {value!r}.")
         if self.lr_decay_start is not None and not 0 <= self.lr_decay_start <= 1:
             raise ValueError(f"lr_decay_start must be a fraction in [0, 1] or None, got {self.lr_decay_start!r}.")
 

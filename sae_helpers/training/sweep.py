@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,13 +18,20 @@ from typing import Any, NamedTuple
 import pandas as pd
 import torch
 
-from .._io import atomic_write, atomic_write_json, read_json
-from ..data.sources import as_source
+from .._io import atomic_write, atomic_write_json, read_json, recover_dir
+from ..data.sources import as_source, data_fingerprint
 from ..formats import load_sae
 from ..saes.base import SAE
-from .checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
+from .checkpoint import (
+    CHECKPOINT_SUBDIR,
+    TRAINER_FILE,
+    clean_checkpoint_dir,
+    has_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from .config import TrainConfig
-from .trainer import TrainingRun, default_device, drive
+from .trainer import TrainingRun, check_same_data, default_device, drive
 
 
 class SweepResult(NamedTuple):
@@ -63,11 +71,19 @@ def family_configs(widths: Sequence[int], *, seed: int = 0, **options: Any) -> l
     return [{**options, "width": int(w), "seed": seed + FAMILY_SEED_STRIDE * i} for i, w in enumerate(widths)]
 
 
-def _finished_sae(run_dir: Path, cfg: TrainConfig) -> SAE | None:
-    sae_dir = run_dir / "sae"
+def _finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: list[Path]) -> SAE | None:
+    """The run's saved SAE if it is finished with ``cfg``, after checking it was trained on ``data``
+    (runs written before data fingerprints are appended to ``unchecked``)."""
+    sae_dir = recover_dir(run_dir / "sae")
     config_file = sae_dir / "training_config.json"
     if not config_file.is_file() or read_json(config_file, what="Training config") != cfg.to_dict():
         return None
+    trainer_file = recover_dir(run_dir / CHECKPOINT_SUBDIR) / TRAINER_FILE
+    info = read_json(trainer_file, what="Checkpoint file") if trainer_file.is_file() else {}
+    if not check_same_data(info, data, f"finished run in {run_dir}", warn=False):
+        unchecked.append(run_dir)
+        if data is not None and trainer_file.is_file():  # trusted on first use, as a resumed old checkpoint is
+            atomic_write_json(trainer_file, {**info, "data": data})
     sae = load_sae(sae_dir)
     sae.training_config = cfg.to_dict()  # type: ignore[attr-defined]
     log_file = sae_dir / "training_log.json"
@@ -97,7 +113,9 @@ def train_saes(
     configs : :class:`TrainConfig` objects or dicts of its fields; all share ``batch_size``.
     out_dir : one subdirectory per run (named by :func:`run_name`) with its checkpoint,
         log and final SAE (``sae/``, SAELens layout). A rerun skips finished runs and
-        resumes unfinished ones from their checkpoints.
+        resumes unfinished ones from their checkpoints; either is refused when the run was
+        trained on other data (its checkpoint's data fingerprint). Runs written before data
+        fingerprints are reused with one warning.
     eval_activations : if given, each SAE is evaluated on them (:func:`evaluate`) and the
         metrics join its results row, with ``passes_health`` (:func:`training_health`).
         Every row holds ``near_initial_fraction``, ``loss_plateau`` and ``fvu_plateau``
@@ -120,21 +138,34 @@ def train_saes(
     root = Path(out_dir) if out_dir is not None else None
     data_seed = cfgs[0].seed if data_seed is None else data_seed
 
+    data = data_fingerprint(source) if root is not None else None
+    unchecked: list[Path] = []
     saes: list[SAE | None] = [None] * len(cfgs)
     runs: list[TrainingRun] = []
     run_slots: list[int] = []
     for i, (cfg, name) in enumerate(zip(cfgs, names, strict=True)):
         run_dir = root / name if root is not None else None
-        if run_dir is not None and (done := _finished_sae(run_dir, cfg)) is not None:
+        if run_dir is not None and (done := _finished_sae(run_dir, cfg, data, unchecked)) is not None:
             saes[i] = done
             continue
+        if run_dir is not None:
+            clean_checkpoint_dir(run_dir)
         if run_dir is not None and has_checkpoint(run_dir):
             tensors, info = read_checkpoint(run_dir)
-            run = TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}")
+            run = TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}",
+                                      data=data)
         else:
-            run = TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata)
+            run = TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data)
         runs.append(run)
         run_slots.append(i)
+
+    if unchecked:
+        shown = ", ".join(str(d) for d in unchecked[:3])
+        shown += f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
+        warnings.warn(f"{len(unchecked)} finished run(s) have no data fingerprint (written before they were "
+                      f"recorded): {shown}. Cannot check that they were trained on these activations; using them "
+                      "as they are and recording these activations' fingerprint in them, so that later calls "
+                      "check it.", stacklevel=2)
 
     def checkpoint(index: int) -> None:
         if root is None:

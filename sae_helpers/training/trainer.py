@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ from torch import Tensor
 
 from .._io import atomic_write_json
 from .._progress import tqdm
-from ..data.sources import ActivationSource, as_source
+from ..data.sources import ActivationSource, as_source, data_fingerprint
 from ..saes.base import SAE, resolve_dtype
 from ..saes.registry import get_sae_class
-from .checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
+from .checkpoint import clean_checkpoint_dir, has_checkpoint, read_checkpoint, write_checkpoint
 from .config import TrainConfig
 from .init import activation_scale, initial_b_dec
 from .resampling import resample_dead_latents
@@ -77,11 +78,32 @@ def decoder_drift(sae: SAE) -> Tensor:
     return torch.nn.functional.cosine_similarity(sae.W_dec.detach().double().cpu(), initial_decoder(sae), dim=1)
 
 
+def check_same_data(info: dict[str, Any], data: str | None, where: str, warn: bool = True) -> bool:
+    """Refuse a checkpoint ``info`` written on other data than the fingerprint ``data``.
+
+    Checkpoints written before data fingerprints existed have none: they are accepted (with a
+    warning unless ``warn`` is false) and ``False`` is returned; otherwise ``True``.
+    """
+    saved = info.get("data")
+    if saved is None or data is None:
+        if saved is None and data is not None and warn:
+            warnings.warn(f"The {where} has no data fingerprint (written before they were recorded): cannot check "
+                          "that it was trained on these activations; using it as it is.", stacklevel=3)
+        return saved is not None
+    if saved != data:
+        raise ValueError(
+            f"The {where} was trained on other data ({saved}; now {data}). Use a new checkpoint_dir / out_dir "
+            "for this data, or delete that directory to train again on it."
+        )
+    return True
+
+
 class TrainingRun:
     """The state of one SAE's training. Build with :meth:`start` or :meth:`restore`."""
 
-    def __init__(self, cfg: TrainConfig, sae: SAE, scale: float, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, sae: SAE, scale: float, device: torch.device, data: str | None = None) -> None:
         self.cfg = cfg
+        self.data = data  # the data fingerprint (ActivationSource.fingerprint), checked on resume
         self.sae = sae
         self.scale = scale
         self.device = device
@@ -104,9 +126,11 @@ class TrainingRun:
     # ------------------------------------------------------------------ construction
     @classmethod
     def start(
-        cls, cfg: TrainConfig, sample: Tensor, device: torch.device, metadata: dict[str, Any] | None = None
+        cls, cfg: TrainConfig, sample: Tensor, device: torch.device, metadata: dict[str, Any] | None = None,
+        data: str | None = None,
     ) -> TrainingRun:
-        """A fresh run, initialised from a data ``sample`` (``b_dec``, activation scale)."""
+        """A fresh run, initialised from a data ``sample`` (``b_dec``, activation scale); ``data``
+        is the fingerprint of the data it trains on."""
         d_in = sample.shape[1]
         sae = build_training_sae(cfg, d_in, device, metadata)
         sae.init_weights(torch.Generator().manual_seed(cfg.seed))
@@ -114,10 +138,11 @@ class TrainingRun:
         scale = activation_scale(sample) if cfg.normalize_activations else 1.0
         with torch.no_grad():
             sae.b_dec.copy_(initial_b_dec(sample * scale, cfg.b_dec_init))
-        return cls(cfg, sae, scale, device)
+        return cls(cfg, sae, scale, device, data)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(), "d_in": self.sae.d_in}
+        return {"config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(), "d_in": self.sae.d_in,
+                "data": self.data}
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Tensors and JSON info that describe this run completely."""
@@ -142,9 +167,10 @@ class TrainingRun:
     @classmethod
     def restore(
         cls, cfg: TrainConfig, d_in: int, tensors: dict[str, Tensor], info: dict[str, Any], device: torch.device,
-        where: str = "checkpoint",
+        where: str = "checkpoint", data: str | None = None,
     ) -> TrainingRun:
-        """Rebuild a run from :meth:`state` output, refusing another configuration."""
+        """Rebuild a run from :meth:`state` output, refusing another configuration or other data
+        (``data``: the fingerprint of the data now, see :func:`check_same_data`)."""
         if info.get("fingerprint") != cfg.fingerprint() or info.get("d_in") != d_in:
             saved = info.get("config", {})
             diffs = [
@@ -158,8 +184,9 @@ class TrainingRun:
                 f"The {where} was written by a run with a different configuration ({'; '.join(diffs) or 'unknown'}). "
                 "Pass the same settings to resume it, or use a new checkpoint_dir (or resume=False) to start over."
             )
+        check_same_data(info, data, where)
         sae = build_training_sae(cfg, d_in, device, info.get("metadata"))
-        run = cls(cfg, sae, float(info["scale"]), device)
+        run = cls(cfg, sae, float(info["scale"]), device, data)
         params = dict(sae.named_parameters())
         with torch.no_grad():
             for name, param in params.items():
@@ -361,6 +388,8 @@ def _open_run(
     cfg: TrainConfig, source, device: torch.device, checkpoint_dir: Path | None, resume: bool,
     metadata: dict[str, Any] | None,
 ) -> TrainingRun:
+    if checkpoint_dir is not None:
+        clean_checkpoint_dir(checkpoint_dir)
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         if not resume:
             raise FileExistsError(
@@ -368,8 +397,10 @@ def _open_run(
                 "or choose another checkpoint_dir (nothing was overwritten)."
             )
         tensors, info = read_checkpoint(checkpoint_dir)
-        return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {checkpoint_dir}")
-    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata)
+        return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {checkpoint_dir}",
+                                   data=data_fingerprint(source))
+    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata,
+                             data_fingerprint(source) if checkpoint_dir is not None else None)
 
 
 def train_sae(
@@ -408,7 +439,10 @@ def train_sae(
         steps, default ``steps // 10``, and at the end), the training log
         (``training_log.json``) and the final SAE (``sae/``).
     resume : continue from the checkpoint in ``checkpoint_dir``; the result equals an
-        uninterrupted run. A finished run returns at once.
+        uninterrupted run. A finished run returns at once. The checkpoint records a
+        fingerprint of the data (:meth:`ActivationSource.fingerprint`): resuming it on
+        other activations is an error (a checkpoint written before fingerprints were
+        recorded is resumed with a warning).
     device : ``"cpu"``, ``"cuda"``...; default CUDA when available.
     metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``).
     progress : show a progress bar with loss, L0 and dead fraction.

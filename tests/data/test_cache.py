@@ -264,3 +264,100 @@ def test_build_caches_warn_for_every_site_when_the_text_runs_out(tmp_path):
         out = build_two(tmp_path / "m", n_tokens=1000)
     assert len(record) == 2
     assert all(CacheSource(out[s]).manifest["complete"] and CacheSource(out[s]).n == 280 for s in "ab")
+
+
+def test_a_new_harvest_removes_what_a_killed_one_left(tmp_path):
+    build(tmp_path / "c", n_tokens=60)
+    junk = [tmp_path / "c" / ".shard_00002.safetensors.k3j4.tmp", tmp_path / "c" / ".manifest.json.a1b2.tmp"]
+    for file in junk:
+        file.write_bytes(b"half written")
+    build(tmp_path / "c", n_tokens=60)
+    assert not any(file.exists() for file in junk)
+
+
+def edit_manifest(cache, change):
+    manifest = json.loads((cache / "manifest.json").read_text())
+    change(manifest)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("path", ["../other/shard_00001.safetensors", "/etc/passwd", "sub/shard_00001.safetensors",
+                                  "..", "manifest.json"])
+def test_manifest_paths_outside_the_cache_are_refused(tmp_path, path):
+    build(tmp_path / "other")
+    build(tmp_path / "c")
+    sha = json.loads((tmp_path / "other" / "manifest.json").read_text())["shards"][1]["sha256"]
+    edit_manifest(tmp_path / "c", lambda m: m["shards"][0].update(path=path, sha256=sha))
+    with pytest.raises(CacheError, match=r"c/manifest.json: shards\[0\].path is .*not a shard file name"):
+        CacheSource(tmp_path / "c")
+    with pytest.raises(CacheError, match=r"shards\[0\].path"):
+        build(tmp_path / "c", n_tokens=150)  # resuming the harvest refuses it too
+
+
+def test_a_file_that_is_not_the_shard_is_refused_before_hashing(tmp_path, monkeypatch):
+    from sae_helpers.data import cache
+
+    build(tmp_path / "c")
+    shard = tmp_path / "c" / "shard_00001.safetensors"
+    hashed = []
+    monkeypatch.setattr(cache, "sha256_file", lambda p: hashed.append(p) or "x")
+    for content in (b"root:x:0:0:root:/root:/bin/bash\n" * 100, shard.read_bytes() + b"\0" * 300_000):
+        shard.write_bytes(content)
+        with pytest.raises(CacheError, match="shard_00001.safetensors does not match .*manifest.json.*harvest again"):
+            CacheSource(tmp_path / "c").shard_activations(1)
+    other = tmp_path / "c" / "shard_00003.safetensors"
+    shard.write_bytes(other.read_bytes())  # a valid shard of another size
+    with pytest.raises(CacheError, match=r"activations are F32 \[30, 5\], the manifest says F32 \[40, 5\]"):
+        CacheSource(tmp_path / "c").shard_activations(1)
+    assert hashed == []
+
+
+def test_duplicate_shard_entries_are_refused(tmp_path):
+    build(tmp_path / "c")
+    edit_manifest(tmp_path / "c", lambda m: m["shards"].append(m["shards"][0]))
+    with pytest.raises(CacheError, match=r"shards\[4\].path 'shard_00000.safetensors' is listed twice"):
+        CacheSource(tmp_path / "c")
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_rows_in_a_shard_are_an_error_naming_the_shard(tmp_path, bad):
+    from safetensors.torch import load_file, save_file
+
+    from sae_helpers._io import sha256_file
+
+    build(tmp_path / "c", dtype="float16")
+    sae = train_sae(tmp_path / "c", "gated", 8, 0.1, 5, batch_size=16, progress=False, init_sample_size=50)
+    # What a harvest without the float16 check wrote: an inf (or NaN) in shard 2, with a matching checksum.
+    shard = tmp_path / "c" / "shard_00002.safetensors"
+    tensors = load_file(str(shard))
+    tensors["activations"][7, 2] = bad
+    save_file(tensors, str(shard))
+    edit_manifest(tmp_path / "c", lambda m: m["shards"][2].update(sha256=sha256_file(shard)))
+    message = rf"shard_00002.safetensors holds a non-finite activation \({bad}\) at row 7, column 2.*harvest again"
+    with pytest.raises(CacheError, match=message):
+        evaluate(sae, tmp_path / "c")
+    with pytest.raises(CacheError, match=message):
+        train_sae(tmp_path / "c", "gated", 8, 0.1, 40, batch_size=16, progress=False, init_sample_size=50)
+
+
+def test_a_text_too_short_for_one_window_is_an_error_not_an_empty_complete_cache(tmp_path):
+    for _ in range(2):  # running it again gives the same clear error
+        with pytest.raises(CacheError, match="text ran out before one window of 8 tokens.*smaller context_size"):
+            build_cache(tmp_path / "c", iter([]), fake_activations, 100, INFO, progress=False)
+        assert not json.loads((tmp_path / "c" / "manifest.json").read_text())["complete"]
+
+
+def test_a_manifest_whose_n_tokens_lies_is_refused(tmp_path):
+    calls = []
+
+    def stop_after_two_batches(tokens):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fake_activations(tokens)
+
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "c", fn=stop_after_two_batches)  # one shard of 40 written
+    edit_manifest(tmp_path / "c", lambda m: m.update(n_tokens=140))
+    with pytest.raises(CacheError, match=r"manifest.json: n_tokens is 140, but its shards hold 40 rows.*harvest again"):
+        build(tmp_path / "c")

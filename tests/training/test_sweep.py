@@ -1,5 +1,8 @@
 """train_saes: one pass over the data equals separate runs; reruns skip finished runs."""
 
+import json
+import warnings
+
 import pandas as pd
 import pytest
 import torch
@@ -113,3 +116,27 @@ def test_results_report_training_health(tmp_path):
         assert row["dead_fraction"] == pytest.approx(expected["dead_fraction"], abs=1e-15)
     for a, b in zip(plain.results.to_dict("records"), evaluated.results.to_dict("records"), strict=True):
         assert all(a[k] == b[k] for k in health)  # the same SAEs, trained once and loaded
+
+
+def test_finished_runs_on_other_data_are_refused_and_old_runs_still_reused(tmp_path, monkeypatch):
+    first = train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
+    other = SyntheticFeatures(d=12, n_features=24, firing_prob=0.1).sample(3000, seed=1).x
+    with pytest.raises(ValueError, match="finished run in .*relu-w32.* was trained on other data"):
+        train_saes(other, CONFIGS[:2], out_dir=tmp_path, progress=False)
+    # Runs written before data fingerprints: reused as they are, with one warning, never retrained.
+    for trainer in tmp_path.glob("*/checkpoint/trainer.json"):
+        info = json.loads(trainer.read_text())
+        del info["data"]
+        trainer.write_text(json.dumps(info))
+    monkeypatch.setattr(TrainingRun, "step", lambda *a, **k: pytest.fail("retrained a finished run"))
+    with pytest.warns(UserWarning, match="2 finished run\\(s\\) have no data fingerprint") as record:
+        again = train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
+    assert len(record) == 1
+    for a, b in zip(first.saes, again.saes, strict=True):
+        assert torch.equal(a.W_dec, b.W_dec)
+    # ... and their fingerprint is recorded on that first use: silent from then on, other data refused again.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="was trained on other data"):
+        train_saes(other, CONFIGS[:2], out_dir=tmp_path, progress=False)

@@ -1,6 +1,7 @@
 """train_sae: determinism, exact resume, checkpoints, scaling, errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -67,6 +68,41 @@ def test_resume_equals_an_uninterrupted_run(arch, tmp_path, monkeypatch):
     assert_same(whole, again)
 
 
+def test_resume_recovers_the_checkpoint_a_crashed_swap_left_aside(tmp_path, monkeypatch):
+    opts = {**FAST, "resample_every": 10, "dead_after": 5}
+    whole = train_sae(X, "relu", 32, 1.0, 40, **opts)
+    original = TrainingRun.step
+
+    def crashing_step(self, batch, pool=None):
+        if self.step_count == 25:
+            raise Crash
+        return original(self, batch, pool)
+
+    monkeypatch.setattr(TrainingRun, "step", crashing_step)
+    for state in ("between the renames", "before deleting the old copy"):
+        run = tmp_path / state.replace(" ", "_")
+        with pytest.raises(Crash):
+            train_sae(X, "relu", 32, 1.0, 40, checkpoint_dir=run, checkpoint_every=10, **opts)
+        # What a kill -9 in atomic_replace_dir leaves: the complete step-20 checkpoint moved aside,
+        # a half-built new one, a temporary log file.
+        if state == "between the renames":
+            (run / "checkpoint").rename(run / ".checkpoint.old")
+        else:
+            shutil.copytree(run / "checkpoint", run / ".checkpoint.old")
+        (run / ".checkpoint.x1y2.tmp").mkdir()
+        (run / ".checkpoint.x1y2.tmp" / "state.safetensors").write_bytes(b"half")
+        (run / ".training_log.json.abc.tmp").write_text("[")
+        steps = []
+        monkeypatch.setattr(TrainingRun, "step",
+                            lambda self, *a, steps=steps: steps.append(self.step_count) or original(self, *a))
+        resumed = train_sae(X, "relu", 32, 1.0, 40, checkpoint_dir=run, resume=True, **opts)
+        monkeypatch.setattr(TrainingRun, "step", crashing_step)
+        assert steps[0] == 20, state  # continued from the saved step, not from 0
+        assert_same(whole, resumed)
+        assert resumed.training_log == whole.training_log
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "sae", "training_log.json"], state
+
+
 def test_resume_refuses_another_configuration(tmp_path):
     train_sae(X, "gated", 32, 1.0, 10, checkpoint_dir=tmp_path, **FAST)
     with pytest.raises(ValueError, match="different configuration.*l1_coefficient: checkpoint 1.0, now 2.0"):
@@ -75,6 +111,35 @@ def test_resume_refuses_another_configuration(tmp_path):
         train_sae(X[:, :8].contiguous(), "gated", 32, 1.0, 10, checkpoint_dir=tmp_path, resume=True, **FAST)
     with pytest.raises(FileExistsError, match="already holds a checkpoint.*resume=True"):
         train_sae(X, "gated", 32, 1.0, 10, checkpoint_dir=tmp_path, **FAST)
+
+
+def test_resume_refuses_other_data_of_the_same_width(tmp_path, monkeypatch):
+    other = SYN.sample(4000, seed=1).x
+    original = TrainingRun.step
+
+    def crashing_step(self, batch, pool=None):
+        if self.step_count == 12:
+            raise Crash
+        return original(self, batch, pool)
+
+    monkeypatch.setattr(TrainingRun, "step", crashing_step)
+    with pytest.raises(Crash):
+        train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / "part", checkpoint_every=5, **FAST)
+    monkeypatch.setattr(TrainingRun, "step", original)
+    train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / "done", **FAST)
+    for run in ("part", "done"):  # an unfinished run, and a finished one (which used to return the old SAE)
+        with pytest.raises(ValueError, match=f"checkpoint in .*{run} was trained on other data .*new checkpoint_dir"):
+            train_sae(other, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / run, resume=True, **FAST)
+        with pytest.raises(ValueError, match="other data"):  # a file of other rows, or other rows of the same data
+            train_sae(X[:3000], "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / run, resume=True, **FAST)
+    # Checkpoints written before data fingerprints resume with a warning.
+    trainer = tmp_path / "part" / "checkpoint" / "trainer.json"
+    info = json.loads(trainer.read_text())
+    del info["data"]
+    trainer.write_text(json.dumps(info))
+    with pytest.warns(UserWarning, match="has no data fingerprint"):
+        resumed = train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / "part", resume=True, **FAST)
+    assert_same(resumed, train_sae(X, "relu", 32, 1.0, 20, **FAST))
 
 
 def test_outputs_written_beside_the_checkpoint(tmp_path):
@@ -124,6 +189,13 @@ def test_iterables_and_files_train(tmp_path):
     ({"l1_coefficient": -1.0}, ValueError, "l1_coefficient must be >= 0"),
     ({"warmup": 5}, ValueError, "Unknown training option\\(s\\) \\['warmup'\\]"),
     ({"resume": True}, ValueError, "resume=True needs a checkpoint_dir"),
+    ({"resample_every": -1}, ValueError, "resample_every must be an integer >= 0 \\(steps between resamplings"),
+    ({"dead_after": 0}, ValueError, "dead_after must be an integer >= 1 \\(steps without firing"),
+    ({"lr_warmup_steps": -5}, ValueError, "lr_warmup_steps must be an integer >= 0"),
+    ({"l1_warmup_steps": -1}, ValueError, "l1_warmup_steps must be an integer >= 0"),
+    ({"resample_lr_warmup_steps": -1}, ValueError, "resample_lr_warmup_steps must be an integer >= 0"),
+    ({"resample_lr_warmup_steps": None}, ValueError, "resample_lr_warmup_steps must be an integer >= 0"),
+    ({"dead_after": 2.5}, ValueError, "dead_after must be an integer >= 1"),
 ])
 def test_bad_arguments(kwargs, error, message):
     args = {"arch": "relu", "width": 16, "l1_coefficient": 1.0, "steps": 5, **FAST, **kwargs}
