@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ._io import atomic_replace_dir, read_json, recover_dir
@@ -109,7 +109,9 @@ def load_sae(
 ) -> SAE:
     """Load an SAE directory in the SAELens layout (ours or SAELens's own).
 
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the file and field at fault. A
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file and field at fault. The
+    weights file's header (tensor names, shapes, dtypes) is checked against ``cfg.json``
+    before anything is allocated, and non-float or non-finite weights are refused. A
     directory a crashed :func:`save_sae` left aside (``.NAME.old``) is moved back first.
     """
     path = recover_dir(path)
@@ -123,6 +125,14 @@ def load_sae(
     for field in ("architecture", "d_in", "d_sae"):
         if field not in cfg:
             raise ValueError(f"SAE config {cfg_path} has no field {field!r}; it is not a SAELens cfg.json.")
+    for field in ("d_in", "d_sae"):
+        value = cfg[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"SAE config {cfg_path}: {field} must be a positive integer, got {value!r}. "
+                             f"Set it to the width of the weights in {WEIGHTS_FILENAME}.")
+    if not isinstance(cfg["architecture"], str):
+        raise ValueError(f"SAE config {cfg_path}: architecture must be a string such as 'standard', got "
+                         f"{cfg['architecture']!r}.")
     if cfg.get("normalize_activations", "none") != "none":
         raise ValueError(
             f"SAE config {cfg_path}: normalize_activations={cfg['normalize_activations']!r} is not "
@@ -136,36 +146,71 @@ def load_sae(
         )
     cls = from_saelens_architecture(cfg["architecture"])
     metadata = cfg.get("metadata", cfg.get("meta")) or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"SAE config {cfg_path}: metadata must be a JSON object ({{\"model_name\": ...}}), got "
+                         f"{type(metadata).__name__}.")
     target_dtype = resolve_dtype(dtype if dtype is not None else cfg.get("dtype", "float32"))
     missing_hyper = [name for name in cls.hyperparameters if name not in cfg]
     if missing_hyper:
         raise ValueError(f"SAE config {cfg_path} has no field(s) {missing_hyper}, needed by architecture "
                          f"{cfg['architecture']!r}.")
     hyper = {name: cfg[name] for name in cls.hyperparameters}
-    sae = cls(int(cfg["d_in"]), int(cfg["d_sae"]), dtype=target_dtype, device=device, metadata=metadata, **hyper)
-
-    if not weights_path.is_file():
-        raise FileNotFoundError(
-            f"SAE weights not found: {weights_path}. The directory is incomplete; save the SAE again."
-        )
+    # The shapes cfg.json implies, on the meta device (nothing allocated), checked against the
+    # weights file's header before the SAE is built: a lying cfg.json fails fast.
+    shapes = cls(cfg["d_in"], cfg["d_sae"], device="meta", metadata=metadata, **hyper)
+    expected = {name: tuple(p.shape) for name, p in shapes.named_parameters()}
+    _check_weights_header(weights_path, expected, cfg)
+    sae = cls(cfg["d_in"], cfg["d_sae"], dtype=target_dtype, device=device, metadata=metadata, **hyper)
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"SAE weights {weights_path} are unreadable ({err}). Save the SAE again.") from err
-    expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise ValueError(
-            f"SAE weights {weights_path} lack tensor(s) {missing} required by architecture "
-            f"{cfg['architecture']!r} (found {sorted(tensors)})."
-        )
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
+    for name in expected:
+        finite = torch.isfinite(tensors[name])
+        if not bool(finite.all()):
             raise ValueError(
-                f"SAE weights {weights_path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                f"but cfg.json (d_in={sae.d_in}, d_sae={sae.d_sae}) implies {shape}."
+                f"SAE weights {weights_path}: tensor {name!r} holds {int((~finite).sum())} NaN/inf value(s). "
+                "The file is damaged or the SAE diverged in training: train or save it again."
             )
     with torch.no_grad():
         for name, param in sae.named_parameters():
             param.copy_(tensors[name])
     return sae
+
+
+def _check_weights_header(weights_path: Path, expected: dict[str, tuple[int, ...]], cfg: dict[str, Any]) -> None:
+    """Compare the tensor names, shapes and dtypes in ``weights_path``'s header with ``expected``
+    (the shapes cfg.json implies), without reading any tensor."""
+    if not weights_path.is_file():
+        raise FileNotFoundError(
+            f"SAE weights not found: {weights_path}. The directory is incomplete; save the SAE again."
+        )
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            header = {name: handle.get_slice(name) for name in handle.keys()}
+            found = {name: (tuple(s.get_shape()), s.get_dtype()) for name, s in header.items()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"SAE weights {weights_path} are unreadable ({err}). Save the SAE again.") from err
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ValueError(
+            f"SAE weights {weights_path} lack tensor(s) {missing} required by architecture "
+            f"{cfg['architecture']!r} (found {sorted(found)})."
+        )
+    for name, shape in expected.items():
+        found_shape, found_dtype = found[name]
+        if found_shape != shape:
+            raise ValueError(
+                f"SAE weights {weights_path}: tensor {name!r} has shape {found_shape}, "
+                f"but cfg.json (d_in={cfg['d_in']}, d_sae={cfg['d_sae']}) implies {shape}. Fix d_in/d_sae in "
+                f"{weights_path.parent / CFG_FILENAME}, or save the SAE again."
+            )
+        if found_dtype not in _FLOAT_DTYPES:
+            raise ValueError(
+                f"SAE weights {weights_path}: tensor {name!r} is {found_dtype}, not floating point. SAE "
+                "weights are float32, float64, bfloat16 or float16: save the SAE again."
+            )
+
+
+#: safetensors' names of the floating-point dtypes SAE weights may be stored in.
+_FLOAT_DTYPES = ("F32", "F64", "BF16", "F16")

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .data.cache import build_caches
+from .data.cache import build_caches, check_count
 from .data.text import iter_token_windows, text_dataset
 from .models.hooks import activations_at, activations_at_sites, check_hook_name, d_at
 from .models.splice import model_name_of
@@ -178,6 +178,15 @@ def _harvest(
     split: str, context_size: int, dtype: str, batch_size: int, shard_tokens: int, exclude_bos: bool,
     outlier_factor: float | None, progress: bool,
 ) -> dict[str, Path]:
+    for name, value in (("n_tokens", n_tokens), ("context_size", context_size), ("batch_size", batch_size),
+                        ("shard_tokens", shard_tokens)):
+        check_count(name, value)
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if isinstance(n_ctx, int) and context_size > n_ctx:
+        raise ValueError(f"context_size={context_size} exceeds the model's context length (model.cfg.n_ctx={n_ctx}): "
+                         f"pass context_size <= {n_ctx}.")
+    if exclude_bos and context_size < 2:
+        raise ValueError("context_size=1 with exclude_bos=True leaves no token per window: pass context_size >= 2.")
     for name in names:
         check_hook_name(model, name)
     data, label = _dataset_and_label(dataset, split)

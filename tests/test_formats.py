@@ -143,3 +143,102 @@ def test_saving_over_an_sae_is_all_or_nothing(tmp_path, monkeypatch):
     assert names == ["s"]
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
         "README.txt", "cfg.json", "notes.json", "sae_weights.safetensors"]
+
+
+def _edit_cfg(folder, **fields):
+    cfg_path = folder / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(fields)
+    cfg_path.write_text(json.dumps(cfg))
+
+
+def test_a_lying_cfg_fails_before_allocating(tmp_path, monkeypatch):
+    """cfg.json claiming d_in = d_sae = 16000 beside a small weights file is refused from the
+    header, before the 2 GB SAE is built."""
+    make("relu").save(tmp_path / "s")
+    _edit_cfg(tmp_path / "s", d_in=16000, d_sae=16000)
+    assert (tmp_path / "s" / "sae_weights.safetensors").stat().st_size < 4096
+    from sae_helpers.saes.relu import ReluSAE
+
+    built = []
+    original = ReluSAE.__init__
+
+    def spy(self, d_in, d_sae, **kwargs):
+        built.append(kwargs.get("device"))
+        original(self, d_in, d_sae, **kwargs)
+
+    monkeypatch.setattr(ReluSAE, "__init__", spy)
+    with pytest.raises(ValueError, match="sae_weights.safetensors: tensor 'W_enc' has shape \\(6, 10\\), but cfg.json "
+                                         "\\(d_in=16000, d_sae=16000\\) implies \\(16000, 16000\\). Fix d_in/d_sae"):
+        load_sae(tmp_path / "s")
+    assert built == ["meta"]  # only the shapes were built, nothing allocated
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"d_in": 16.7}, "cfg.json: d_in must be a positive integer, got 16.7"),
+    ({"d_in": float("nan")}, "cfg.json: d_in must be a positive integer, got nan"),
+    ({"d_sae": True}, "cfg.json: d_sae must be a positive integer, got True"),
+    ({"d_in": "6"}, "cfg.json: d_in must be a positive integer, got '6'"),
+    ({"architecture": ["standard"]}, "cfg.json: architecture must be a string such as 'standard', got \\['stand"),
+    ({"metadata": ["model"]}, "cfg.json: metadata must be a JSON object .*got list"),
+])
+def test_bad_cfg_fields_are_named(tmp_path, fields, message):
+    make("relu").save(tmp_path / "s")
+    _edit_cfg(tmp_path / "s", **fields)
+    with pytest.raises(ValueError, match=message):
+        load_sae(tmp_path / "s")
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda t: {**t, "W_enc": t["W_enc"].round().long()}, "tensor 'W_enc' is I64, not floating point"),
+    (lambda t: {**t, "b_enc": t["b_enc"] > 0}, "tensor 'b_enc' is BOOL, not floating point"),
+    (lambda t: {**t, "W_dec": t["W_dec"].index_fill(0, torch.tensor([3]), float("nan"))},
+     "tensor 'W_dec' holds 6 NaN/inf value\\(s\\)"),
+    (lambda t: {**t, "b_dec": t["b_dec"].index_fill(0, torch.tensor([0]), float("inf"))},
+     "tensor 'b_dec' holds 1 NaN/inf value\\(s\\)"),
+])
+def test_non_float_or_non_finite_weights_are_refused(tmp_path, tamper, message):
+    make("relu").save(tmp_path / "s")
+    file = tmp_path / "s" / "sae_weights.safetensors"
+    save_file(tamper(load_file(str(file))), str(file))
+    with pytest.raises(ValueError, match=f"sae_weights.safetensors: {message}"):
+        load_sae(tmp_path / "s")
+
+
+def two_saes():
+    """SAE A (topk, k 4) and SAE B (k 8, other weights), each with its own notes.json."""
+    saes = []
+    for seed, k in ((0, 4), (1, 8)):
+        sae = create_sae("topk", 32, 256, k=k)
+        sae.init_weights(torch.Generator().manual_seed(seed))
+        saes.append(sae)
+    return saes
+
+
+def test_kill_9_during_save_leaves_the_old_or_the_new_sae(tmp_path):
+    """SIGKILL at 25 seeded random moments of a process saving B over A and A over B, over and
+    over: the directory always loads as A or B whole (weights, cfg and notes of the same SAE)."""
+    from tests.faults import kill_repeatedly
+
+    root = tmp_path / "root"
+    target = root / "s"
+    a, b = two_saes()
+    a.save(target, notes={"sae": 0})
+    setup = (f"from tests.test_formats import two_saes\nsaes = two_saes()\ndef work():\n    while True:\n"
+             f"        for i in (1, 0):\n            saes[i].save({str(target)!r}, notes={{'sae': i}})\n")
+    seen = []
+
+    def check(_):
+        loaded = load_sae(target)  # moves back a complete copy a kill left aside
+        which = 0 if loaded.k == 4 else 1
+        seen.append(which)
+        for name, p in (a, b)[which].named_parameters():
+            assert torch.equal(getattr(loaded, name), p), name
+        assert json.loads((target / "notes.json").read_text()) == {"sae": which}
+        assert sorted(p.name for p in target.iterdir()) == ["cfg.json", "notes.json", "sae_weights.safetensors"]
+        for entry in root.iterdir():  # besides s: at most a stale old copy (complete) and build directories
+            assert entry.name == "s" or entry.name == ".s.old" or (entry.name.startswith(".s.")
+                                                                   and entry.name.endswith(".tmp")), entry
+
+    kill_repeatedly(setup, 25, seed=0, max_delay=0.2, check=check, log=tmp_path / "child.err")
+    assert set(seen) == {0, 1}  # the kills landed at different moments of the loop

@@ -3,6 +3,7 @@ harvest_sites: several sites from one forward pass, each cache equal to its sing
 
 import copy
 import json
+import shutil
 import warnings
 
 import datasets
@@ -246,3 +247,57 @@ def test_a_float16_harvest_of_activations_beyond_its_range_is_an_error(tmp_path)
         with pytest.raises(ValueError, match="overflows to inf in float16.*dtype='bfloat16'"):
             run(out)
         assert not [m for m in out.rglob("manifest.json") if json.loads(m.read_text())["shards"]]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_tokens": 1000.5}, "n_tokens must be a positive integer, got 1000.5 \\(float\\); pass e.g. n_tokens=int"),
+    ({"n_tokens": "1000"}, "n_tokens must be a positive integer, got '1000' \\(str\\)"),
+    ({"context_size": 10000}, "context_size=10000 exceeds the model's context length \\(model.cfg.n_ctx=256\\): "
+                              "pass context_size <= 256"),
+    ({"context_size": 16.0}, "context_size must be a positive integer, got 16.0"),
+    ({"context_size": 1}, "context_size=1 with exclude_bos=True leaves no token"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+])
+def test_harvest_bad_arguments_fail_before_any_forward_pass(tmp_path, kwargs, message):
+    model = tiny_model(seed=0)
+    args = {"n_tokens": 300, **SMALL, **kwargs}
+    with BlockCalls(model, 0) as calls, pytest.raises(ValueError, match=message):
+        harvest(model, SHALLOW, out_dir=tmp_path / "c", dataset=tiny_corpus(), **args)
+    assert calls.calls == 0 and not (tmp_path / "c").exists()
+
+
+def test_kill_9_during_a_harvest_leaves_a_complete_prefix_and_resumes_exactly(tmp_path):
+    """SIGKILL at 25 seeded random moments of a harvest (resumed after each kill, started over once
+    complete): the manifest always lists a prefix of the uninterrupted harvest's shards, each on disk
+    with its checksum, and resuming gives the uninterrupted cache."""
+    from sae_helpers._io import sha256_file
+    from tests.faults import kill_repeatedly
+
+    whole = shard_digests(harvest(tiny_model(seed=0), SHALLOW, 900, tmp_path / "whole", dataset=tiny_corpus(),
+                                  **SMALL))
+    out = tmp_path / "c"
+    setup = (f"from sae_helpers import harvest\nfrom sae_helpers.models import tiny_model\n"
+             f"from tests.test_harvest import SHALLOW, SMALL, tiny_corpus\n"
+             f"model, data = tiny_model(seed=0), tiny_corpus()\n"
+             f"harvest(model, SHALLOW, 120, {str(tmp_path / 'warm')!r}, dataset=data, **SMALL)  # warm up\n"
+             f"def work():\n    while True:\n"
+             f"        harvest(model, SHALLOW, 900, {str(out)!r}, dataset=data, **SMALL)\n")
+    listed, complete = [], []
+
+    def check(_):
+        if not (out / "manifest.json").exists():
+            return
+        manifest = json.loads((out / "manifest.json").read_text())
+        shards = manifest["shards"]
+        listed.append(len(shards))
+        assert [s["sha256"] for s in shards] == whole[: len(shards)]
+        assert all(sha256_file(out / s["path"]) == s["sha256"] for s in shards)
+        assert manifest["n_tokens"] == sum(s["n_tokens"] for s in shards)
+        if manifest["complete"]:  # complete: the uninterrupted cache; start over
+            assert len(shards) == len(whole)
+            complete.append(len(shards))
+            shutil.rmtree(out)
+
+    kill_repeatedly(setup, 25, seed=2, max_delay=0.3, check=check, log=tmp_path / "child.err")
+    assert len(set(listed)) >= 3  # kills landed at several points of the harvest (usually some complete too)
+    assert shard_digests(harvest(tiny_model(seed=0), SHALLOW, 900, out, dataset=tiny_corpus(), **SMALL)) == whole

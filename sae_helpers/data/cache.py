@@ -81,6 +81,12 @@ def check_shard_entries(manifest: dict[str, Any], out: Path) -> None:
         missing = [k for k in ("path", "sha256", "n_tokens") if not isinstance(entry, dict) or k not in entry]
         if missing:
             raise CacheError(f"Manifest {where}: shards[{i}] lacks {missing}. Delete {out} and harvest again.")
+        rows = entry["n_tokens"]
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows <= 0:
+            raise CacheError(
+                f"Manifest {where}: shards[{i}].n_tokens is {rows!r}, not a positive number of rows (every shard "
+                f"written holds at least one). Restore the manifest, or delete {out} and harvest again."
+            )
         name = entry["path"]
         if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
             raise CacheError(
@@ -94,6 +100,13 @@ def check_shard_entries(manifest: dict[str, Any], out: Path) -> None:
                 f"its rows would be read twice. Delete {out} and harvest again."
             )
         seen[name] = i
+
+
+def check_count(name: str, value: Any) -> None:
+    """Refuse a count (rows, windows) that is not a positive integer, e.g. ``n_tokens=1000.5`` or ``"1000"``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}); pass e.g. "
+                         f"{name}=int(...).")
 
 
 def build_cache(
@@ -163,8 +176,8 @@ def build_caches(
         raise ValueError("No sites to harvest: out_dirs is empty.")
     if set(infos) != set(sites):
         raise ValueError(f"out_dirs names the sites {sites}, infos {list(infos)}; they must match.")
-    if n_tokens <= 0 or shard_tokens <= 0 or batch_size <= 0:
-        raise ValueError("n_tokens, shard_tokens and batch_size must be positive.")
+    for name, value in (("n_tokens", n_tokens), ("shard_tokens", shard_tokens), ("batch_size", batch_size)):
+        check_count(name, value)
     filter_site = sites[0] if filter_site is None else filter_site
     if filter_site not in sites:
         raise ValueError(f"filter_site {filter_site!r} is not one of the sites {sites}.")

@@ -8,6 +8,7 @@ beyond float64 rounding.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,6 +92,12 @@ def evaluate(
     ``return_density=True`` it adds ``feature_density``, a numpy array of per-latent
     firing frequencies.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
+        raise ValueError(f"evaluate: batch_size must be a positive integer (rows per batch, e.g. 4096), got "
+                         f"{batch_size!r}.")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral)
+                                   or max_tokens <= 0):
+        raise ValueError(f"evaluate: max_tokens must be a positive integer or None (all rows), got {max_tokens!r}.")
     source = as_source(activations)
     if source.d != sae.d_in:
         raise ValueError(

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -195,6 +195,9 @@ class SAE(nn.Module, ABC):
                     f"{name} must be a positive integer, got {value!r}. "
                     "Pass the activation width as d_in and the number of latents as d_sae."
                 )
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"metadata must be a dict (e.g. {{'model_name': ..., 'hook_name': ...}}), got "
+                             f"{type(metadata).__name__} {metadata!r}.")
         self.d_in = d_in
         self.d_sae = d_sae
         self.metadata: dict[str, Any] = dict(metadata or {})

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,15 @@ STEP_COUNTS = (
 )
 #: Gao et al.: a latent is dead for the aux-k loss after 10M tokens without firing.
 AUX_K_DEAD_TOKENS = 10_000_000
+
+
+def _check_number(name: str, value: Any) -> None:
+    """Refuse a setting that should be a finite number (or None) but is not, e.g. ``lr="3e-4"``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r} ({type(value).__name__}); pass e.g. "
+                         f"{name}=float(...).")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +123,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("lr", "l1_coefficient", "l0_coefficient", "adam_beta1", "adam_beta2", "lr_decay_start"):
+            _check_number(name, getattr(self, name))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer (e.g. seed=0), got {self.seed!r} "
+                             f"({type(self.seed).__name__}).")
         self._check_sparsity_options(cls)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}.")
@@ -121,7 +136,8 @@ class TrainConfig:
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+                raise ValueError(f"{name} must be in [0, 1) (a decay rate, e.g. 0.999; adam_beta2=None sizes it "
+                                 f"to the run), got {value!r}.")
         for name, least, meaning in STEP_COUNTS:
             value = getattr(self, name)
             if value is None and name != "resample_lr_warmup_steps":

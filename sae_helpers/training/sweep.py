@@ -31,7 +31,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import TrainConfig
-from .trainer import TrainingRun, check_same_data, default_device, drive
+from .trainer import TrainingRun, check_same_data, drive, resolve_device
 
 
 class SweepResult(NamedTuple):
@@ -133,7 +133,7 @@ def train_saes(
     names = [run_name(c) for c in cfgs]
     if len(set(names)) != len(names):
         raise ValueError("configs holds the same configuration twice.")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     source = as_source(activations)
     root = Path(out_dir) if out_dir is not None else None
     data_seed = cfgs[0].seed if data_seed is None else data_seed

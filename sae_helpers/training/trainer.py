@@ -24,7 +24,7 @@ from .._progress import tqdm
 from ..data.sources import ActivationSource, as_source, data_fingerprint
 from ..saes.base import SAE, resolve_dtype
 from ..saes.registry import get_sae_class
-from .checkpoint import clean_checkpoint_dir, has_checkpoint, read_checkpoint, write_checkpoint
+from .checkpoint import STATE_FILE, clean_checkpoint_dir, has_checkpoint, read_checkpoint, write_checkpoint
 from .config import TrainConfig
 from .init import activation_scale, initial_b_dec
 from .resampling import resample_dead_latents
@@ -34,6 +34,22 @@ from .schedules import lr_multiplier, sparsity_multiplier
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` (default :func:`default_device`), refusing one this machine lacks."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a device: pass 'cpu', 'cuda', 'cuda:1'... or None.") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but CUDA is not available here: pass device='cpu', or device=None "
+                         "to use CUDA only when there is one.")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}, but there are only {torch.cuda.device_count()} CUDA device(s).")
+    return resolved
 
 
 def build_training_sae(
@@ -170,7 +186,8 @@ class TrainingRun:
         where: str = "checkpoint", data: str | None = None,
     ) -> TrainingRun:
         """Rebuild a run from :meth:`state` output, refusing another configuration or other data
-        (``data``: the fingerprint of the data now, see :func:`check_same_data`)."""
+        (``data``: the fingerprint of the data now, see :func:`check_same_data`), and a damaged or
+        edited checkpoint (a missing tensor, a wrong shape, Adam steps that disagree with ``step``)."""
         if info.get("fingerprint") != cfg.fingerprint() or info.get("d_in") != d_in:
             saved = info.get("config", {})
             diffs = [
@@ -186,7 +203,9 @@ class TrainingRun:
             )
         check_same_data(info, data, where)
         sae = build_training_sae(cfg, d_in, device, info.get("metadata"))
-        run = cls(cfg, sae, float(info["scale"]), device, data)
+        run = cls(cfg, sae, 1.0, device, data)
+        run._check_state(tensors, info, where)
+        run.scale = float(info["scale"])
         params = dict(sae.named_parameters())
         with torch.no_grad():
             for name, param in params.items():
@@ -204,6 +223,46 @@ class TrainingRun:
         run.n_resampled = int(info.get("n_resampled", 0))
         run.log = list(info.get("log", []))
         return run
+
+    def _check_state(self, tensors: dict[str, Tensor], info: dict[str, Any], where: str) -> None:
+        """Refuse a tampered or inconsistent checkpoint: every tensor :meth:`state` writes must be
+        there with its shape (Adam state for every trained parameter once the run has stepped; BatchTopK's
+        threshold is not trained by Adam), and the Adam step counts must equal the trainer's step."""
+        step = info.get("step")
+
+        def refuse(fault: str) -> None:
+            raise ValueError(f"The {where} is damaged or was edited: {fault}. Delete it to start over (or restore "
+                             "it from a backup); resuming it would not continue the run it says it is.")
+
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.cfg.steps:
+            refuse(f"step is {step!r}, not an integer in [0, steps={self.cfg.steps}]")
+        if not isinstance(info.get("scale"), (int, float)) or not math.isfinite(info["scale"]) or info["scale"] <= 0:
+            refuse(f"the activation scale is {info.get('scale')!r}, not a positive number")
+        rng = self.resample_generator.get_state()
+        expected: dict[str, tuple[tuple[int, ...], torch.dtype | None]] = {
+            "steps_since_fired": ((self.cfg.width,), torch.long), "resample_rng": (tuple(rng.shape), rng.dtype)}
+        for name, param in self.sae.named_parameters():
+            expected[f"sae.{name}"] = (tuple(param.shape), None)
+            if step and param.requires_grad:  # Adam's step count and moments, once it has stepped
+                expected[f"adam.{name}.step"] = ((1,), None)
+                expected[f"adam.{name}.exp_avg"] = (tuple(param.shape), None)
+                expected[f"adam.{name}.exp_avg_sq"] = (tuple(param.shape), None)
+        missing = [name for name in expected if name not in tensors]
+        if missing:
+            refuse(f"tensor(s) {missing} are missing from {STATE_FILE}")
+        extra = sorted(name for name in tensors if name.startswith("adam.") and name not in expected)
+        if extra:
+            refuse(f"{STATE_FILE} holds Adam state {extra} that a run at step {step} does not have")
+        for name, (shape, dtype) in expected.items():
+            tensor = tensors[name]
+            if tuple(tensor.shape) != shape or (dtype is not None and tensor.dtype != dtype):
+                refuse(f"tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, expected "
+                       f"{dtype or 'float'} {shape}")
+            if dtype is None and not (tensor.is_floating_point() and bool(torch.isfinite(tensor).all())):
+                refuse(f"tensor {name!r} is not a finite floating-point tensor")
+        adam_steps = {int(tensors[name]) for name in expected if name.endswith(".step")}
+        if adam_steps and adam_steps != {step}:
+            refuse(f"its Adam state has taken {sorted(adam_steps)} step(s), the trainer says step {step}")
 
     # ------------------------------------------------------------------ training
     @property
@@ -443,7 +502,7 @@ def train_sae(
         fingerprint of the data (:meth:`ActivationSource.fingerprint`): resuming it on
         other activations is an error (a checkpoint written before fingerprints were
         recorded is resumed with a warning).
-    device : ``"cpu"``, ``"cuda"``...; default CUDA when available.
+    device : ``"cpu"``, ``"cuda"``...; default CUDA when available (``"cuda"`` without CUDA is an error).
     metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``).
     progress : show a progress bar with loss, L0 and dead fraction.
 
@@ -457,7 +516,7 @@ def train_sae(
         {"arch": arch, "width": width, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
          **{name: value for name, value in sparsity.items() if value is not None}, **options}
     )
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     source = as_source(activations)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and ckpt is None:

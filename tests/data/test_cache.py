@@ -361,3 +361,52 @@ def test_a_manifest_whose_n_tokens_lies_is_refused(tmp_path):
     edit_manifest(tmp_path / "c", lambda m: m.update(n_tokens=140))
     with pytest.raises(CacheError, match=r"manifest.json: n_tokens is 140, but its shards hold 40 rows.*harvest again"):
         build(tmp_path / "c")
+
+
+def _drop_activations(cache, manifest):
+    from safetensors.torch import load_file, save_file
+
+    from sae_helpers._io import sha256_file
+
+    shard = cache / manifest["shards"][0]["path"]
+    tensors = load_file(str(shard))
+    tensors["acts"] = tensors.pop("activations")
+    save_file(tensors, str(shard))
+    manifest["shards"][0]["sha256"] = sha256_file(shard)
+
+
+def _no_rows(cache, manifest):
+    for shard in manifest["shards"]:
+        shard["n_tokens"] = 0
+    manifest["n_tokens"] = 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c, m: m["shards"][0].pop("path"), r"shards\[0\] lacks \['path'\]"),
+    (lambda c, m: m["shards"][1].pop("sha256"), r"shards\[1\] lacks \['sha256'\]"),
+    (lambda c, m: m.update(shards={"shard_00000.safetensors": {}}), "'shards' must be a list of shard entries, found "
+                                                                   "dict"),
+    (_no_rows, r"shards\[0\].n_tokens is 0, not a positive number of rows"),
+    (lambda c, m: m["shards"][2].update(n_tokens="40"), r"shards\[2\].n_tokens is '40', not a positive number"),
+    (_drop_activations, "shard_00000.safetensors does not match .*no 'activations' tensor"),
+])
+def test_a_damaged_manifest_or_shard_is_a_clear_error(tmp_path, change, message):
+    build(tmp_path / "c")
+    edit_manifest(tmp_path / "c", lambda m: change(tmp_path / "c", m))
+    with pytest.raises(CacheError, match=f"{message}.*harvest again"):
+        evaluate(train_sae(torch.randn(100, D), "relu", 8, 0.1, 2, batch_size=16, progress=False,
+                           init_sample_size=50), tmp_path / "c")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_tokens": 150.5}, "n_tokens must be a positive integer, got 150.5 \\(float\\); pass e.g. n_tokens=int"),
+    ({"n_tokens": "150"}, "n_tokens must be a positive integer, got '150' \\(str\\)"),
+    ({"n_tokens": 0}, "n_tokens must be a positive integer, got 0"),
+    ({"shard_tokens": 4.0}, "shard_tokens must be a positive integer, got 4.0"),
+])
+def test_build_cache_counts_must_be_positive_integers(tmp_path, kwargs, message):
+    args = {"n_tokens": 150, "shard_tokens": 40, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        build_cache(tmp_path / "c", windows(), fake_activations, args["n_tokens"], INFO, batch_size=3,
+                    shard_tokens=args["shard_tokens"], progress=False)
+    assert not (tmp_path / "c").exists()

@@ -72,6 +72,17 @@ def test_evaluate_refuses_width_mismatch():
         evaluate(scaled_identity_sae(4, 1.0), torch.randn(10, 3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size must be a positive integer \\(rows per batch, e.g. 4096\\), got 0"),
+    ({"batch_size": "64"}, "batch_size must be a positive integer .*got '64'"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer .*got 2.5"),
+    ({"max_tokens": 0}, "max_tokens must be a positive integer or None \\(all rows\\), got 0"),
+])
+def test_evaluate_bad_arguments_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=f"evaluate: {message}"):
+        evaluate(scaled_identity_sae(4, 1.0), torch.randn(10, 4, dtype=torch.float64), **kwargs)
+
+
 def test_mmcs():
     gen = torch.Generator().manual_seed(2)
     feats = torch.nn.functional.normalize(torch.randn(20, 16, generator=gen), dim=1)

@@ -19,6 +19,16 @@ def test_non_positive_width_is_refused(width):
         create_sae("relu", 4, width)
 
 
+def test_metadata_that_is_not_a_dict_is_refused():
+    with pytest.raises(ValueError, match="metadata must be a dict .*got list \\['gpt2'\\]"):
+        create_sae("relu", 4, 8, metadata=["gpt2"])
+    from sae_helpers import train_sae
+
+    with pytest.raises(ValueError, match="metadata must be a dict"):
+        train_sae(torch.randn(300, 4), "relu", 8, 1.0, 2, batch_size=64, init_sample_size=100, progress=False,
+                  metadata=["gpt2"])
+
+
 def test_width_mismatch_is_a_clear_error():
     sae = create_sae("gated", 6, 12).init_weights()
     with pytest.raises(ValueError, match="expects inputs of width d_in=6.*shape \\(3, 5\\)"):

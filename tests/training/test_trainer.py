@@ -196,6 +196,14 @@ def test_iterables_and_files_train(tmp_path):
     ({"resample_lr_warmup_steps": -1}, ValueError, "resample_lr_warmup_steps must be an integer >= 0"),
     ({"resample_lr_warmup_steps": None}, ValueError, "resample_lr_warmup_steps must be an integer >= 0"),
     ({"dead_after": 2.5}, ValueError, "dead_after must be an integer >= 1"),
+    ({"lr": "3e-4"}, ValueError, "lr must be a finite number, got '3e-4' \\(str\\); pass e.g. lr=float"),
+    ({"l1_coefficient": "1.0"}, ValueError, "l1_coefficient must be a finite number, got '1.0' \\(str\\)"),
+    ({"lr": float("nan")}, ValueError, "lr must be a finite number, got nan"),
+    ({"seed": "0"}, ValueError, "seed must be an integer \\(e.g. seed=0\\), got '0' \\(str\\)"),
+    ({"seed": 0.5}, ValueError, "seed must be an integer \\(e.g. seed=0\\), got 0.5 \\(float\\)"),
+    ({"adam_beta2": 2}, ValueError, "adam_beta2 must be in \\[0, 1\\) \\(a decay rate, e.g. 0.999; adam_beta2=None"),
+    ({"adam_beta2": "0.9"}, ValueError, "adam_beta2 must be a finite number, got '0.9'"),
+    ({"device": "gpu"}, ValueError, "device='gpu' is not a device: pass 'cpu', 'cuda'"),
 ])
 def test_bad_arguments(kwargs, error, message):
     args = {"arch": "relu", "width": 16, "l1_coefficient": 1.0, "steps": 5, **FAST, **kwargs}
@@ -261,3 +269,130 @@ def test_default_adam_beta2_is_sized_to_the_run_and_reaches_the_optimiser():
     assert sae.training_config.get("adam_beta2") is None
     run = TrainingRun.start(TrainConfig.from_dict(sae.training_config), X[:512], torch.device("cpu"))
     assert run.optimizer.param_groups[0]["betas"] == (0.0, pytest.approx(0.9))  # 250 // 25 = 10 steps
+
+
+def _drop_adam(tensors, info):
+    return {k: v for k, v in tensors.items() if not k.startswith("adam.")}, info
+
+
+def _set(name, value):
+    return lambda tensors, info: ({**tensors, name: value(tensors[name])}, info)
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (_drop_adam, "tensor\\(s\\) \\['adam.W_enc.step', .*are missing from state.safetensors"),
+    (lambda t, i: (t, {**i, "step": 5}), "Adam state has taken \\[10\\] step\\(s\\), the trainer says step 5"),
+    (lambda t, i: (t, {**i, "step": 50}), "step is 50, not an integer in \\[0, steps=20\\]"),
+    (lambda t, i: (t, {**i, "step": "10"}), "step is '10', not an integer"),
+    (lambda t, i: ({k: v for k, v in t.items() if k != "sae.b_enc"}, i), "\\['sae.b_enc'\\] are missing"),
+    (lambda t, i: ({k: v for k, v in t.items() if k != "steps_since_fired"}, i), "\\['steps_since_fired'\\] are miss"),
+    (_set("sae.W_dec", lambda v: v[:5]), "'sae.W_dec' is torch.float32 \\(5, 16\\), expected float \\(32, 16\\)"),
+    (_set("adam.W_enc.exp_avg_sq", lambda v: v[:, :3].contiguous()), "tensor 'adam.W_enc.exp_avg_sq' is .*\\(16, 3\\)"),
+    (_set("resample_rng", lambda v: v[:100]), "tensor 'resample_rng' is torch.uint8 \\(100,\\), expected torch.uint8 "
+                                              "\\(5056,\\)"),
+    (_set("steps_since_fired", lambda v: v.float()), "'steps_since_fired' is torch.float32 .*expected torch.int"),
+    (_set("sae.b_dec", lambda v: v.index_fill(0, torch.tensor([0]), float("nan"))), "'sae.b_dec' is not a finite"),
+    (lambda t, i: (t, {**i, "scale": -1.0}), "the activation scale is -1.0"),
+])
+def test_a_tampered_checkpoint_is_refused(tmp_path, monkeypatch, tamper, message):
+    """A checkpoint whose Adam state was removed, whose step was changed, or that lacks a tensor or
+    has a wrong shape does not resume silently."""
+    from safetensors.torch import load_file, save_file
+
+    original = TrainingRun.step
+
+    def crashing_step(self, batch, pool=None):
+        if self.step_count == 12:
+            raise Crash
+        return original(self, batch, pool)
+
+    monkeypatch.setattr(TrainingRun, "step", crashing_step)
+    with pytest.raises(Crash):
+        train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path, checkpoint_every=10, **FAST)
+    monkeypatch.setattr(TrainingRun, "step", original)
+    state, trainer = tmp_path / "checkpoint" / "state.safetensors", tmp_path / "checkpoint" / "trainer.json"
+    tensors, info = tamper(load_file(str(state)), json.loads(trainer.read_text()))
+    save_file(tensors, str(state))
+    trainer.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"checkpoint in .* is damaged or was edited: .*{message}.*Delete it"):
+        train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path, resume=True, **FAST)
+
+
+def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device='cuda', but CUDA is not available here: pass device='cpu'"):
+        train_sae(X, "relu", 16, 1.0, 5, device="cuda", **FAST)
+
+
+def test_kill_9_during_checkpoint_writes_leaves_a_complete_checkpoint_and_resumes_exactly(tmp_path, monkeypatch):
+    """SIGKILL at 25 seeded random moments of a run that checkpoints every step (resumed after each kill,
+    started over once finished): the checkpoint on disk is always the complete state of the uninterrupted
+    run at some step, the log a prefix of its log, and resuming gives the uninterrupted SAE."""
+    from sae_helpers import load_sae
+    from sae_helpers.training import checkpoint, trainer
+    from sae_helpers.training.config import TrainConfig
+    from tests.faults import kill_repeatedly
+
+    opts = {**FAST, "resample_every": 10, "dead_after": 5}
+    states = {}
+
+    def recording(directory, tensors, info):
+        states[info["step"]] = {k: v.detach().clone() for k, v in tensors.items()}
+        return checkpoint.write_checkpoint(directory, tensors, info)
+
+    monkeypatch.setattr(trainer, "write_checkpoint", recording)
+    whole = train_sae(X, "relu", 32, L1, 60, checkpoint_dir=tmp_path / "whole", checkpoint_every=1, **opts)
+    monkeypatch.setattr(trainer, "write_checkpoint", checkpoint.write_checkpoint)
+    cfg = TrainConfig.from_dict({"arch": "relu", "width": 32, "steps": 60, "l1_coefficient": L1, "batch_size": 256,
+                                 "lr": 3e-3, "init_sample_size": 1024, "resample_every": 10, "dead_after": 5})
+    run = tmp_path / "run"
+    setup = (f"from sae_helpers import train_sae\nfrom tests.training.test_trainer import X, FAST, L1\n"
+             f"train_sae(X, 'relu', 32, L1, 1, checkpoint_dir={str(tmp_path / 'warm')!r}, **FAST)  # warm up\n"
+             f"def work():\n    while True:\n        train_sae(X, 'relu', 32, L1, 60, checkpoint_dir={str(run)!r}, "
+             f"resume=True, checkpoint_every=1, **{{**FAST, 'resample_every': 10, 'dead_after': 5}})\n")
+    steps, finished = [], []
+
+    def check(_):
+        if not checkpoint.has_checkpoint(run):
+            return
+        tensors, info = checkpoint.read_checkpoint(run)
+        TrainingRun.restore(cfg, 16, tensors, info, torch.device("cpu"))  # complete and consistent
+        steps.append(info["step"])
+        assert tensors.keys() == states[info["step"]].keys()
+        for name, value in states[info["step"]].items():
+            assert torch.equal(tensors[name], value), (info["step"], name)
+        assert info["log"] == whole.training_log[: len(info["log"])]
+        if (run / "training_log.json").exists():
+            log = json.loads((run / "training_log.json").read_text())
+            assert log == whole.training_log[: len(log)]
+        if (run / "sae").exists() or (run / ".sae.old").exists():  # finished: the final SAE, then start over
+            assert_same(whole, load_sae(run / "sae"))
+            finished.append(info["step"])
+            shutil.rmtree(run)
+
+    kill_repeatedly(setup, 25, seed=1, max_delay=0.5, check=check, log=tmp_path / "child.err")
+    assert len(set(steps)) >= 3  # kills landed at several points of the run (usually some runs finish too)
+    resumed = train_sae(X, "relu", 32, L1, 60, checkpoint_dir=run, resume=True, **opts)
+    assert_same(whole, resumed)
+    assert resumed.training_log == whole.training_log
+
+
+@pytest.mark.parametrize("arch, sparsity", [("relu", {"l1_coefficient": 1.0}), ("gated", {"l1_coefficient": 1.0}),
+                                            ("topk", {"k": 4}), ("batchtopk", {"k": 4}),
+                                            ("jumprelu", {"l0_coefficient": 1.0})])
+def test_every_architecture_resumes_past_the_checkpoint_checks(tmp_path, monkeypatch, arch, sparsity):
+    """The consistency checks accept every architecture's genuine checkpoints (BatchTopK's threshold has
+    no Adam state: it is a running estimate, not trained)."""
+    whole = train_sae(X, arch, 32, steps=20, **sparsity, **FAST)
+    original = TrainingRun.step
+
+    def crashing_step(self, batch, pool=None):
+        if self.step_count == 12:
+            raise Crash
+        return original(self, batch, pool)
+
+    monkeypatch.setattr(TrainingRun, "step", crashing_step)
+    with pytest.raises(Crash):
+        train_sae(X, arch, 32, steps=20, checkpoint_dir=tmp_path, checkpoint_every=5, **sparsity, **FAST)
+    monkeypatch.setattr(TrainingRun, "step", original)
+    assert_same(whole, train_sae(X, arch, 32, steps=20, checkpoint_dir=tmp_path, resume=True, **sparsity, **FAST))
