@@ -1,7 +1,8 @@
 """Turn the ``activations`` argument into batches.
 
 ``activations`` may be a 2-D tensor, a ``.safetensors`` file holding one 2-D tensor
-named ``activations``, an activation cache directory (see :mod:`.cache`), or any
+named ``activations`` (read a batch at a time, never whole: :class:`FileSource`), an
+activation cache directory (see :mod:`.cache`), or any
 iterable of ``[batch, d]`` tensors. Every source gives
 
 * ``d``: the activation width;
@@ -18,7 +19,11 @@ iterable of ``[batch, d]`` tensors. Every source gives
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
+import struct
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +34,12 @@ from torch import Tensor
 
 TENSOR_NAME = "activations"
 _CHECK_CHUNK = 65536
+_FILE_CHECK_BYTES = 8 << 20  # a file source checks for NaN/inf this many bytes of rows at a time
+_SAFETENSORS_TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 class ActivationSource(Protocol):
@@ -72,12 +83,17 @@ def _check_matrix(x: Tensor, description: str) -> None:
         raise ValueError(f"Activations in {description} are empty (shape {tuple(x.shape)}).")
 
 
-def rows_fingerprint(x: Tensor, n_rows: int = 256) -> str:
-    """Shape plus the sha256 of ``n_rows`` evenly spaced rows (first and last included)."""
-    index = torch.linspace(0, x.shape[0] - 1, min(n_rows, x.shape[0])).round().long().unique()
-    digest = hashlib.sha256(f"{tuple(x.shape)}".encode())
-    digest.update(x[index].detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-    return f"rows {x.shape[0]}x{x.shape[1]} sample-sha256 {digest.hexdigest()[:16]}"
+def rows_fingerprint(x: Tensor | TensorSource, n_rows: int = 256) -> str:
+    """Shape plus the sha256 of ``n_rows`` evenly spaced rows (first and last included).
+
+    ``x`` is a tensor or a :class:`TensorSource` (whose rows are read through it: a
+    :class:`FileSource` reads just those rows)."""
+    n, d = (x.n, x.d) if isinstance(x, TensorSource) else x.shape
+    index = torch.linspace(0, n - 1, min(n_rows, n)).round().long().unique()
+    digest = hashlib.sha256(f"{(n, d)}".encode())
+    rows = x._gather(index) if isinstance(x, TensorSource) else x[index]
+    digest.update(rows.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return f"rows {n}x{d} sample-sha256 {digest.hexdigest()[:16]}"
 
 
 def data_fingerprint(source: ActivationSource) -> str | None:
@@ -87,7 +103,7 @@ def data_fingerprint(source: ActivationSource) -> str | None:
 
 
 class TensorSource:
-    """An in-memory (or memory-mapped) ``[n, d]`` tensor, reshuffled every epoch."""
+    """An in-memory ``[n, d]`` tensor, reshuffled every epoch."""
 
     def __init__(self, x: Tensor, description: str = "the activations tensor") -> None:
         _check_matrix(x, description)
@@ -117,15 +133,107 @@ class TensorSource:
                 if offset == self.n:
                     epoch, offset = epoch + 1, 0
                     perm = self._epoch_permutation(seed, epoch)
-            yield self.x[torch.cat(parts)]
+            yield self._gather(torch.cat(parts))
 
     def in_order(self, batch_size: int) -> Iterator[Tensor]:
         for start in range(0, self.n, batch_size):
-            yield self.x[start : start + batch_size]
+            yield self._range(start, start + batch_size)
 
     def sample(self, n: int, seed: int) -> Tensor:
         gen = torch.Generator().manual_seed(seed + 7919)
-        return self.x[torch.randperm(self.n, generator=gen)[: min(n, self.n)]]
+        return self._gather(torch.randperm(self.n, generator=gen)[: min(n, self.n)])
+
+    def _gather(self, index: Tensor) -> Tensor:
+        return self.x[index]
+
+    def _range(self, start: int, stop: int) -> Tensor:
+        return self.x[start:stop]
+
+
+class FileSource(TensorSource):
+    """The ``activations`` tensor of a ``.safetensors`` file, read a batch at a time.
+
+    It gives exactly the rows a :class:`TensorSource` of the loaded tensor gives (same
+    permutations, same batches, same samples, same fingerprint), but never holds the file:
+    every batch reads just its rows with positional reads (``os.preadv``) into a fresh
+    tensor, so resident memory stays at about one batch whatever the file's size. (A memory
+    map would not do: the kernel maps whole neighbourhoods, up to huge pages, around every
+    page a random row touches, so a shuffled batch makes most of the file resident.) The
+    NaN/inf check at opening reads the file in blocks of ``_FILE_CHECK_BYTES``.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: torch.dtype, shape: list[int], begin: int) -> None:
+        description = f"file {path}"
+        _check_matrix(torch.empty((), dtype=dtype).expand(shape), description)  # shape and dtype only
+        self.path = Path(path)
+        self.n, self.d = shape
+        self.dtype = dtype
+        self.description = description
+        self._begin = begin
+        self._row_bytes = self.d * torch.empty(0, dtype=dtype).element_size()
+        self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        chunk = max(1, _FILE_CHECK_BYTES // self._row_bytes)
+        for start in range(0, self.n, chunk):
+            check_finite(self._range(start, start + chunk), description, row_offset=start)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> TensorSource:
+        """A :class:`FileSource` for ``path``; a :class:`TensorSource` of the loaded tensor when the
+        file cannot be read in place (a dtype torch cannot view, an empty tensor, a big-endian machine)."""
+        layout = _activation_layout(path)  # also validates the file, with the errors of load_activation_file
+        if layout is None:
+            return TensorSource(load_activation_file(path), description=f"file {path}")
+        return cls(path, *layout)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            self.close()
+
+    @property
+    def x(self) -> Tensor:
+        """The whole tensor, read into memory (what this source avoids; for small files and tests)."""
+        return self._range(0, self.n)
+
+    def _read_into(self, buffer: memoryview, offset: int) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self.description} is closed.")
+        done = 0
+        while done < len(buffer):
+            part = buffer[done:]
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._fd, [part], offset + done)
+            else:  # pragma: no cover - platforms without preadv (Windows)
+                os.lseek(self._fd, offset + done, os.SEEK_SET)
+                data = os.read(self._fd, len(part))
+                part[: len(data)] = data
+                got = len(data)
+            if got == 0:
+                raise ValueError(f"{self.description} ended early (was it changed or truncated while in use?).")
+            done += got
+
+    def _range(self, start: int, stop: int) -> Tensor:
+        start, stop = max(0, start), min(stop, self.n)
+        out = torch.empty(max(0, stop - start), self.d, dtype=self.dtype)
+        if len(out):
+            self._read_into(memoryview(out.view(torch.uint8).numpy()).cast("B"),
+                            self._begin + start * self._row_bytes)
+        return out
+
+    def _gather(self, index: Tensor) -> Tensor:
+        out = torch.empty(len(index), self.d, dtype=self.dtype)
+        raw, size = memoryview(out.view(torch.uint8).numpy()).cast("B"), self._row_bytes
+        rows = index.tolist()
+        for k in sorted(range(len(rows)), key=rows.__getitem__):  # in file order
+            self._read_into(raw[k * size : (k + 1) * size], self._begin + rows[k] * size)
+        return out
+
+    def fingerprint(self) -> str:
+        return rows_fingerprint(self)
 
 
 class IterableSource:
@@ -268,6 +376,35 @@ def load_activation_file(path: str | os.PathLike) -> Tensor:
         raise ValueError(f"Activation file {path} is not a readable .safetensors file ({err}).") from err
 
 
+def _activation_layout(path: str | os.PathLike) -> tuple[torch.dtype, list[int], int] | None:
+    """``(dtype, shape, byte offset)`` of the ``activations`` tensor of a ``.safetensors`` file,
+    or ``None`` when it cannot be viewed in place; errors as :func:`load_activation_file`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Activation file not found: {path}. Check the path.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = list(handle.keys())
+            if TENSOR_NAME not in names:
+                raise ValueError(
+                    f"Activation file {path} has no tensor named {TENSOR_NAME!r} (found {names}). "
+                    f"Save the activations with safetensors.torch.save_file({{'{TENSOR_NAME}': x}}, path)."
+                )
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"Activation file {path} is not a readable .safetensors file ({err}).") from err
+    with open(path, "rb") as handle:  # safe_open has checked the header; read the tensor's place from it
+        (length,) = struct.unpack("<Q", handle.read(8))
+        entry = json.loads(handle.read(length))[TENSOR_NAME]
+    dtype = _SAFETENSORS_TORCH_DTYPES.get(entry["dtype"])
+    shape = [int(v) for v in entry["shape"]]
+    begin, end = (int(v) for v in entry["data_offsets"])
+    if dtype is None or sys.byteorder != "little" or not shape or math.prod(shape) == 0:
+        return None
+    if end - begin != math.prod(shape) * torch.empty(0, dtype=dtype).element_size():
+        return None
+    return dtype, shape, 8 + length + begin
+
+
 def as_source(activations) -> ActivationSource:
     """Wrap any supported ``activations`` argument as an :class:`ActivationSource`."""
     if isinstance(activations, Tensor):
@@ -288,7 +425,7 @@ def as_source(activations) -> ActivationSource:
                 f"Activation file {path} must be a .safetensors file holding a 2-D tensor named "
                 f"{TENSOR_NAME!r}."
             )
-        return TensorSource(load_activation_file(path), description=f"file {path}")
+        return FileSource.open(path)
     if isinstance(activations, Iterable):
         return IterableSource(activations)
     raise TypeError(

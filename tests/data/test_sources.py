@@ -1,10 +1,13 @@
 """Activation sources: tensors, .safetensors files, iterables; and their errors."""
 
+import itertools
+
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import Tensor
 
-from sae_helpers.data.sources import as_source
+from sae_helpers.data.sources import FileSource, TensorSource, as_source
 
 
 def test_tensor_batches_are_a_pure_function_of_seed_and_step():
@@ -86,3 +89,68 @@ def test_unsupported_input():
         as_source(3.0)
     with pytest.raises(ValueError, match="must be a .safetensors file"):
         as_source("acts.npy")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_file_source_gives_the_tensor_sources_batches(tmp_path, dtype):
+    x = torch.randn(103, 5).to(dtype)
+    save_file({"activations": x, "other": torch.zeros(3)}, str(tmp_path / "a.safetensors"))
+    src, ref = as_source(tmp_path / "a.safetensors"), TensorSource(x)
+    assert isinstance(src, FileSource) and src.d == 5 and src.n == 103
+    for start in (0, 7, 40):  # 40 * 8 rows: past the second epoch's start
+        got = list(itertools.islice(src.batches(8, seed=3, start_step=start), 30))
+        want = list(itertools.islice(ref.batches(8, seed=3, start_step=start), 30))
+        assert all(a.dtype == dtype and torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(src.in_order(10), ref.in_order(10), strict=True))
+    assert torch.equal(src.sample(50, seed=1), ref.sample(50, seed=1))
+    assert src.fingerprint() == ref.fingerprint()
+    batch = next(src.batches(8, seed=0))
+    batch.zero_()  # batches are copies: the file is never written
+    assert torch.equal(as_source(tmp_path / "a.safetensors").x, x)
+
+
+def test_file_source_reads_only_the_rows_asked_for(tmp_path, monkeypatch):
+    import sae_helpers.data.sources as sources
+
+    n, d = 1000, 16
+    x = torch.randn(n, d)
+    save_file({"activations": x}, str(tmp_path / "a.safetensors"))
+    row = d * 4
+    monkeypatch.setattr(sources, "_FILE_CHECK_BYTES", 100 * row)  # the file is 10 blocks
+    reads: list[int] = []
+    read_into = FileSource._read_into
+    monkeypatch.setattr(FileSource, "_read_into", lambda self, buf, off: (reads.append(len(buf)),
+                                                                         read_into(self, buf, off)))
+    src = as_source(tmp_path / "a.safetensors")
+    assert reads == [100 * row] * 10  # the NaN/inf check: one block at a time
+    # the source holds no tensor of the data, only where it is
+    assert not [v for v in vars(src).values() if isinstance(v, Tensor)]
+    reads.clear()
+    batch = next(src.batches(32, seed=0))
+    assert batch.shape == (32, d) and reads == [row] * 32 and sum(reads) == 32 * row
+    reads.clear()
+    assert [len(b) for b in src.in_order(300)] == [300, 300, 300, 100]
+    assert reads == [300 * row, 300 * row, 300 * row, 100 * row]
+    reads.clear()
+    src.sample(20, seed=0)
+    assert sum(reads) == 20 * row
+
+
+def test_file_source_locates_non_finite_rows_across_blocks(tmp_path, monkeypatch):
+    import sae_helpers.data.sources as sources
+
+    x = torch.randn(500, 8)
+    x[333, 6] = float("inf")
+    save_file({"activations": x}, str(tmp_path / "a.safetensors"))
+    monkeypatch.setattr(sources, "_FILE_CHECK_BYTES", 64 * 8 * 4)
+    with pytest.raises(ValueError, match="row 333, column 6"):
+        as_source(tmp_path / "a.safetensors")
+
+
+def test_file_source_refuses_non_float_and_non_matrix_files(tmp_path):
+    save_file({"activations": torch.ones(4, 3, dtype=torch.long)}, str(tmp_path / "a.safetensors"))
+    with pytest.raises(ValueError, match="floating point"):
+        as_source(tmp_path / "a.safetensors")
+    save_file({"activations": torch.randn(2, 3, 4)}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(ValueError, match="must be 2-D"):
+        as_source(tmp_path / "b.safetensors")
