@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .data.cache import build_caches, check_count
+from .data.sources import spaced_indices
 from .data.text import iter_token_windows, text_dataset
 from .models.hooks import activations_at, activations_at_sites, check_hook_name, d_at
 from .models.splice import model_name_of
@@ -167,7 +168,7 @@ def model_identity(model: Any, n_values: int = 64) -> str | None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             flat = param.detach().reshape(-1)
-            index = torch.linspace(0, max(flat.numel() - 1, 0), min(n_values, flat.numel())).round().long()
+            index = spaced_indices(flat.numel(), n_values)
             digest.update(f"{name}:{tuple(param.shape)}:{param.dtype};".encode())
             digest.update(flat[index.to(flat.device)].to("cpu", torch.float64).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -83,13 +83,22 @@ def _check_matrix(x: Tensor, description: str) -> None:
         raise ValueError(f"Activations in {description} are empty (shape {tuple(x.shape)}).")
 
 
+def spaced_indices(n: int, k: int) -> Tensor:
+    """``min(k, n)`` evenly spaced indices into ``range(n)``, first and last included (integer
+    arithmetic: a float32 ``linspace`` rounds indices past 2**24 out of range)."""
+    k = min(k, n)
+    if k <= 1:
+        return torch.zeros(k, dtype=torch.long)
+    return torch.arange(k, dtype=torch.long) * (n - 1) // (k - 1)
+
+
 def rows_fingerprint(x: Tensor | TensorSource, n_rows: int = 256) -> str:
     """Shape plus the sha256 of ``n_rows`` evenly spaced rows (first and last included).
 
     ``x`` is a tensor or a :class:`TensorSource` (whose rows are read through it: a
     :class:`FileSource` reads just those rows)."""
     n, d = (x.n, x.d) if isinstance(x, TensorSource) else x.shape
-    index = torch.linspace(0, n - 1, min(n_rows, n)).round().long().unique()
+    index = spaced_indices(n, n_rows)
     digest = hashlib.sha256(f"{(n, d)}".encode())
     rows = x._gather(index) if isinstance(x, TensorSource) else x[index]
     digest.update(rows.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())

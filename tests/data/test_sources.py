@@ -154,3 +154,13 @@ def test_file_source_refuses_non_float_and_non_matrix_files(tmp_path):
     save_file({"activations": torch.randn(2, 3, 4)}, str(tmp_path / "b.safetensors"))
     with pytest.raises(ValueError, match="must be 2-D"):
         as_source(tmp_path / "b.safetensors")
+
+
+def test_spaced_indices_stay_in_range_past_float32_precision():
+    from sae_helpers.data.sources import spaced_indices
+
+    for n in (1, 2, 7, 28_311_552, 2**31 + 5):
+        index = spaced_indices(n, 64)
+        assert index[0] == 0 and index[-1] == n - 1 and len(index) == min(64, n)
+        assert bool((index.diff() > 0).all())
+    assert len(spaced_indices(0, 64)) == 0
