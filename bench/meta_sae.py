@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     # Part 2: end to end
     start = time.perf_counter()
     meta, result = train_meta_sae(rows, args.width, args.k, args.epochs, lr=PAPER["lr"], batch_size=args.batch,
-                                  device="cpu", progress=False)
+                                  min_steps=1, null=False, device="cpu", progress=False)  # exactly args.epochs
     total = time.perf_counter() - start
     start = time.perf_counter()
     analyse_meta_sae(meta, rows)

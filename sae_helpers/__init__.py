@@ -21,7 +21,8 @@ The names the notebooks use:
 * inspection: :func:`top_activating_contexts`, :func:`contexts_html`, :func:`firing_density`,
   :func:`latent_statistics`, :func:`logit_tokens` / :func:`decoder_logit_tokens` (tokens a
   direction promotes), :func:`latent_cards` / :func:`latent_card_html` (HTML latent cards)
-* meta-SAEs (atomicity): :mod:`meta` -- ``meta.train_meta_sae``, ``meta.analyse_meta_sae``,
+* meta-SAEs (atomicity): :mod:`meta` -- ``meta.train_meta_sae`` (with its null, ``fve_null``:
+  the same configuration on ``meta.random_unit_rows``), ``meta.analyse_meta_sae``,
   ``meta.pick_decompositions``, ``meta.similarity_to_smaller_sae``
 * stitching (completeness): :mod:`stitching` -- ``stitching.stitch``, ``stitching.analyze``
   (novel vs reconstruction latents, the cosine proxy), ``stitching.curve``

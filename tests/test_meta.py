@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from sae_helpers import create_sae, load_sae, logit_tokens, max_cosine_similarity, tiny_model
+import sae_helpers as sh
+from sae_helpers import create_sae, load_sae, logit_tokens, max_cosine_similarity, tiny_model, train_sae
 from sae_helpers.meta import (
+    DEFAULT_LR,
+    MIN_STEPS,
+    NULL_SEED_OFFSET,
+    PAPER,
     SEED_OFFSET,
     analyse_meta_sae,
     decoder_directions,
@@ -15,8 +20,10 @@ from sae_helpers.meta import (
     meta_config,
     meta_latent_cards,
     pick_decompositions,
+    random_unit_rows,
     similarity_to_smaller_sae,
     train_meta_sae,
+    train_null_meta_sae,
 )
 
 
@@ -41,14 +48,109 @@ def decomposition_agreement(atoms, meta_sae, result, members):
     return float(np.mean(hits))
 
 
+def names_own_atoms(atoms, meta_sae, result, members):
+    """Fraction of latents whose top-m meta-latents (m = its atom count) each have one of the
+    latent's own atoms as their closest atom."""
+    closest = (atoms @ meta_sae.W_dec.detach().T).argmax(0)  # per meta-latent
+    hits = []
+    for i, m in enumerate(members):
+        top = [j for j, _ in result.decompositions[i][: len(m)]]
+        hits.append(len(top) == len(m) and set(closest[top].tolist()) <= set(m.tolist()))
+    return float(np.mean(hits))
+
+
+def float64_fve(meta_sae, rows):
+    """FVE of a meta-SAE's inference encoder (JumpReLU with the BatchTopK threshold) on ``rows``,
+    computed by hand in float64."""
+    p = {name: getattr(meta_sae, name).detach().double().numpy() for name in ("W_enc", "b_enc", "W_dec", "b_dec",
+                                                                              "threshold")}
+    d = rows.double().numpy()
+    pre = (d - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    f = np.where(pre > p["threshold"], np.maximum(pre, 0), 0.0)
+    d_hat = f @ p["W_dec"] + p["b_dec"]
+    return 1 - ((d - d_hat) ** 2).sum() / ((d - d.mean(0)) ** 2).sum()
+
+
 @pytest.fixture(scope="module")
 def trained():
     atoms, rows, members = composed_dictionary()
     base = create_sae("relu", 48, len(rows), metadata={"model_name": "synthetic", "hook_name": "x"})
     with torch.no_grad():
         base.W_dec.copy_(rows * 1.7)  # not unit norm: the meta-SAE must normalise the rows itself
-    meta, result = train_meta_sae(base, width=64, k=3, epochs=200, lr=3e-3, batch_size=512, progress=False)
+    meta, result = train_meta_sae(base, width=64, k=3, epochs=200, lr=3e-3, batch_size=512, min_steps=1, null=False,
+                                  progress=False)
     return atoms, rows, members, base, meta, result
+
+
+@pytest.fixture(scope="module")
+def trained_by_default():
+    """Planted atoms, a meta-SAE with nothing but width and k given (DEFAULT lr and length)."""
+    atoms, rows, members = composed_dictionary(n_atoms=32, d=48, n=512, seed=2)
+    meta, result = train_meta_sae(rows, width=32, k=3, progress=False)  # 2,000 steps, and 2,000 for the null
+    return atoms, rows, members, meta, result
+
+
+def test_default_meta_sae_recovers_planted_atoms_and_beats_its_null(trained_by_default):
+    atoms, rows, members, meta, result = trained_by_default
+    config = meta.training_config
+    assert config["lr"] == DEFAULT_LR and config["steps"] == MIN_STEPS  # 2,000 epochs of 512 rows: one step each
+    assert float(max_cosine_similarity(atoms, meta.W_dec).mean()) >= 0.9  # measured 1.000 (the paper's lr: 0.701)
+    assert names_own_atoms(atoms, meta, result, members) >= 0.8  # measured 1.000 (0.348)
+    assert decomposition_agreement(atoms, meta, result, members) >= 0.8  # measured 1.000 (0.436)
+    assert result.fve >= 0.9  # measured 1.000 (0.671)
+    assert result.fve - result.fve_null >= 0.5  # measured 1.000 - 0.382
+
+
+def test_paper_defaults_undertrain_a_small_base():
+    """The paper's lr and length (2,000 epochs = 2,000 steps for a base of <= 4,096 rows) leave
+    planted atoms partly found on a base of 512 rows: why the defaults differ."""
+    atoms, rows, members = composed_dictionary(n_atoms=32, d=48, n=512, seed=2)
+    meta, result = train_meta_sae(rows, width=32, k=3, lr=PAPER["lr"], min_steps=1, null=False, progress=False)
+    assert meta.training_config["steps"] == PAPER["epochs"]
+    assert float(max_cosine_similarity(atoms, meta.W_dec).mean()) < 0.9  # measured 0.701
+
+
+def test_fve_null_matches_an_independent_computation(tmp_path):
+    n, d, width, k = 300, 16, 24, 2
+    settings = {"epochs": 40, "seed": 3, "lr": 3e-3, "batch_size": 128, "min_steps": 1}
+    _, rows, _ = composed_dictionary(n_atoms=16, d=d, n=n)
+    meta, result = train_meta_sae(rows, width, k, progress=False, checkpoint_dir=tmp_path / "m", **settings)
+    # the null's rows: the documented generator
+    null_rows = random_unit_rows(n, d, seed=3)
+    gaussian = torch.randn(n, d, generator=torch.Generator().manual_seed(NULL_SEED_OFFSET + 3))
+    torch.testing.assert_close(null_rows, gaussian / gaussian.norm(dim=1, keepdim=True))
+    assert not torch.equal(null_rows, random_unit_rows(n, d, seed=4))
+    # the same configuration, trained here by hand on those rows
+    cfg = meta_config(n, width, k, **settings)
+    assert cfg.steps == math.ceil(40 * n / 128)
+    null = train_sae(null_rows, **cfg.to_dict(), progress=False)
+    assert result.fve_null == pytest.approx(float64_fve(null, null_rows), abs=1e-5)
+    assert result.fve == pytest.approx(float64_fve(meta, rows), abs=1e-5)
+    assert result.fve > result.fve_null  # a short run: 0.64 against 0.45
+    # the null was kept in checkpoint_dir / "null": it is returned at once, equal to the one above
+    again, fve_null = train_null_meta_sae(n, d, width, k, progress=False, checkpoint_dir=tmp_path / "m" / "null",
+                                          **settings)
+    assert torch.equal(again.W_dec, null.W_dec) and fve_null == result.fve_null
+    assert again.metadata["meta_sae"]["null"] is True
+    # null=False skips it
+    _, skipped = train_meta_sae(rows, width, k, progress=False, null=False, **settings)
+    assert math.isnan(skipped.fve_null) and skipped.fve == result.fve
+    assert math.isnan(analyse_meta_sae(meta, rows).fve_null)
+
+
+def test_training_health_applies_to_meta_saes(trained_by_default):
+    """A meta-SAE is an ordinary SAE with a training_log: the health checks of activation SAEs apply."""
+    _, rows, _, meta, result = trained_by_default
+    health = sh.training_health(meta, rows)
+    assert health["passes"], health["failing"]
+    assert health["dead_fraction"] == pytest.approx(result.dead_fraction)
+    assert health["near_initial_fraction"] <= 0.05
+    # the plateau is reported: here the planted rows are reconstructed almost exactly (FVE 1.000), so the loss
+    # itself heads to 0 and its *relative* change over the last tenth is large although tiny in absolute terms
+    assert math.isfinite(health["loss_plateau"]) and math.isfinite(health["fvu_plateau"])
+    paper = train_meta_sae(rows, width=32, k=3, lr=PAPER["lr"], min_steps=1, epochs=100, null=False,
+                           progress=False)[0]
+    assert not sh.training_health(paper, rows)["passes"]  # 100 steps at 1e-4: meta-latents near their start
 
 
 def test_meta_sae_recovers_the_atoms_and_the_decompositions_name_them(trained):
@@ -107,22 +209,36 @@ def test_meta_sae_saves_loads_and_analyses_alike(trained, tmp_path):
 def test_training_sees_each_row_once_per_epoch(trained):
     *_, meta, _ = trained
     config = meta.training_config
-    assert config["steps"] == math.ceil(200 * 3000 / 512)
+    assert config["steps"] == math.ceil(200 * 3000 / 512)  # min_steps=1: exactly the epochs
     assert config["normalize_activations"] is False and config["adam_beta1"] == 0.9
     assert config["dead_after"] == math.ceil(3000 / 512)
     assert config["sae_options"] == {"threshold_rate": 0.01}  # 1,172 steps: the default rate
-    short = meta_config(3000, 64, 3, epochs=20, batch_size=512)  # 118 steps: the average spans ~12 of them
+    short = meta_config(3000, 64, 3, epochs=20, batch_size=512, min_steps=1)  # 118 steps: the average spans ~12
     assert short.steps == 118 and short.sae_options["threshold_rate"] == pytest.approx(10 / 118)
     assert meta_config(3000, epochs=1, sae_options={"threshold_rate": 0.5, "aux_k": 3}).sae_options == {
         "threshold_rate": 0.5, "aux_k": 3}
-    assert meta_config(3000, epochs=1).width == 750  # d_sae // 4 by default
+
+
+def test_default_width_and_length():
+    assert meta_config(3000, epochs=1).width == 141  # the paper's ratio, 3/64 (about d_sae / 21)
+    assert meta_config(PAPER["base_width"]).width == PAPER["width"]
+    assert meta_config(4608).width == 216
+    # length: the paper's 2,000 epochs, but at least MIN_STEPS optimiser steps
+    assert meta_config(PAPER["base_width"]).steps == PAPER["steps"] == 24_000
+    assert meta_config(4608).steps == 2250  # 2,000 epochs of 4,608 rows in batches of 4,096
+    assert meta_config(1024).steps == MIN_STEPS  # 2,000 epochs of one step each
+    assert meta_config(1024, epochs=5).steps == MIN_STEPS and meta_config(1024, epochs=5, min_steps=1).steps == 5
+    assert meta_config(3000).lr == DEFAULT_LR
+    with pytest.raises(ValueError, match="min_steps"):
+        meta_config(3000, min_steps=0)
 
 
 def test_meta_sae_does_not_start_from_the_base_sae_initialisation():
     """Same seed, same input width: the trainer would give the meta-SAE the base SAE's first
     initial rows; the meta-SAE's own seed avoids that."""
     base = create_sae("relu", 48, 3000).init_weights(torch.Generator().manual_seed(0))  # the trainer's init, seed 0
-    meta, _ = train_meta_sae(base, width=64, k=3, epochs=1, lr=1e-9, batch_size=3000, seed=0, progress=False)
+    meta, _ = train_meta_sae(base, width=64, k=3, epochs=1, lr=1e-9, batch_size=3000, seed=0, min_steps=1,
+                             null=False, progress=False)
     assert meta.training_config["seed"] == SEED_OFFSET
     assert float(max_cosine_similarity(meta.W_dec, base.W_dec).max()) < 0.8
     same_seed = create_sae("relu", 48, 64).init_weights(torch.Generator().manual_seed(0))
@@ -131,14 +247,17 @@ def test_meta_sae_does_not_start_from_the_base_sae_initialisation():
 
 def test_checkpoint_resumes_and_refuses_other_rows(tmp_path):
     _, rows, _ = composed_dictionary(n_atoms=16, d=12, n=200)
-    first, result = train_meta_sae(rows, width=16, k=2, epochs=5, lr=1e-3, batch_size=64, progress=False,
-                                   checkpoint_dir=tmp_path / "m")
-    again, result_again = train_meta_sae(rows, width=16, k=2, epochs=5, lr=1e-3, batch_size=64, progress=False,
-                                         checkpoint_dir=tmp_path / "m")  # finished: returned at once
+    settings = {"width": 16, "k": 2, "epochs": 5, "lr": 1e-3, "batch_size": 64, "min_steps": 1, "progress": False}
+    first, result = train_meta_sae(rows, **settings, checkpoint_dir=tmp_path / "m")
+    assert (tmp_path / "m" / "sae").is_dir() and (tmp_path / "m" / "null" / "sae").is_dir()
+    again, result_again = train_meta_sae(rows, **settings, checkpoint_dir=tmp_path / "m")  # finished: returned at once
     assert torch.equal(first.W_dec, again.W_dec) and result_again.fve == result.fve
+    assert result_again.fve_null == result.fve_null and not math.isnan(result.fve_null)
     with pytest.raises(ValueError, match="other decoder rows"):
-        train_meta_sae(rows.flip(0), width=16, k=2, epochs=5, lr=1e-3, batch_size=64, progress=False,
-                       checkpoint_dir=tmp_path / "m")
+        train_meta_sae(rows.flip(0), **settings, checkpoint_dir=tmp_path / "m")
+    with pytest.raises(ValueError, match="other decoder rows"):  # the null's rows depend on the seed
+        train_null_meta_sae(200, 12, 16, 2, 5, 1, 1e-3, 64, min_steps=1, progress=False,
+                            checkpoint_dir=tmp_path / "m" / "null")
 
 
 def test_helpers_pick_and_compare():
@@ -174,7 +293,8 @@ def test_meta_latent_cards_show_usage_tokens_and_top_base_latents():
     base = create_sae("relu", 16, 400, metadata={"hook_name": "blocks.1.hook_resid_post"})
     with torch.no_grad():
         base.W_dec.copy_(rows)
-    meta, result = train_meta_sae(base, width=24, k=2, epochs=20, lr=3e-3, batch_size=128, progress=False)
+    meta, result = train_meta_sae(base, width=24, k=2, epochs=20, lr=3e-3, batch_size=128, min_steps=1, null=False,
+                                  progress=False)
     used = [m for m in range(24) if result.top_base_latents[m]][:2]
     page = meta_latent_cards(meta, result, used, model, base, coefficients={used[0]: 0.5}, n_base=3, k_tokens=4)
     assert page.count("class='sae-latent-card'") == 2
@@ -190,6 +310,7 @@ def test_meta_latent_cards_show_usage_tokens_and_top_base_latents():
 @pytest.mark.slow
 def test_larger_dictionary_is_recovered():
     atoms, rows, members = composed_dictionary(n_atoms=128, d=64, n=8000, max_atoms=4, seed=1)
-    meta, result = train_meta_sae(rows, width=128, k=3, epochs=200, lr=3e-3, batch_size=1024, progress=False)
+    meta, result = train_meta_sae(rows, width=128, k=3, epochs=200, lr=3e-3, batch_size=1024, min_steps=1,
+                                  null=False, progress=False)
     assert float(max_cosine_similarity(atoms, meta.W_dec).mean()) >= 0.9  # measured 0.984
     assert decomposition_agreement(atoms, meta, result, members) >= 0.8  # measured 0.960
