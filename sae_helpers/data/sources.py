@@ -367,8 +367,9 @@ class IterableSource:
         return x
 
 
-def load_activation_file(path: str | os.PathLike) -> Tensor:
-    """The ``activations`` tensor of a ``.safetensors`` file, with clear errors."""
+def _checked_activation_file(path: str | os.PathLike, read: bool) -> Tensor | None:
+    """Open ``path`` with safetensors and check it holds an ``activations`` tensor (clear errors);
+    return that tensor when ``read``, else ``None``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Activation file not found: {path}. Check the path.")
@@ -380,27 +381,22 @@ def load_activation_file(path: str | os.PathLike) -> Tensor:
                     f"Activation file {path} has no tensor named {TENSOR_NAME!r} (found {names}). "
                     f"Save the activations with safetensors.torch.save_file({{'{TENSOR_NAME}': x}}, path)."
                 )
-            return handle.get_tensor(TENSOR_NAME)
+            return handle.get_tensor(TENSOR_NAME) if read else None
     except (SafetensorError, OSError) as err:
         raise ValueError(f"Activation file {path} is not a readable .safetensors file ({err}).") from err
+
+
+def load_activation_file(path: str | os.PathLike) -> Tensor:
+    """The ``activations`` tensor of a ``.safetensors`` file, with clear errors."""
+    tensor = _checked_activation_file(path, read=True)
+    assert tensor is not None
+    return tensor
 
 
 def _activation_layout(path: str | os.PathLike) -> tuple[torch.dtype, list[int], int] | None:
     """``(dtype, shape, byte offset)`` of the ``activations`` tensor of a ``.safetensors`` file,
     or ``None`` when it cannot be viewed in place; errors as :func:`load_activation_file`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Activation file not found: {path}. Check the path.")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            names = list(handle.keys())
-            if TENSOR_NAME not in names:
-                raise ValueError(
-                    f"Activation file {path} has no tensor named {TENSOR_NAME!r} (found {names}). "
-                    f"Save the activations with safetensors.torch.save_file({{'{TENSOR_NAME}': x}}, path)."
-                )
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"Activation file {path} is not a readable .safetensors file ({err}).") from err
+    _checked_activation_file(path, read=False)
     with open(path, "rb") as handle:  # safe_open has checked the header; read the tensor's place from it
         (length,) = struct.unpack("<Q", handle.read(8))
         entry = json.loads(handle.read(length))[TENSOR_NAME]
