@@ -1,9 +1,9 @@
 """The Gated SAE's training step, fused: forward and a hand-written backward.
 
-The fast path of :class:`sae_helpers.saes.GatedSAE`: ``gated_step`` gives the same values
-and gradients as the plain autograd forward (``GatedSAE.plain_forward``, the paper's
-equations) with less memory traffic (:mod:`.blocks`) and, at low density, a sparse decoder
-(:mod:`.sparse`).
+The fast path of :class:`sae_helpers.saes.GatedSAE`: :class:`GatedTrainingStep` gives the
+same values and gradients as the plain autograd forward (``GatedSAE.plain_forward``, the
+paper's equations) with less memory traffic (:mod:`.blocks`) and, at low density, a sparse
+decoder (:mod:`.sparse`).
 """
 
 from __future__ import annotations
@@ -16,23 +16,6 @@ from torch.autograd.function import once_differentiable
 
 from .blocks import accumulator_dtype, block_buffer, decode_and_error, reconstruction_grad, row_blocks
 from .sparse import SupportCollector, column_sums, sampled_mm, sparse_decode_and_error, spmm, spmm_t
-
-
-def gated_step(
-    x: Tensor,
-    u: Tensor,
-    b_gate: Tensor,
-    r_mag: Tensor,
-    b_mag: Tensor,
-    W_dec: Tensor,
-    b_dec: Tensor,
-    W_gate: Tensor,
-    decoder: str = "auto",
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(latents, x_hat, reconstruction, sparsity, auxiliary)`` of a batch ``x [N, d]`` from
-    its encoder matmul ``u = (x - b_dec) W_gate``, on decoder path ``decoder`` (``"auto"``,
-    ``"dense"`` or ``"sparse"``; see :class:`GatedTrainingStep`)."""
-    return GatedTrainingStep.apply(x, u, b_gate, r_mag, b_mag, W_dec, b_dec, W_gate, decoder)
 
 
 class GatedTrainingStep(torch.autograd.Function):

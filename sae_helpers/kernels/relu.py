@@ -1,8 +1,8 @@
 """The baseline (ReLU, L1) SAE's training step, fused: forward and a hand-written backward.
 
-The fast path of :class:`sae_helpers.saes.ReluSAE`: ``relu_step`` gives the same values and
-gradients as the plain autograd forward (``ReluSAE.plain_forward``) with less memory
-traffic (:mod:`.blocks`) and, at low density, a sparse decoder (:mod:`.sparse`).
+The fast path of :class:`sae_helpers.saes.ReluSAE`: :class:`ReluTrainingStep` gives the
+same values and gradients as the plain autograd forward (``ReluSAE.plain_forward``) with
+less memory traffic (:mod:`.blocks`) and, at low density, a sparse decoder (:mod:`.sparse`).
 """
 
 from __future__ import annotations
@@ -15,15 +15,6 @@ from torch.autograd.function import once_differentiable
 
 from .blocks import accumulator_dtype, block_buffer, decode_and_error, reconstruction_grad, row_blocks
 from .sparse import SupportCollector, column_sums, sampled_mm, sparse_decode_and_error, spmm, spmm_t
-
-
-def relu_step(
-    x: Tensor, u: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, W_enc: Tensor, decoder: str = "auto"
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(latents, x_hat, reconstruction, sparsity)`` of a batch ``x [N, d]`` from its encoder
-    matmul ``u = (x - b_dec) W_enc`` (overwritten), on decoder path ``decoder``
-    (``"auto"``, ``"dense"`` or ``"sparse"``; see :class:`ReluTrainingStep`)."""
-    return ReluTrainingStep.apply(x, u, b_enc, W_dec, b_dec, W_enc, decoder)
 
 
 class ReluTrainingStep(torch.autograd.Function):

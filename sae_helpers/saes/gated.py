@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..kernels.gated import gated_step
+from ..kernels.gated import GatedTrainingStep
 from .base import SAE, SAEOutput, squared_error
 from .registry import register
 
@@ -53,7 +53,7 @@ class GatedSAE(SAE):
         """Latents, reconstruction and the three loss terms: those of :meth:`plain_forward`.
 
         ``fused=True`` (the default, what training runs) computes them with the fused
-        training step :func:`~sae_helpers.kernels.gated.gated_step` on the single encoder
+        training step :class:`~sae_helpers.kernels.gated.GatedTrainingStep` on the single encoder
         matmul ``u = self.project(x)``, on decoder path ``decoder`` (``"auto"``: chosen per
         batch, ``"dense"`` or ``"sparse"``); its hand-written backward gives the paper's
         gradients (the Heaviside gate passes none; the auxiliary term reaches the decoder
@@ -66,7 +66,7 @@ class GatedSAE(SAE):
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.d_in)
         u = self.project(flat)
-        latents, x_hat, reconstruction, sparsity, auxiliary = gated_step(
+        latents, x_hat, reconstruction, sparsity, auxiliary = GatedTrainingStep.apply(
             flat, u, self.b_gate, self.r_mag, self.b_mag, self.W_dec, self.b_dec, self.W_enc, decoder
         )
         losses = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..kernels.relu import relu_step
+from ..kernels.relu import ReluTrainingStep
 from .base import SAE, SAEOutput, squared_error
 from .registry import register
 
@@ -40,7 +40,7 @@ class ReluSAE(SAE):
         """Latents, reconstruction and the loss terms: those of :meth:`plain_forward`.
 
         ``fused=True`` (the default, what training runs) computes them with the fused
-        training step :func:`~sae_helpers.kernels.relu.relu_step` on the encoder matmul
+        training step :class:`~sae_helpers.kernels.relu.ReluTrainingStep` on the encoder matmul
         ``self.project(x)``, on decoder path ``decoder`` (``"auto"``: chosen per batch,
         ``"dense"`` or ``"sparse"``); ``fused=False`` runs :meth:`plain_forward`.
         """
@@ -50,7 +50,7 @@ class ReluSAE(SAE):
         self.check_input(x)
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.d_in)
-        latents, x_hat, reconstruction, sparsity = relu_step(
+        latents, x_hat, reconstruction, sparsity = ReluTrainingStep.apply(
             flat, self.project(flat), self.b_enc, self.W_dec, self.b_dec, self.W_enc, decoder
         )
         losses = {"reconstruction": reconstruction, "sparsity": sparsity}

@@ -119,14 +119,16 @@ def test_sparse_decode_matches_dense_decode(dtype, tol):
         torch.testing.assert_close(got, t.grad, **tol)
 
 
-def test_decode_support_gradcheck_and_no_bias():
+@pytest.mark.parametrize("decode", [decode_support, embedding_decode])
+def test_decode_support_gradcheck_and_no_bias(decode):
     S = sparse_matrix(6, 9, 0.35, seed=5, empty_rows=[2])
     support = Support.from_dense(S)
     values = support.gather(S).requires_grad_(True)
     W = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v, w, c: decode_support(support, v, w, c), (values, W, b))
-    torch.testing.assert_close(decode_support(support, values, W), S @ W, **F64)
+    assert torch.autograd.gradcheck(lambda v, w, c: decode(support, v, w, c), (values, W, b))
+    torch.testing.assert_close(decode(support, values, W), S @ W, **F64)
+    torch.testing.assert_close(decode(support, values, W, b), S @ W + b, **F64)
     with pytest.raises(ValueError):
         decode_support(support, values[:-1], W)
 
@@ -138,17 +140,6 @@ def test_sparse_decode_with_k_zero_and_batch_of_one():
     torch.testing.assert_close(out, b.expand(4, 3))
     idx, val = torch.tensor([[5, 1]]), torch.tensor([[0.5, -2.0]], dtype=torch.float64)
     torch.testing.assert_close(sparse_decode(idx, val, W, b), (0.5 * W[5] - 2 * W[1] + b)[None])
-
-
-def test_embedding_decode_matches_decode_support():
-    S = sparse_matrix(6, 9, 0.35, seed=5, empty_rows=[2])
-    support = Support.from_dense(S)
-    values = support.gather(S).requires_grad_(True)
-    W = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v, w, c: embedding_decode(support, v, w, c), (values, W, b))
-    torch.testing.assert_close(embedding_decode(support, values, W, b), decode_support(support, values, W, b), **F64)
-    torch.testing.assert_close(embedding_decode(support, values, W), S @ W, **F64)
 
 
 # ------------------------------------------------------------------------------ path choice
