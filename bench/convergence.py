@@ -37,7 +37,7 @@ import torch
 
 import sae_helpers as sh
 from sae_helpers.data.cache import CacheSource
-from sae_helpers.saes.batchtopk import batch_topk
+from sae_helpers.kernels.topk import batch_topk
 from sae_helpers.training.config import TrainConfig
 
 SITE = "blocks.6.hook_resid_post"
@@ -55,9 +55,9 @@ def outlier_share(sae: sh.SAE, cache: Path, factor: float = 5.0, n_batches: int 
             norms = x.norm(dim=1)
             big = norms > factor * norms.median()
             pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-            selection = batch_topk(pre, sae.metadata.get("k", 32))
-            on_outliers += int(big[selection.rows].sum())
-            total += len(selection.rows)
+            support, _ = batch_topk(pre, sae.metadata.get("k", 32))
+            on_outliers += int(big[support.rows].sum())
+            total += support.nnz
     return on_outliers / max(total, 1)
 
 

@@ -31,8 +31,8 @@ import time
 import torch
 
 from sae_helpers.data.sources import TensorSource
+from sae_helpers.kernels.topk import batch_topk, batch_topk_reference
 from sae_helpers.meta import PAPER, analyse_meta_sae, meta_config, train_meta_sae
-from sae_helpers.saes.batchtopk import batch_topk, batch_topk_reference
 from sae_helpers.training import TrainingRun
 
 

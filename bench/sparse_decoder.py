@@ -3,8 +3,8 @@
 Times one training step's forward and backward (``sae(x)``, the weighted loss,
 ``loss.backward()``; the optimiser update does not depend on the path) of a Gated (or
 ReLU) SAE at d_in = 576, width 4,608, batch 4,096, float32, with the decoder path forced
-``dense``, forced ``sparse`` and left on ``auto``
-(:func:`sae_helpers.saes.sparse_decoder.decoder_path`). L0 is set exactly: every latent's
+``dense``, forced ``sparse`` and left on ``auto`` (``sae(x, decoder=...)``, see
+:mod:`sae_helpers.kernels.sparse`). L0 is set exactly: every latent's
 gate bias (``b_gate``; ``b_enc`` for ReLU) is minus the quantile of its pre-activation
 over the batch that leaves the wanted fraction ``L0 / width`` of rows open (and
 ``b_mag = b_gate``, ``r_mag = 0``, so the magnitude path is active on every open gate).
@@ -26,6 +26,17 @@ At L0=16 about half of the sparse Gated step is the dense encoder matmul; doing 
 encoder's weight gradient on the support too (instead of a dense ``x^T dL/du``) saves
 about 150 ms per step.
 
+The kernels (:mod:`sae_helpers.kernels.sparse`: ``spmm`` = ``F.embedding_bag`` in CSR order,
+``sampled_mm`` = ``torch.sparse.sampled_addmm``, ``spmm_t`` = ``F.embedding_bag`` in CSC
+order) were the fastest measured on CPU. They won, on a 2-core AVX-512 CPU at N=4096,
+M=4608, d=576 and L0 16-1024, against ``torch.sparse.mm`` on a CSR tensor (about 2x slower
+for both ``S @ W`` and ``S^T @ G``; ``S^T`` as ``csr.t()`` 5-10x slower), gathering rows and
+``bmm``/``vecdot``/``index_add_`` in chunks (10-50x slower: they move ``[nnz, d]`` through
+memory) and ATen's embedding-bag backward kernels (as fast at L0=16, 1.5-2x slower from
+L0=256). Sorting the column indices for ``spmm_t``'s column-major order as int32 is several
+times faster than as int64. All three are memory-bound, about 15x slower per multiply-add
+than MKL's dense matmul, which sets the crossover (``DENSITY_CROSSOVER``).
+
 Usage::
 
     .venv/bin/python bench/sparse_decoder.py                      # Gated, L0 16..512, ~1 min
@@ -43,9 +54,9 @@ import time
 import torch
 from torch import Tensor
 
+from sae_helpers.kernels.sparse import DENSITY_CROSSOVER
 from sae_helpers.saes import GatedSAE, ReluSAE
 from sae_helpers.saes.base import SAE
-from sae_helpers.saes.sparse_decoder import DENSITY_CROSSOVER, decoder_path
 
 PATHS = ("dense", "sparse", "auto")
 
@@ -70,10 +81,11 @@ def sae_at_l0(arch: str, x: Tensor, width: int, l0: float, seed: int = 0) -> SAE
     return sae
 
 
-def train_step(sae: SAE, x: Tensor, lam: float = 1e-3) -> bool:
-    """Forward and backward of the training loss; returns whether the sparse path ran."""
+def train_step(sae: SAE, x: Tensor, decoder: str, lam: float = 1e-3) -> bool:
+    """Forward and backward of the training loss on decoder path ``decoder``; returns whether
+    the sparse path ran."""
     sae.zero_grad(set_to_none=True)
-    out = sae(x)
+    out = sae(x, decoder=decoder)
     losses = out.losses
     loss = losses["reconstruction"] + lam * losses["sparsity"] + losses.get("auxiliary", 0.0)
     loss.backward()
@@ -111,14 +123,12 @@ def main(argv: list[str] | None = None) -> None:
         best = dict.fromkeys(PATHS, float("inf"))
         auto_sparse = False
         for path in PATHS:  # warm-up
-            with decoder_path(path):
-                train_step(sae, x)
+            train_step(sae, x, path)
         for r in range(args.rounds):
             for path in PATHS[r % 3:] + PATHS[: r % 3]:
-                with decoder_path(path):
-                    t0 = time.perf_counter()
-                    sparse = train_step(sae, x)
-                    best[path] = min(best[path], time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                sparse = train_step(sae, x, path)
+                best[path] = min(best[path], time.perf_counter() - t0)
                 if path == "auto":
                     auto_sparse = sparse
         with torch.no_grad():

@@ -20,7 +20,8 @@ their dense decoder path; ``bench/sparse_decoder.py`` times the sparse one at lo
 
 Each architecture is timed in two implementations: ``fused`` is the package as it is,
 ``reference`` the straightforward autograd implementation it had before its training
-step was fused (kept in this file: :func:`reference_forward`, :func:`reference_step`),
+step was fused (``sae(x, fused=False)``, the architecture's ``plain_forward``, in
+:func:`reference_step`),
 so one run prints the before/after comparison (``--no-reference`` skips it).
 
 Timing: warm-up steps first, then rounds in which every variant (in rotating order) is
@@ -50,7 +51,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from sae_helpers.saes.base import SAE, SAEOutput, squared_error
 from sae_helpers.training import TrainConfig, TrainingRun
 from sae_helpers.training.schedules import lr_multiplier, sparsity_multiplier
 
@@ -59,42 +59,19 @@ MATMULS_PER_STEP = {"relu": 5, "gated": 7}
 
 
 # ------------------------------------------------------------------------------ reference
-def reference_forward(sae: SAE, x: Tensor) -> SAEOutput:
-    """The pre-fusion forward of ``sae`` (plain autograd ops), for the before/after comparison."""
-    u = x @ sae.W_enc - sae.b_dec @ sae.W_enc
-    if sae.architecture == "relu":
-        latents = torch.relu(u + sae.b_enc)
-        x_hat = latents @ sae.W_dec + sae.b_dec
-        losses = {"reconstruction": squared_error(x, x_hat), "sparsity": latents.sum(-1).mean()}
-        return SAEOutput(latents, x_hat, losses)
-    if sae.architecture == "gated":
-        pi_gate, pi_mag = u + sae.b_gate, torch.exp(sae.r_mag) * u + sae.b_mag
-        latents = torch.where(pi_gate > 0, torch.relu(pi_mag), 0.0)
-        x_hat = latents @ sae.W_dec + sae.b_dec
-        gate_activations = torch.relu(pi_gate)
-        x_aux = gate_activations @ sae.W_dec.detach() + sae.b_dec.detach()
-        losses = {
-            "reconstruction": squared_error(x, x_hat),
-            "sparsity": gate_activations.sum(-1).mean(),
-            "auxiliary": squared_error(x, x_aux),
-        }
-        return SAEOutput(latents, x_hat, losses)
-    raise ValueError(f"No reference forward for {sae.architecture!r}.")
-
-
 def reference_step(run: TrainingRun, batch: Tensor) -> None:
     """The pre-fusion ``TrainingRun.step`` (non-logging steps), for the before/after comparison."""
     cfg, sae, step = run.cfg, run.sae, run.step_count
     x = batch.to(device=run.device, dtype=sae.dtype, non_blocking=True)
     if run.scale != 1.0:
         x = x * run.scale
-    run._maybe_resample(x)
+    run._maybe_resample(x, None)
     lr = cfg.lr * lr_multiplier(cfg, step, run.last_resample_step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     sparsity_coefficient = cfg.l1_coefficient * sparsity_multiplier(cfg, step)
 
-    out = reference_forward(sae, x)
+    out = sae(x, fused=False)  # the plain autograd forward (the architecture's plain_forward)
     losses = out.losses
     loss = losses["reconstruction"] + sparsity_coefficient * losses["sparsity"]
     if "auxiliary" in losses:

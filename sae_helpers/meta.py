@@ -65,8 +65,8 @@ import torch
 from torch import Tensor
 
 from .evaluation.metrics import max_cosine_similarity
+from .kernels.sparse import Support, embedding_decode
 from .saes.base import SAE
-from .saes.topk import Selection, decode_selection
 from .training.checkpoint import has_checkpoint, read_checkpoint
 from .training.config import TrainConfig
 from .training.trainer import train_sae
@@ -354,11 +354,10 @@ def analyse_meta_sae(meta_sae: SAE, sae: SAE | Tensor, n_top: int = 10, batch_si
     for start in range(0, n, batch_size):
         x = rows[start : start + batch_size]
         f = meta_sae.encode(x.to(device=meta_sae.device, dtype=meta_sae.dtype))
-        r, c = f.nonzero(as_tuple=True)  # row-major: sorted by row
-        v = f[r, c]
+        support = Support.from_dense(f)  # row-major: sorted by row
+        r, c, v = support.rows, support.cols, support.gather(f)
         # f @ W_dec + b_dec through the few active rows (f is sparse; the dense matmul costs as much as encoding)
-        offsets = torch.searchsorted(r, torch.arange(len(x), device=r.device))
-        x_hat = decode_selection(Selection(r, c, v, offsets), meta_sae.W_dec, meta_sae.b_dec).double().cpu()
+        x_hat = embedding_decode(support, v, meta_sae.W_dec, meta_sae.b_dec).double().cpu()
         sq_error += float((x.double() - x_hat).pow(2).sum())
         cosines.append(torch.nn.functional.cosine_similarity(x.double(), x_hat, dim=1))
         total += float((x.double() - mean).pow(2).sum())

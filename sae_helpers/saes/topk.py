@@ -14,58 +14,27 @@ default ``aux_k`` here is ``d_in // 2``). Unnormalised, the term would shrink wi
 error: at FVU 0.06 it would pull about 16x more weakly on dead latents.
 
 The decoder touches only the selected latents: the reconstruction is a weighted sum of
-``k`` decoder rows per token (``embedding_bag``), so its forward and backward cost
-``O(N k d)`` instead of the dense ``O(N M d)``. Saved as SAELens architecture ``"topk"``
+``k`` decoder rows per token (the fast path: :func:`~sae_helpers.kernels.sparse.embedding_decode`
+on the selection's :class:`~sae_helpers.kernels.sparse.Support`), so its forward and
+backward cost ``O(N k d)`` instead of the dense ``O(N M d)``. Saved as SAELens architecture ``"topk"``
 with ``k`` in ``cfg.json``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kernels.sparse import Support, embedding_decode
 from .base import SAE, SAEOutput, squared_error
 from .registry import register
 
 
-class Selection(NamedTuple):
-    """Active latents of a batch in row-major order: token ``rows``, latent ``cols``,
-    their ``values``, and each token's start in them (``offsets``, length N)."""
-
-    rows: Tensor
-    cols: Tensor
-    values: Tensor
-    offsets: Tensor
-
-
-def decode_selection(selection: Selection, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
-    """``f W_dec (+ b_dec)`` for the sparse ``f`` described by ``selection``.
-
-    One weighted sum of decoder rows per token; autograd reaches ``values`` and ``W_dec``.
-    """
-    out = F.embedding_bag(
-        selection.cols, W_dec, selection.offsets, mode="sum", per_sample_weights=selection.values
-    )
-    return out if b_dec is None else out + b_dec
-
-
-def scatter_selection(selection: Selection, n: int, d_sae: int) -> Tensor:
-    """The dense ``[n, d_sae]`` latents of a selection (differentiable in ``values``)."""
-    flat = selection.rows * d_sae + selection.cols
-    dense = selection.values.new_zeros(n * d_sae)
-    return dense.index_put((flat,), selection.values).view(n, d_sae)
-
-
-def topk_per_row(pre: Tensor, k: int) -> Selection:
-    """The ``k`` largest entries of each row of ``pre``, ReLU applied (a :class:`Selection`)."""
-    n = pre.shape[0]
+def topk_per_row(pre: Tensor, k: int) -> tuple[Support, Tensor]:
+    """The ``k`` largest entries of each row of ``pre [N, M]``: their :class:`Support` and
+    their values with ReLU applied (``[N * k]``)."""
     values, cols = pre.topk(k, dim=-1, sorted=False)
-    rows = torch.arange(n, device=pre.device).repeat_interleave(k)
-    offsets = torch.arange(0, n * k, k, device=pre.device)
-    return Selection(rows, cols.reshape(-1), torch.relu(values).reshape(-1), offsets)
+    return Support.from_indices(cols, pre.shape[1]), torch.relu(values).reshape(-1)
 
 
 @register
@@ -112,14 +81,15 @@ class TopKSAE(SAE):
         """``(x - b_dec) W_enc + b_enc``."""
         return self.project(x) + self.b_enc
 
-    def select(self, pre: Tensor) -> Selection:
-        """The active latents of a training batch of pre-activations ``[N, d_sae]``."""
+    def select(self, pre: Tensor) -> tuple[Support, Tensor]:
+        """The active latents of a training batch of pre-activations ``[N, d_sae]``: their
+        support and ``[nnz]`` values."""
         return topk_per_row(pre, self.k)
 
     def encode(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         pre = self.pre_activations(x.reshape(-1, self.d_in))
-        return scatter_selection(topk_per_row(pre, self.k), pre.shape[0], self.d_sae).reshape(*lead, self.d_sae)
+        return scatter(*topk_per_row(pre, self.k)).reshape(*lead, self.d_sae)
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SAEOutput:
         """Latents, reconstruction and the loss terms ``reconstruction``, ``sparsity`` (L0,
@@ -129,13 +99,13 @@ class TopKSAE(SAE):
         flat = x.reshape(-1, self.d_in)
         n = flat.shape[0]
         pre = self.pre_activations(flat)
-        selection = self.select(pre)
-        x_hat = decode_selection(selection, self.W_dec, self.b_dec)
+        support, values = self.select(pre)
+        x_hat = embedding_decode(support, values, self.W_dec, self.b_dec)  # the fast path: f W_dec + b_dec
         reconstruction = squared_error(flat, x_hat)
         with torch.no_grad():
-            sparsity = (selection.values > 0).sum().to(flat.dtype) / max(n, 1)
+            sparsity = (values > 0).sum().to(flat.dtype) / max(n, 1)
         auxiliary = self.auxiliary_loss(pre, (flat - x_hat).detach(), dead_mask, flat)
-        latents = scatter_selection(selection, n, self.d_sae)
+        latents = scatter(support, values)
         losses = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
         return SAEOutput(latents.reshape(*lead, self.d_sae), x_hat.reshape(*lead, self.d_in), losses)
 
@@ -153,8 +123,7 @@ class TopKSAE(SAE):
         if n_dead == 0:
             return zero
         dead_pre = pre.masked_fill(~dead_mask.to(device=pre.device, dtype=torch.bool), float("-inf"))
-        selection = topk_per_row(dead_pre, min(self.aux_k, n_dead))
-        error_hat = decode_selection(selection, self.W_dec, None)
+        error_hat = embedding_decode(*topk_per_row(dead_pre, min(self.aux_k, n_dead)), self.W_dec)
         weight = self.aux_k_coefficient
         if x is not None and x.shape[0] > 1:
             with torch.no_grad():
@@ -167,3 +136,9 @@ def batch_variance(x: Tensor) -> Tensor:
     """Mean over the batch of ``||x - mean(x)||^2`` (accumulated in at least float32)."""
     x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     return (x - x.mean(0)).pow(2).sum(-1).mean()
+
+
+def scatter(support: Support, values: Tensor) -> Tensor:
+    """The dense ``[N, M]`` latents with ``values`` on ``support`` (differentiable in ``values``)."""
+    dense = values.new_zeros(support.shape[0] * support.shape[1])
+    return dense.index_put((support.flat,), values).view(support.shape)

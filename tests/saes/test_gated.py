@@ -43,9 +43,10 @@ def reference_terms(p, x, lam):
     }
 
 
-def test_loss_and_gradients_match_float64_rederivation():
+@pytest.mark.parametrize("decoder", ["auto", "sparse"])  # the fused step on both decoder paths
+def test_loss_and_gradients_match_float64_rederivation(decoder):
     sae, x = random_gated(), data()
-    out = sae(x)
+    out = sae(x, decoder=decoder)
     ours = out.losses["reconstruction"] + LAM * out.losses["sparsity"] + out.losses["auxiliary"]
     ours.backward()
 
@@ -59,10 +60,11 @@ def test_loss_and_gradients_match_float64_rederivation():
         torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_gradients_match_closed_forms():
+@pytest.mark.parametrize("decoder", ["auto", "sparse"])  # the fused step on both decoder paths
+def test_gradients_match_closed_forms(decoder):
     """Hand-derived gradients, independent of autograd."""
     sae, x = random_gated(seed=3), data(seed=4)
-    out = sae(x)
+    out = sae(x, decoder=decoder)
     (out.losses["reconstruction"] + LAM * out.losses["sparsity"] + out.losses["auxiliary"]).backward()
     with torch.no_grad():
         u = (x - sae.b_dec) @ sae.W_enc
@@ -83,9 +85,10 @@ def test_gradients_match_closed_forms():
         torch.testing.assert_close(getattr(sae, name).grad, value, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_auxiliary_term_never_trains_the_decoder():
+@pytest.mark.parametrize("decoder", ["auto", "sparse"])  # the fused step on both decoder paths
+def test_auxiliary_term_never_trains_the_decoder(decoder):
     sae, x = random_gated(), data()
-    sae(x).losses["auxiliary"].backward()
+    sae(x, decoder=decoder).losses["auxiliary"].backward()
     assert sae.W_dec.grad is None or torch.count_nonzero(sae.W_dec.grad) == 0
     # b_dec's only gradient from the auxiliary term comes through x_c = x - b_dec in the
     # encoder (not detached); through the frozen decoder bias it gets none.
@@ -98,13 +101,14 @@ def test_auxiliary_term_never_trains_the_decoder():
     torch.testing.assert_close(sae.b_dec.grad, through_encoder_only, rtol=1e-10, atol=1e-12)
 
 
-def test_gate_bias_gets_gradient_only_from_sparsity_and_auxiliary():
+@pytest.mark.parametrize("decoder", ["auto", "sparse"])  # the fused step on both decoder paths
+def test_gate_bias_gets_gradient_only_from_sparsity_and_auxiliary(decoder):
     sae, x = random_gated(), data()
-    sae(x).losses["reconstruction"].backward()
+    sae(x, decoder=decoder).losses["reconstruction"].backward()
     assert sae.b_gate.grad is None or torch.count_nonzero(sae.b_gate.grad) == 0
     for term in ("sparsity", "auxiliary"):
         sae.zero_grad()
-        sae(x).losses[term].backward()
+        sae(x, decoder=decoder).losses[term].backward()
         assert torch.count_nonzero(sae.b_gate.grad) > 0, term
 
 
@@ -136,11 +140,12 @@ def test_jumprelu_conversion_is_exact(dtype):
     assert (f_gated > 0).any() and (f_gated == 0).any()
 
 
-def test_decoder_rows_stay_unit_norm_under_projected_updates():
+@pytest.mark.parametrize("decoder", ["auto", "sparse"])  # the fused step on both decoder paths
+def test_decoder_rows_stay_unit_norm_under_projected_updates(decoder):
     sae, x = random_gated(), data()
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     for _ in range(20):
-        out = sae(x)
+        out = sae(x, decoder=decoder)
         opt.zero_grad()
         (out.losses["reconstruction"] + LAM * out.losses["sparsity"] + out.losses["auxiliary"]).backward()
         sae.remove_parallel_decoder_grad_()

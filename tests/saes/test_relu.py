@@ -1,11 +1,13 @@
 """The baseline (ReLU, L1) SAE against a float64 re-derivation."""
 
+import pytest
 import torch
 
 from sae_helpers import ReluSAE
 
 
-def test_forward_loss_and_gradients_match_rederivation():
+@pytest.mark.parametrize("decoder", ["auto", "sparse"])  # the fused step on both decoder paths
+def test_forward_loss_and_gradients_match_rederivation(decoder):
     gen = torch.Generator().manual_seed(0)
     sae = ReluSAE(10, 30, dtype=torch.float64).init_weights(gen)
     with torch.no_grad():
@@ -13,7 +15,7 @@ def test_forward_loss_and_gradients_match_rederivation():
         sae.b_dec.copy_(0.2 * torch.randn(10, generator=gen, dtype=torch.float64))
     x = torch.randn(50, 10, generator=gen, dtype=torch.float64)
     lam = 0.3
-    out = sae(x)
+    out = sae(x, decoder=decoder)
     (out.losses["reconstruction"] + lam * out.losses["sparsity"]).backward()
 
     p = {n: q.detach().clone().requires_grad_(True) for n, q in sae.named_parameters()}

@@ -5,22 +5,17 @@ width ``M`` once training has made them sparse. The decoder's three products the
 ``O(nnz * d)`` instead of the dense ``O(N * M * d)``:
 
 ========================  ==============================  ===================================
-product                   function                        kernel (fastest measured on CPU)
+product                   function                        kernel
 ========================  ==============================  ===================================
 ``S @ W``  ([N, d])       :func:`spmm`                    ``F.embedding_bag`` (CSR order)
 ``(G @ W^T)`` at support  :func:`sampled_mm`              ``torch.sparse.sampled_addmm``
 ``S^T @ G``  ([M, d])     :func:`spmm_t`                  ``F.embedding_bag`` (CSC order)
 ========================  ==============================  ===================================
 
-``S`` is the matrix with ``values`` on a :class:`Support` and zeros elsewhere. These
-won, on a 2-core AVX-512 CPU at N=4096, M=4608, d=576 and L0 16-1024, against
-``torch.sparse.mm`` on a CSR tensor (about 2x slower for both ``S @ W`` and ``S^T @ G``;
-``S^T`` as ``csr.t()`` 5-10x slower), gathering rows and ``bmm``/``vecdot``/``index_add_``
-in chunks (10-50x slower: they move ``[nnz, d]`` through memory) and ATen's embedding-bag
-backward kernels (as fast at L0=16, 1.5-2x slower from L0=256). None materialises more
-than ``[nnz]`` values; the column-major order for :func:`spmm_t` costs one stable sort of
-the ``nnz`` column indices (as int32), cached on the support. All three are memory-bound,
-about 15x slower per multiply-add than MKL's dense matmul, which sets the crossover.
+``S`` is the matrix with ``values`` on a :class:`Support` and zeros elsewhere. None of
+them materialises more than ``[nnz]`` values; the column-major order for :func:`spmm_t`
+costs one stable sort of the ``nnz`` column indices, cached on the support. How they were
+chosen, and the measured crossover with the dense decoder: ``bench/sparse_decoder.py``.
 
 API
 ---
@@ -28,31 +23,28 @@ API
     Where the nonzeros are (row-major, like CSR): ``Support.from_dense(t)``,
     ``Support.from_indices(indices, M)`` (fixed ``k`` per row: TopK) or
     ``Support.from_flat(flat, shape)``; ``support.gather(t)`` reads a dense ``[N, M]``
-    tensor at it, ``support.to_dense(values)`` scatters back.
+    tensor at it, ``support.to_dense(values)`` scatters back. The one sparse-latent type of
+    the package: TopK and BatchTopK selections are a support and its ``[nnz]`` values.
 :func:`spmm`, :func:`sampled_mm`, :func:`spmm_t`, :func:`column_sums`
     The kernels (no autograd; call them from hand-written backwards).
-:func:`sparse_decode` / :func:`decode_support`
+:func:`sparse_decode` / :func:`decode_support` / :func:`embedding_decode`
     ``x_hat = S @ W_dec + b_dec`` with autograd to the values, ``W_dec`` and ``b_dec``:
     ``sparse_decode(indices [..., k], values [..., k], W_dec, b_dec)`` for fixed-k
-    architectures, ``decode_support(support, values [nnz], W_dec, b_dec)`` for any support.
-:func:`decoder_path` / :func:`set_decoder_path` / :func:`get_decoder_path`
-    Whether the fused training steps (``ReluTrainingStep``, ``GatedTrainingStep``) use the
-    ``"dense"`` or the ``"sparse"`` decoder, or choose per batch (``"auto"``, the default:
-    sparse when the batch's density ``nnz / (N * M)`` is at most :data:`DENSITY_CROSSOVER`
-    and the problem is not tiny, :data:`MIN_SPARSE_MACS`).
-:class:`SupportCollector`
-    Used inside those steps: counts, and collects, the support block by block during their
-    row-blocked elementwise pass and makes the automatic choice.
-
-The choice is a process-wide setting (not thread-local); ``decoder_path`` restores the
-previous one on exit.
+    latents, ``decode_support(support, values [nnz], W_dec, b_dec)`` for any support (both
+    with the backward by :func:`sampled_mm` and :func:`spmm_t`), and
+    ``embedding_decode(support, values, W_dec, b_dec)`` with ATen's embedding-bag backward
+    (the TopK SAEs' decoder).
+:func:`use_sparse`, :class:`SupportCollector`
+    The decoder path of the fused training steps (:mod:`.relu`, :mod:`.gated`), passed per
+    call as ``decoder``: ``"dense"``, ``"sparse"`` or ``"auto"`` (sparse when the batch's
+    density ``nnz / (N * M)`` is at most :data:`DENSITY_CROSSOVER` and the problem is not
+    tiny, :data:`MIN_SPARSE_MACS`). The collector counts, and collects, the support block
+    by block during the steps' row-blocked elementwise pass and makes that choice.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -67,11 +59,10 @@ __all__ = [
     "Support",
     "SupportCollector",
     "column_sums",
+    "DECODER_PATHS",
     "decode_support",
-    "decoder_path",
-    "get_decoder_path",
+    "embedding_decode",
     "sampled_mm",
-    "set_decoder_path",
     "sparse_decode",
     "sparse_decode_and_error",
     "spmm",
@@ -94,55 +85,29 @@ DENSITY_CROSSOVER = 0.15
 #: 256, d_in 32).
 MIN_SPARSE_MACS = 1 << 22
 
+#: The values of the ``decoder`` argument of the fused training steps.
 DECODER_PATHS = ("auto", "dense", "sparse")
-_decoder_path = "auto"
 
 
-def get_decoder_path() -> str:
-    """The current decoder path setting: ``"auto"``, ``"dense"`` or ``"sparse"``."""
-    return _decoder_path
+def check_decoder_path(decoder: str) -> str:
+    """``decoder`` if it is one of :data:`DECODER_PATHS`, else a ``ValueError``."""
+    if decoder not in DECODER_PATHS:
+        raise ValueError(f"Unknown decoder path {decoder!r}: use one of {DECODER_PATHS}.")
+    return decoder
 
 
-def set_decoder_path(path: str) -> str:
-    """Set the decoder path of the fused training steps; returns the previous setting.
-
-    Parameters
-    ----------
-    path : ``"auto"`` (choose per batch by density), ``"dense"`` or ``"sparse"``.
-    """
-    global _decoder_path
-    if path not in DECODER_PATHS:
-        raise ValueError(f"Unknown decoder path {path!r}: use one of {DECODER_PATHS}.")
-    previous, _decoder_path = _decoder_path, path
-    return previous
-
-
-@contextmanager
-def decoder_path(path: str) -> Iterator[None]:
-    """Context manager: use decoder path ``path`` inside the ``with`` block.
-
-    Examples
-    --------
-    >>> with decoder_path("sparse"):
-    ...     loss = sum(sae(x).losses.values())   # doctest: +SKIP
-    """
-    previous = set_decoder_path(path)
-    try:
-        yield
-    finally:
-        set_decoder_path(previous)
-
-
-def use_sparse(nnz: int, shape: tuple[int, int], d: int, device: torch.device | str = "cpu") -> bool:
-    """Whether the current setting picks the sparse decoder for an ``[N, M] x [M, d]`` product
-    whose left factor has ``nnz`` nonzeros.
+def use_sparse(
+    nnz: int, shape: tuple[int, int], d: int, device: torch.device | str = "cpu", decoder: str = "auto"
+) -> bool:
+    """Whether decoder path ``decoder`` picks the sparse decoder for an ``[N, M] x [M, d]``
+    product whose left factor has ``nnz`` nonzeros.
 
     ``"auto"`` picks it on CPU when ``nnz <= DENSITY_CROSSOVER * N * M`` and
     ``N * M * d >= MIN_SPARSE_MACS``. On other devices ``"auto"`` stays dense (the
     crossover has only been measured on CPU); force ``"sparse"`` there to use it.
     """
-    if _decoder_path != "auto":
-        return _decoder_path == "sparse"
+    if check_decoder_path(decoder) != "auto":
+        return decoder == "sparse"
     return _auto_may_be_sparse(shape, d, device) and nnz <= DENSITY_CROSSOVER * shape[0] * shape[1]
 
 
@@ -401,10 +366,22 @@ def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor 
     return x_hat.reshape(*lead, W_dec.shape[1])
 
 
+def embedding_decode(support: Support, values: Tensor, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
+    """``x_hat = S @ W_dec (+ b_dec)`` for ``S`` with ``values [nnz]`` on ``support``, one
+    ``F.embedding_bag`` with autograd's own backward (the TopK SAEs' decoder).
+
+    The same values as :func:`decode_support`; the gradients come from ATen's
+    embedding-bag backward instead of :func:`sampled_mm` and :func:`spmm_t`.
+    """
+    out = F.embedding_bag(support.cols, W_dec, support.crow[:-1], mode="sum", per_sample_weights=values)
+    return out if b_dec is None else out + b_dec
+
+
 # ------------------------------------------------------------------------------ collection
 class SupportCollector:
-    """Chooses dense vs sparse for a row-blocked pass over ``t [N, M]`` (to be multiplied by
-    an ``[M, d]`` matrix) and collects the support.
+    """Chooses, by decoder path ``decoder`` (see :func:`use_sparse`), dense vs sparse for a
+    row-blocked pass over ``t [N, M]`` (to be multiplied by an ``[M, d]`` matrix) and collects
+    the support.
 
     Call :meth:`add` with each row block right after writing ``t[rows]`` (while it is in
     cache), then :meth:`finish`: the :class:`Support` of ``t`` (its nonzeros) when the
@@ -414,10 +391,10 @@ class SupportCollector:
     collected in :meth:`finish`. Under ``"dense"`` it does nothing.
     """
 
-    def __init__(self, t: Tensor, d: int) -> None:
+    def __init__(self, t: Tensor, d: int, decoder: str = "auto") -> None:
         self.t = t
         self.d = d  # the width of the matrix t multiplies
-        self.path = get_decoder_path()
+        self.path = check_decoder_path(decoder)
         if self.path == "auto" and not _auto_may_be_sparse(tuple(t.shape), d, t.device):
             self.path = "dense"  # see use_sparse
         self.pieces: list[Tensor] = []
@@ -450,7 +427,7 @@ class SupportCollector:
 
     def finish(self) -> Support | None:
         """The support if the sparse path is chosen, else ``None``."""
-        if not self.active or not use_sparse(self.nnz, tuple(self.t.shape), self.d, self.t.device):
+        if not self.active or not use_sparse(self.nnz, tuple(self.t.shape), self.d, self.t.device, self.path):
             return None
         n, m = self.t.shape
         if self.collected_rows < n:
@@ -464,7 +441,7 @@ class SupportCollector:
 def sparse_decode_and_error(
     support: Support, values: Tensor, W_dec: Tensor, b_dec: Tensor, x: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The sparse counterpart of :func:`~sae_helpers.saes.base.decode_and_error`:
+    """The sparse counterpart of :func:`~sae_helpers.kernels.blocks.decode_and_error`:
     ``(x_hat, x_hat - x, mean ||x - x_hat||^2)`` with ``x_hat = S @ W_dec + b_dec``."""
     x_hat = spmm(support, values, W_dec).add_(b_dec)
     error = x_hat - x

@@ -1,10 +1,11 @@
-"""The prefiltered BatchTopK selection selects exactly what the one-``topk`` reference selects."""
+"""The prefiltered BatchTopK selection (sae_helpers.kernels.topk) selects exactly what the one-``topk``
+reference selects."""
 
 import pytest
 import torch
 
-from sae_helpers.saes import batchtopk
-from sae_helpers.saes.batchtopk import batch_topk, batch_topk_reference
+from sae_helpers.kernels import topk as batchtopk
+from sae_helpers.kernels.topk import batch_topk, batch_topk_reference
 
 
 def _pre(n, m, skew, seed, dtype=torch.float32):
@@ -17,8 +18,13 @@ def _pre(n, m, skew, seed, dtype=torch.float32):
     return (noise + rows + cols).to(dtype)
 
 
+def _fields(selection):
+    support, values = selection
+    return support.rows, support.cols, support.crow, values
+
+
 def _same(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    return all(torch.equal(x, y) for x, y in zip(_fields(a), _fields(b), strict=True))
 
 
 @pytest.mark.parametrize(("n", "m", "k"), [(1024, 2304, 4), (512, 4608, 32), (300, 1000, 7)])
@@ -28,17 +34,18 @@ def test_prefiltered_selection_equals_the_reference(n, m, k, skew):
     assert pre.numel() >= 4 * batchtopk.PREFILTER_SAMPLE  # the prefilter path is the one under test
     fast, ref = batch_topk(pre, k), batch_topk_reference(pre, k)
     assert _same(fast, ref)
-    assert len(fast.values) == k * n
+    assert len(fast[1]) == k * n
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_prefiltered_selection_in_other_dtypes(dtype):
     pre = _pre(1024, 1024, 0.3, seed=1, dtype=dtype)
-    fast, ref = batch_topk(pre, 8), batch_topk_reference(pre, 8)
+    (fast_support, fast_values), (_, ref_values) = fast, ref = batch_topk(pre, 8), batch_topk_reference(pre, 8)
     # bfloat16 has many exact ties: the same multiset of values, each entry >= the K-th value.
-    assert torch.equal(fast.values.sort().values, ref.values.sort().values)
-    assert torch.equal(fast.offsets[1:] >= fast.offsets[:-1], torch.ones(1023, dtype=torch.bool))
-    assert torch.equal(pre[fast.rows, fast.cols].relu(), fast.values)
+    assert torch.equal(fast_values.sort().values, ref_values.sort().values)
+    offsets = fast_support.crow[:-1]
+    assert torch.equal(offsets[1:] >= offsets[:-1], torch.ones(1023, dtype=torch.bool))
+    assert torch.equal(pre[fast_support.rows, fast_support.cols].relu(), fast_values)
     if dtype == torch.float64:
         assert _same(fast, ref)
 
@@ -47,9 +54,9 @@ def test_exact_ties_at_the_boundary_give_the_same_values():
     pre = torch.zeros(512, 1024)
     pre[:, :3] = 1.0  # 3 per row above a huge tie at 0.5: K = 4 * 512 cuts through the tie
     pre[:, 3:10] = 0.5
-    fast, ref = batch_topk(pre, 4), batch_topk_reference(pre, 4)
-    assert torch.equal(fast.values.sort().values, ref.values.sort().values)
-    assert int((fast.values == 1.0).sum()) == 3 * 512
+    (_, fast_values), (_, ref_values) = batch_topk(pre, 4), batch_topk_reference(pre, 4)
+    assert torch.equal(fast_values.sort().values, ref_values.sort().values)
+    assert int((fast_values == 1.0).sum()) == 3 * 512
 
 
 def test_gradients_equal_the_reference():
@@ -58,7 +65,7 @@ def test_gradients_equal_the_reference():
     grads = []
     for fn in (batch_topk, batch_topk_reference):
         pre.grad = None
-        (fn(pre, 4).values * weights).sum().backward()
+        (fn(pre, 4)[1] * weights).sum().backward()
         grads.append(pre.grad.clone())
     assert torch.equal(*grads)
 
