@@ -6,10 +6,14 @@ separate pass over memory and allocates a fresh ``[batch, d_sae]`` result for mo
 (on CPU every allocation above glibc's 32 MiB mmap limit is page-faulted in anew, which
 costs several plain passes). The fused steps (:mod:`.relu`, :mod:`.gated`) instead write
 into a few buffers, reuse them for the gradients, and do the elementwise work in row
-blocks small enough to stay in cache (:func:`row_blocks`, :func:`block_buffer`).
+blocks small enough to stay in cache (:func:`row_blocks`, :func:`block_buffer`), on one
+thread (:func:`single_threaded`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -31,6 +35,31 @@ def row_blocks(t: Tensor) -> list[slice]:
         return [slice(0, n)]
     rows = max(1, CPU_BLOCK_BYTES // max(1, t.shape[1] * t.element_size()))
     return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
+@contextmanager
+def single_threaded(t: Tensor) -> Iterator[None]:
+    """Run the torch ops inside the block on one thread when ``t`` is on the CPU.
+
+    The row-blocked passes are dozens of short ops per step. With several threads each op
+    is an OpenMP parallel region that ends at a barrier, and when other processes share
+    the cores (a browser, a second notebook, CI jobs) the OS pauses some thread of ours in
+    most of them: every barrier then waits up to a scheduler time slice, and a Gated step
+    took 4.5x as long beside a 2-thread load as alone, where plain matmuls took 1.2x
+    (issue 18; ``bench/contention.py``). On one thread the passes have no barriers; the
+    matmuls between them keep every thread. Restores the previous thread count on exit.
+    The setting is process-wide (``torch.set_num_threads``): ops that other Python threads
+    run meanwhile are single-threaded too.
+    """
+    threads = torch.get_num_threads()
+    if t.device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def block_buffer(t: Tensor, blocks: list[slice]) -> Tensor:

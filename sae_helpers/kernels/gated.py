@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .blocks import accumulator_dtype, block_buffer, decode_and_error, reconstruction_grad, row_blocks
+from .blocks import (
+    accumulator_dtype,
+    block_buffer,
+    decode_and_error,
+    reconstruction_grad,
+    row_blocks,
+    single_threaded,
+)
 from .sparse import SupportCollector, column_sums, sampled_mm, sparse_decode_and_error, spmm, spmm_t
 
 
@@ -73,13 +80,14 @@ class GatedTrainingStep(torch.autograd.Function):
         blocks = row_blocks(u)
         mask = block_buffer(u, blocks)
         collector = SupportCollector(gate, W_dec.shape[1], decoder)  # the open gates: ReLU(pi_gate) > 0
-        for rows in blocks:
-            u_r, f_r, a_r, m_r = u[rows], latents[rows], gate[rows], mask[: rows.stop - rows.start]
-            torch.add(u_r, b_gate, out=a_r)  # pi_gate
-            torch.mul(u_r, scale, out=f_r).add_(b_mag)  # pi_mag
-            f_r.relu_().mul_(torch.gt(a_r, 0, out=m_r))  # 1[pi_gate > 0] ReLU(pi_mag)
-            torch.sum(a_r.relu_(), dim=-1, out=row_sparsity[rows])
-            collector.add(rows, mask=m_r)
+        with single_threaded(u):
+            for rows in blocks:
+                u_r, f_r, a_r, m_r = u[rows], latents[rows], gate[rows], mask[: rows.stop - rows.start]
+                torch.add(u_r, b_gate, out=a_r)  # pi_gate
+                torch.mul(u_r, scale, out=f_r).add_(b_mag)  # pi_mag
+                f_r.relu_().mul_(torch.gt(a_r, 0, out=m_r))  # 1[pi_gate > 0] ReLU(pi_mag)
+                torch.sum(a_r.relu_(), dim=-1, out=row_sparsity[rows])
+                collector.add(rows, mask=m_r)
         ctx.support = support = collector.finish()
         ctx.set_materialize_grads(False)
         if support is not None:
@@ -131,17 +139,18 @@ class GatedTrainingStep(torch.autograd.Function):
         sum_gate, sum_mag, sum_mag_u = (torch.zeros(u.shape[1], **acc) for _ in range(3))
         blocks = row_blocks(u)
         tmp = block_buffer(u, blocks)
-        for rows in blocks:
-            u_r, g_r, t_r = u[rows], grad_u[rows], tmp[: rows.stop - rows.start]
-            if sparsity_grad is not None:
-                g_r.add_(sparsity_grad)
-            g_r.mul_(torch.add(u_r, b_gate, out=t_r).gt_(0))  # g_gate: the forward's 1[pi_gate > 0]
-            sum_gate += g_r.sum(0, dtype=acc["dtype"])
-            if grad_f is not None:
-                g_mag = grad_f[rows].mul_(torch.gt(latents[rows], 0, out=t_r))  # 1[f > 0] g_f
-                sum_mag += g_mag.sum(0, dtype=acc["dtype"])
-                sum_mag_u += torch.mul(g_mag, u_r, out=t_r).sum(0, dtype=acc["dtype"])
-                g_r.addcmul_(g_mag, scale)  # dL/du = g_gate + s g_mag
+        with single_threaded(u):
+            for rows in blocks:
+                u_r, g_r, t_r = u[rows], grad_u[rows], tmp[: rows.stop - rows.start]
+                if sparsity_grad is not None:
+                    g_r.add_(sparsity_grad)
+                g_r.mul_(torch.add(u_r, b_gate, out=t_r).gt_(0))  # g_gate: the forward's 1[pi_gate > 0]
+                sum_gate += g_r.sum(0, dtype=acc["dtype"])
+                if grad_f is not None:
+                    g_mag = grad_f[rows].mul_(torch.gt(latents[rows], 0, out=t_r))  # 1[f > 0] g_f
+                    sum_mag += g_mag.sum(0, dtype=acc["dtype"])
+                    sum_mag_u += torch.mul(g_mag, u_r, out=t_r).sum(0, dtype=acc["dtype"])
+                    g_r.addcmul_(g_mag, scale)  # dL/du = g_gate + s g_mag
 
         needs = ctx.needs_input_grad
         grad_x = None

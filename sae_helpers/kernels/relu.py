@@ -13,7 +13,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .blocks import accumulator_dtype, block_buffer, decode_and_error, reconstruction_grad, row_blocks
+from .blocks import (
+    accumulator_dtype,
+    block_buffer,
+    decode_and_error,
+    reconstruction_grad,
+    row_blocks,
+    single_threaded,
+)
 from .sparse import SupportCollector, column_sums, sampled_mm, sparse_decode_and_error, spmm, spmm_t
 
 
@@ -50,9 +57,10 @@ class ReluTrainingStep(torch.autograd.Function):
         latents = u
         row_sparsity = u.new_empty(u.shape[0])
         collector = SupportCollector(latents, W_dec.shape[1], decoder)
-        for rows in row_blocks(u):
-            torch.sum(latents[rows].add_(b_enc).relu_(), dim=-1, out=row_sparsity[rows])
-            collector.add(rows)
+        with single_threaded(u):
+            for rows in row_blocks(u):
+                torch.sum(latents[rows].add_(b_enc).relu_(), dim=-1, out=row_sparsity[rows])
+                collector.add(rows)
         ctx.mark_dirty(u)
         ctx.support = support = collector.finish()
         if support is None:
@@ -91,12 +99,13 @@ class ReluTrainingStep(torch.autograd.Function):
         sum_pre = torch.zeros(latents.shape[1], dtype=accumulator_dtype(latents.dtype), device=latents.device)
         blocks = row_blocks(latents)
         mask = block_buffer(latents, blocks)
-        for rows in blocks:
-            g_r = grad_u[rows]
-            if sparsity_grad is not None:
-                g_r.add_(sparsity_grad)
-            g_r.mul_(torch.gt(latents[rows], 0, out=mask[: rows.stop - rows.start]))
-            sum_pre += g_r.sum(0, dtype=sum_pre.dtype)
+        with single_threaded(latents):
+            for rows in blocks:
+                g_r = grad_u[rows]
+                if sparsity_grad is not None:
+                    g_r.add_(sparsity_grad)
+                g_r.mul_(torch.gt(latents[rows], 0, out=mask[: rows.stop - rows.start]))
+                sum_pre += g_r.sum(0, dtype=sum_pre.dtype)
 
         needs = ctx.needs_input_grad
         return (
