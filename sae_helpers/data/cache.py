@@ -37,9 +37,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .._dtypes import dtype_name, resolve_dtype
 from .._io import atomic_write, atomic_write_json, read_json, sha256_file
 from .._progress import tqdm
-from ..saes.base import dtype_name, resolve_dtype
 
 MANIFEST = "manifest.json"
 FORMAT = "sae_helpers.activation_cache/1"
