@@ -525,6 +525,14 @@ class CacheSource:
         digest = hashlib.sha256(json.dumps([self.d, self.dtype, shards]).encode()).hexdigest()
         return f"cache of {self.n} rows, shards-sha256 {digest[:16]}"
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The manifest's model, site and context size as an SAE records them (``model_name``,
+        ``hook_name``, ``context_size``; those the manifest leaves empty are left out)."""
+        known = {"model_name": self.manifest.get("model"), "hook_name": self.manifest.get("hook_name"),
+                 "context_size": self.manifest.get("context_size")}
+        return {key: value for key, value in known.items() if value is not None}
+
     # ------------------------------------------------------------------ shards
     def load_shard(self, index: int) -> dict[str, Tensor]:
         """One shard's tensors, its checksum verified (once per process)."""
