@@ -3,8 +3,11 @@
 A directory holds ``cfg.json`` (``architecture``, ``d_in``, ``d_sae``, ``dtype``,
 ``apply_b_dec_to_input``, ``normalize_activations``, ``metadata`` ...) and
 ``sae_weights.safetensors`` with SAELens's parameter names and shapes. Anything
-else we record (training configuration, log, results) lives in separate JSON files
-beside them, which SAELens ignores.
+else we record lives in separate JSON files beside them, which SAELens ignores: the
+SAE's :class:`~sae_helpers.saes.Provenance` as ``training_config.json`` and
+``training_log.json`` (read back by :func:`load_sae`), results, notes.
+
+This module alone reads and writes SAE directories; ``SAE.save`` calls :func:`save_sae`.
 """
 
 from __future__ import annotations
@@ -13,18 +16,25 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ._dtypes import dtype_name, resolve_dtype
 from ._io import atomic_replace_dir, read_json, recover_dir
-from .saes.base import SAE, dtype_name, resolve_dtype
+from .saes.provenance import Provenance
 from .saes.registry import from_saelens_architecture
+
+if TYPE_CHECKING:
+    from .saes.base import SAE
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
+#: The files of an SAE's :class:`Provenance`: its training configuration and its training log.
+TRAINING_CONFIG_FILENAME = "training_config.json"
+TRAINING_LOG_FILENAME = "training_log.json"
 
 
 def sae_config_dict(sae: SAE) -> dict[str, Any]:
@@ -49,7 +59,7 @@ def sae_config_dict(sae: SAE) -> dict[str, Any]:
 
 
 #: Files that belong to the SAE a directory holds; replaced (or dropped) when another SAE is saved there.
-SAE_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, "training_config.json", "training_log.json")
+SAE_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, TRAINING_CONFIG_FILENAME, TRAINING_LOG_FILENAME)
 
 
 def _json_text(obj: Any, file: str) -> str:
@@ -65,9 +75,10 @@ def _json_text(obj: Any, file: str) -> str:
 def save_sae(sae: SAE, path: str | os.PathLike, **extra_json: Any) -> Path:
     """Write ``sae`` to directory ``path`` (created if needed), atomically as a whole.
 
-    ``extra_json`` entries become ``NAME.json`` files beside the SAE files; an SAE
-    returned by ``train_sae`` also writes ``training_config.json`` and
-    ``training_log.json``. Everything is serialised first (a non-JSON value raises
+    ``extra_json`` entries become ``NAME.json`` files beside the SAE files. The SAE's
+    :attr:`~sae_helpers.saes.SAE.provenance` (set by ``train_sae``) is written as
+    ``training_config.json`` and ``training_log.json`` (an entry of ``extra_json`` of that
+    name wins), which :func:`load_sae` reads back. Everything is serialised first (a non-JSON value raises
     before anything is touched), written to a temporary sibling directory and swapped
     in, so a crash leaves the old SAE or the new one, never a mix. Other files already
     in ``path`` are kept.
@@ -76,9 +87,10 @@ def save_sae(sae: SAE, path: str | os.PathLike, **extra_json: Any) -> Path:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"Cannot save an SAE to {path}: it exists and is not a directory.")
     sae = sae.for_inference()  # e.g. a BatchTopK SAE saves as the JumpReLU SAE it is at inference
-    for attribute in ("training_config", "training_log"):
-        if hasattr(sae, attribute) and attribute not in extra_json:
-            extra_json[attribute] = getattr(sae, attribute)
+    if sae.provenance is not None:
+        if sae.provenance.config is not None:
+            extra_json.setdefault("training_config", sae.provenance.config)
+        extra_json.setdefault("training_log", sae.provenance.log)
     texts = {CFG_FILENAME: _json_text(sae_config_dict(sae), f"{path / CFG_FILENAME} (metadata)")}
     for name, obj in extra_json.items():
         if not name or name != Path(name).name or f"{name}.json" == CFG_FILENAME:
@@ -175,7 +187,27 @@ def load_sae(
     with torch.no_grad():
         for name, param in sae.named_parameters():
             param.copy_(tensors[name])
+    sae.provenance = read_provenance(path)
     return sae
+
+
+def read_provenance(path: str | os.PathLike) -> Provenance | None:
+    """The :class:`Provenance` saved in SAE directory ``path`` (``training_config.json``,
+    ``training_log.json``); ``None`` when it holds neither (an SAE saved without one, or by SAELens)."""
+    path = Path(path)
+    config_path, log_path = path / TRAINING_CONFIG_FILENAME, path / TRAINING_LOG_FILENAME
+    if not config_path.is_file() and not log_path.is_file():
+        return None
+    config = read_json(config_path, what="Training config") if config_path.is_file() else None
+    try:
+        log = json.loads(log_path.read_text()) if log_path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"Training log {log_path} is not valid JSON ({err}). Delete it, or save the SAE "
+                         "again.") from err
+    if not isinstance(log, list) or not all(isinstance(record, dict) for record in log):
+        raise ValueError(f"Training log {log_path} must be a JSON list of objects (one per logging step). "
+                         "Delete it, or save the SAE again.")
+    return Provenance(config, log)
 
 
 def _check_weights_header(weights_path: Path, expected: dict[str, tuple[int, ...]], cfg: dict[str, Any]) -> None:

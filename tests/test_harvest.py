@@ -54,6 +54,19 @@ def test_trained_sae_splices_into_the_model(tmp_path):
     assert result["kl"] >= 0
 
 
+def test_an_sae_trained_on_a_cache_knows_its_site_and_splices_without_metadata(tmp_path):
+    """``train_sae(cache_dir, ...)`` then ``splice_eval(model, sae)``: the cache's manifest gives the SAE
+    its model, hook and context size (this failed with "The SAE's metadata has no 'hook_name'")."""
+    model = tiny_model(seed=0)
+    cache = harvest(model, "blocks.0.hook_resid_post", 600, tmp_path / "c", dataset=tiny_corpus(), context_size=16,
+                    progress=False)
+    sae = train_sae(cache, "relu", 16, 0.01, 5, batch_size=64, progress=False, init_sample_size=200)
+    assert sae.metadata == {"model_name": model.model_name, "hook_name": "blocks.0.hook_resid_post",
+                            "context_size": 16}
+    result = splice_eval(model, sae, n_tokens=64, progress=False)
+    assert result["n_predictions"] >= 64
+
+
 # ---------------------------------------------------------------- several sites, one forward pass
 SHALLOW, ATTN, DEEP = "blocks.0.hook_resid_post", "blocks.0.attn.hook_z", "blocks.1.hook_mlp_out"
 SMALL = {"context_size": 16, "batch_size": 4, "shard_tokens": 64, "progress": False}  # 60 rows per batch

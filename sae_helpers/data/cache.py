@@ -37,9 +37,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .._dtypes import dtype_name, resolve_dtype
 from .._io import atomic_write, atomic_write_json, read_json, sha256_file
 from .._progress import tqdm
-from ..saes.base import dtype_name, resolve_dtype
 
 MANIFEST = "manifest.json"
 FORMAT = "sae_helpers.activation_cache/1"
@@ -524,6 +524,14 @@ class CacheSource:
         shards = [(s["path"], s["sha256"], int(s["n_tokens"])) for s in self.shards]
         digest = hashlib.sha256(json.dumps([self.d, self.dtype, shards]).encode()).hexdigest()
         return f"cache of {self.n} rows, shards-sha256 {digest[:16]}"
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The manifest's model, site and context size as an SAE records them (``model_name``,
+        ``hook_name``, ``context_size``; those the manifest leaves empty are left out)."""
+        known = {"model_name": self.manifest.get("model"), "hook_name": self.manifest.get("hook_name"),
+                 "context_size": self.manifest.get("context_size")}
+        return {key: value for key, value in known.items() if value is not None}
 
     # ------------------------------------------------------------------ shards
     def load_shard(self, index: int) -> dict[str, Tensor]:

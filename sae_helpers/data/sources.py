@@ -13,7 +13,11 @@ iterable of ``[batch, d]`` tensors. Every source gives
 * ``sample(n, seed)``: a few rows to initialise ``b_dec`` and the activation scale;
 * ``fingerprint()``: a short string that identifies the data (cheap: a cache's shard
   checksums, a tensor's shape and a hash of a sample of its rows), stored in training
-  checkpoints so that a run is never resumed on other data.
+  checkpoints so that a run is never resumed on other data;
+* ``metadata``: what the data says about where it comes from, in the keys of an SAE's
+  ``metadata`` (``model_name``, ``hook_name``, ``context_size``): a cache's manifest
+  knows them, a tensor, file or iterable does not (``{}``). Training puts them into
+  the SAE's metadata, so an SAE trained on a cache knows its site.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import struct
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -45,6 +49,9 @@ _SAFETENSORS_TORCH_DTYPES = {
 class ActivationSource(Protocol):
     d: int
     description: str
+
+    @property
+    def metadata(self) -> dict[str, Any]: ...
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Tensor]: ...
 
@@ -127,6 +134,11 @@ class TensorSource:
 
     def fingerprint(self) -> str:
         return rows_fingerprint(self.x)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Nothing is known about where the rows come from."""
+        return {}
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Tensor]:
         position = start_step * batch_size  # index into the endless concatenation of epochs
@@ -266,6 +278,11 @@ class IterableSource:
         """Width and a hash of a sample of the first tensor's rows (the only cheap part to read)."""
         first = self._head[0] if self.one_shot and self._head else next(iter(self.iterable))
         return f"iterable, first item {rows_fingerprint(first)}"
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Nothing is known about where the rows come from."""
+        return {}
 
     def _raw(self) -> Iterator[Tensor]:
         if self.one_shot:

@@ -79,7 +79,7 @@ def loss_plateau(
 
 
 def _near_initial_fraction(sae: SAE, near_initial_cosine: float) -> float:
-    if not getattr(sae, "training_config", None):
+    if not sae.training_config:
         return math.nan
     return float((decoder_drift(sae) > near_initial_cosine).double().mean())
 
@@ -112,7 +112,7 @@ def training_health(
     """
     if evaluation is None and eval_activations is not None:
         evaluation = evaluate(sae, eval_activations)
-    log = getattr(sae, "training_log", None) or []
+    log = sae.training_log or []
     health: dict[str, Any] = {
         "near_initial_fraction": _near_initial_fraction(sae, near_initial_cosine),
         "dead_fraction": math.nan if evaluation is None else float(evaluation["dead_fraction"]),

@@ -159,7 +159,7 @@ def load_model(
         ``model_name`` in an SAE's metadata (``load_model(sae.metadata["model_name"])``
         gives the same model back).
     """
-    from ..saes.base import resolve_dtype
+    from .._dtypes import resolve_dtype
 
     torch_dtype = resolve_dtype(dtype)
     device = torch.device(device) if device is not None else _default_device()

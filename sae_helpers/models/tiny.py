@@ -114,7 +114,7 @@ def tiny_model(
         On the CPU in eval mode, with ``model.model_name == "tiny-llama-seed<seed>"`` and
         the vocabulary of :func:`tiny_tokenizer` (``model.tokenizer``; ``<bos>`` is id 1).
     """
-    from ..saes.base import resolve_dtype
+    from .._dtypes import resolve_dtype
     from .loading import wrap_hf_model
 
     hf_model, tokenizer = tiny_hf_model(

@@ -4,6 +4,7 @@ from .base import SAE, SAEOutput
 from .batchtopk import BatchTopKSAE
 from .gated import GatedSAE
 from .jumprelu import JumpReluSAE, JumpReluTrainingSAE
+from .provenance import Provenance
 from .registry import architectures, create_sae, from_saelens_architecture, get_sae_class
 from .relu import ReluSAE
 from .topk import TopKSAE
@@ -15,6 +16,7 @@ __all__ = [
     "GatedSAE",
     "JumpReluSAE",
     "JumpReluTrainingSAE",
+    "Provenance",
     "ReluSAE",
     "TopKSAE",
     "architectures",

@@ -56,27 +56,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Turn ``"float32"`` (or a ``torch.dtype``) into a ``torch.dtype``, with a clear error."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(DTYPES)}.")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The short name (``"float32"``) of a torch dtype."""
-    return str(dtype).removeprefix("torch.")
+from .._dtypes import resolve_dtype
+from .provenance import Provenance
 
 
 class SAEOutput(NamedTuple):
@@ -136,6 +117,8 @@ class SAE(nn.Module, ABC):
         self.d_in = d_in
         self.d_sae = d_sae
         self.metadata: dict[str, Any] = dict(metadata or {})
+        #: How it was trained (set by training, kept by conversions, saved and loaded); ``None``: unknown.
+        self.provenance: Provenance | None = None
         factory = {"dtype": resolve_dtype(dtype), "device": device}
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **factory))
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **factory))
@@ -269,13 +252,33 @@ class SAE(nn.Module, ABC):
         extra = "".join(f", {k}={v!r}" for k, v in self.hyperparameter_values().items())
         return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}{extra}"
 
+    # ----------------------------------------------------------------- provenance
+    @property
+    def training_config(self) -> dict[str, Any] | None:
+        """The training configuration of :attr:`provenance` (a ``TrainConfig`` dict), ``None`` when unknown."""
+        return None if self.provenance is None else self.provenance.config
+
+    @training_config.setter
+    def training_config(self, config: dict[str, Any] | None) -> None:
+        self.provenance = Provenance(config, [] if self.provenance is None else self.provenance.log)
+
+    @property
+    def training_log(self) -> list[dict[str, Any]] | None:
+        """The training log of :attr:`provenance` (one dict per logging step), ``None`` when unknown."""
+        return None if self.provenance is None else self.provenance.log
+
+    @training_log.setter
+    def training_log(self, log: list[dict[str, Any]]) -> None:
+        self.provenance = Provenance(None if self.provenance is None else self.provenance.config, list(log))
+
     # ----------------------------------------------------------------- persistence
     def save(self, path: str, **extra_json: Any) -> str:
-        """Save in the SAELens v6 layout (``cfg.json`` + ``sae_weights.safetensors``).
+        """Save in the SAELens v6 layout (``cfg.json`` + ``sae_weights.safetensors``) with
+        :func:`sae_helpers.formats.save_sae`, which also writes the :attr:`provenance`.
 
         Keyword arguments are written as further JSON files beside them, e.g.
-        ``sae.save(path, training_config={...})`` writes ``training_config.json``.
+        ``sae.save(path, notes={...})`` writes ``notes.json``.
         """
-        from ..formats import save_sae
+        from ..formats import save_sae  # formats imports the SAE classes, not the other way round
 
         return str(save_sae(self, path, **extra_json))

@@ -100,6 +100,7 @@ class GatedSAE(SAE):
         out = JumpReluSAE(
             self.d_in, self.d_sae, dtype=self.dtype, device=self.device, metadata=self.metadata
         )
+        out.provenance = self.provenance
         out.W_enc.copy_(self.W_enc * scale)
         out.b_enc.copy_(self.b_mag)
         out.threshold.copy_(self.b_mag - scale * self.b_gate)

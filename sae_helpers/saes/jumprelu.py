@@ -194,7 +194,5 @@ class JumpReluTrainingSAE(JumpReluSAE):
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(out, name).copy_(getattr(self, name))
         out.threshold.copy_(self.threshold)
-        for attribute in ("training_config", "training_log"):
-            if hasattr(self, attribute):
-                setattr(out, attribute, getattr(self, attribute))
+        out.provenance = self.provenance
         return out

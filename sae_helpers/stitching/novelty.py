@@ -156,7 +156,7 @@ def cosine_nulls(small: SAE, large: SAE, seed: int = 0, block: int = 2048) -> di
     random_small = torch.randn(small.d_sae, small.d_in, generator=generator, dtype=torch.float64)
     out = {"trained": decoder_match(large, small, block).max_cos.numpy(),
            "random": max_cosine_similarity(random_large, random_small, block).numpy()}
-    if getattr(small, "training_config", None) and getattr(large, "training_config", None):
+    if small.training_config and large.training_config:
         out["initial"] = max_cosine_similarity(initial_decoder(large), initial_decoder(small), block).numpy()
     return out
 
@@ -164,7 +164,7 @@ def cosine_nulls(small: SAE, large: SAE, seed: int = 0, block: int = 2048) -> di
 def trained_latents(sae: SAE, near_initial_cosine: float = NEAR_INITIAL_COSINE) -> np.ndarray | None:
     """Per latent, whether its decoder row left its initial direction (cosine to it at most
     ``near_initial_cosine``, as in the health checks); ``None`` without a ``training_config``."""
-    if not getattr(sae, "training_config", None):
+    if not sae.training_config:
         return None
     return (decoder_drift(sae) <= near_initial_cosine).numpy()
 

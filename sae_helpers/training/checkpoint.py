@@ -23,6 +23,9 @@ from .._io import atomic_replace_dir, clean_stale, read_json, recover_dir
 CHECKPOINT_SUBDIR = "checkpoint"
 STATE_FILE = "state.safetensors"
 TRAINER_FILE = "trainer.json"
+#: Beside ``checkpoint/`` in a run directory: the training log so far, and the final SAE once finished.
+LOG_FILE = "training_log.json"
+SAE_SUBDIR = "sae"
 
 
 def write_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
@@ -47,9 +50,9 @@ def clean_checkpoint_dir(directory: str | Path) -> None:
     ``.training_log.json.*.tmp``). Called when a run starts or resumes."""
     directory = Path(directory)
     clean_stale(directory / CHECKPOINT_SUBDIR)
-    clean_stale(directory / "sae")  # the final SAE is swapped in the same way
+    clean_stale(directory / SAE_SUBDIR)  # the final SAE is swapped in the same way
     if directory.is_dir():
-        for tmp in directory.glob(".training_log.json.*.tmp"):
+        for tmp in directory.glob(f".{LOG_FILE}.*.tmp"):
             tmp.unlink()
 
 

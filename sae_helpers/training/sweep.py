@@ -4,13 +4,13 @@
 coefficients, widths and architectures costs one read of the activations (one
 harvest, one pass over the cache) instead of one per SAE. Each run keeps its own
 checkpoint; a rerun of the same sweep skips finished runs and resumes the others.
+The lifecycle of the runs (open, checkpoint, finish) is :func:`~.trainer.train_runs`,
+shared with ``train_sae``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,20 +18,11 @@ from typing import Any, NamedTuple
 import pandas as pd
 import torch
 
-from .._io import atomic_write, atomic_write_json, read_json, recover_dir
-from ..data.sources import as_source, data_fingerprint
-from ..formats import load_sae
+from .._io import atomic_write
+from ..data.sources import as_source
 from ..saes.base import SAE
-from .checkpoint import (
-    CHECKPOINT_SUBDIR,
-    TRAINER_FILE,
-    clean_checkpoint_dir,
-    has_checkpoint,
-    read_checkpoint,
-    write_checkpoint,
-)
 from .config import TrainConfig
-from .trainer import TrainingRun, check_same_data, drive, resolve_device
+from .trainer import resolve_device, train_runs
 
 
 class SweepResult(NamedTuple):
@@ -71,26 +62,6 @@ def family_configs(widths: Sequence[int], *, seed: int = 0, **options: Any) -> l
     return [{**options, "width": int(w), "seed": seed + FAMILY_SEED_STRIDE * i} for i, w in enumerate(widths)]
 
 
-def _finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: list[Path]) -> SAE | None:
-    """The run's saved SAE if it is finished with ``cfg``, after checking it was trained on ``data``
-    (runs written before data fingerprints are appended to ``unchecked``)."""
-    sae_dir = recover_dir(run_dir / "sae")
-    config_file = sae_dir / "training_config.json"
-    if not config_file.is_file() or read_json(config_file, what="Training config") != cfg.to_dict():
-        return None
-    trainer_file = recover_dir(run_dir / CHECKPOINT_SUBDIR) / TRAINER_FILE
-    info = read_json(trainer_file, what="Checkpoint file") if trainer_file.is_file() else {}
-    if not check_same_data(info, data, f"finished run in {run_dir}", warn=False):
-        unchecked.append(run_dir)
-        if data is not None and trainer_file.is_file():  # trusted on first use, as a resumed old checkpoint is
-            atomic_write_json(trainer_file, {**info, "data": data})
-    sae = load_sae(sae_dir)
-    sae.training_config = cfg.to_dict()  # type: ignore[attr-defined]
-    log_file = sae_dir / "training_log.json"
-    sae.training_log = json.loads(log_file.read_text()) if log_file.is_file() else []  # type: ignore[attr-defined]
-    return sae
-
-
 def train_saes(
     activations,
     configs: Sequence[TrainConfig | dict[str, Any]],
@@ -122,7 +93,10 @@ def train_saes(
         (training health from the decoder and the training log) either way.
     results_csv : where to write the results table (atomically).
     data_seed : seed of the data order; default the first configuration's ``seed``. With
-        equal seeds, each SAE equals :func:`train_sae` run alone on the same data.
+        equal seeds, each SAE equals :func:`train_sae` run alone on the same data (both go
+        through :func:`~sae_helpers.training.trainer.train_runs`, and a run directory holds the
+        same files either way).
+    device, metadata, progress, checkpoint_every : as for :func:`train_sae`.
     """
     from ..evaluation.health import training_health
     from ..evaluation.metrics import evaluate
@@ -137,54 +111,13 @@ def train_saes(
     source = as_source(activations)
     root = Path(out_dir) if out_dir is not None else None
     data_seed = cfgs[0].seed if data_seed is None else data_seed
-
-    data = data_fingerprint(source) if root is not None else None
-    unchecked: list[Path] = []
-    saes: list[SAE | None] = [None] * len(cfgs)
-    runs: list[TrainingRun] = []
-    run_slots: list[int] = []
-    for i, (cfg, name) in enumerate(zip(cfgs, names, strict=True)):
-        run_dir = root / name if root is not None else None
-        if run_dir is not None and (done := _finished_sae(run_dir, cfg, data, unchecked)) is not None:
-            saes[i] = done
-            continue
-        if run_dir is not None:
-            clean_checkpoint_dir(run_dir)
-        if run_dir is not None and has_checkpoint(run_dir):
-            tensors, info = read_checkpoint(run_dir)
-            run = TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}",
-                                      data=data)
-        else:
-            run = TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data)
-        runs.append(run)
-        run_slots.append(i)
-
-    if unchecked:
-        shown = ", ".join(str(d) for d in unchecked[:3])
-        shown += f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
-        warnings.warn(f"{len(unchecked)} finished run(s) have no data fingerprint (written before they were "
-                      f"recorded): {shown}. Cannot check that they were trained on these activations; using them "
-                      "as they are and recording these activations' fingerprint in them, so that later calls "
-                      "check it.", stacklevel=2)
-
-    def checkpoint(index: int) -> None:
-        if root is None:
-            return
-        run, run_dir = runs[index], root / names[run_slots[index]]
-        write_checkpoint(run_dir, *run.state())
-        atomic_write_json(run_dir / "training_log.json", run.log)
-
-    drive(runs, source, data_seed, checkpoint, checkpoint_every, progress, desc=f"{len(runs)} SAEs, one pass")
-    for run, slot in zip(runs, run_slots, strict=True):
-        sae = run.final_sae()
-        if root is not None:
-            sae.save(str(root / names[slot] / "sae"))
-        saes[slot] = sae
+    run_dirs = [root / name if root is not None else None for name in names]
+    saes = train_runs(source, cfgs, run_dirs, data_seed=data_seed, device=device, metadata=metadata,
+                      reuse_finished=True, checkpoint_every=checkpoint_every, progress=progress)
 
     rows = []
     for cfg, name, sae in zip(cfgs, names, saes, strict=True):
-        assert sae is not None
-        last = sae.training_log[-1] if sae.training_log else {}  # type: ignore[attr-defined]
+        last = sae.training_log[-1] if sae.training_log else {}
         row = {"name": name, **cfg.to_dict(), **{f"train_{k}": last[k] for k in ("l0", "fvu", "loss") if k in last}}
         evaluation = evaluate(sae, eval_activations) if eval_activations is not None else None
         row.update(evaluation or {})
@@ -196,4 +129,4 @@ def train_saes(
     table = pd.DataFrame(rows)
     if results_csv is not None:
         atomic_write(results_csv, lambda tmp: table.to_csv(tmp, index=False))
-    return SweepResult([s for s in saes if s is not None], table)
+    return SweepResult(saes, table)

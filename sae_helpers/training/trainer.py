@@ -1,7 +1,11 @@
-"""The training loop: one :class:`TrainingRun` per SAE, fed batches by ``train_sae``.
+"""The training loop: one :class:`TrainingRun` per SAE, and the one lifecycle of runs.
 
 A run owns its SAE, optimiser and schedule state and advances by one optimiser step
 per :meth:`TrainingRun.step` call, so several runs can share one pass over the data.
+:func:`train_runs` opens runs (fresh, resumed from their checkpoint, or finished),
+drives them through one pass with checkpoints and finishes them (the final SAE, saved
+with its provenance): ``train_saes`` calls it with many configurations, ``train_sae``
+with one.
 Everything a step depends on is either a pure function of the step number (data
 order, schedules) or saved in the checkpoint (parameters, Adam moments, dead-latent
 counters, resampling RNG), which makes a resumed run equal an uninterrupted one.
@@ -11,20 +15,34 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._io import atomic_write_json
+from .._dtypes import resolve_dtype
+from .._io import atomic_write_json, read_json, recover_dir
 from .._progress import tqdm
 from ..data.sources import ActivationSource, as_source, data_fingerprint
-from ..saes.base import SAE, resolve_dtype
+from ..formats import TRAINING_CONFIG_FILENAME, load_sae, save_sae
+from ..saes.base import SAE
+from ..saes.provenance import Provenance
 from ..saes.registry import get_sae_class
-from .checkpoint import STATE_FILE, clean_checkpoint_dir, has_checkpoint, read_checkpoint, write_checkpoint
+from .checkpoint import (
+    CHECKPOINT_SUBDIR,
+    LOG_FILE,
+    SAE_SUBDIR,
+    STATE_FILE,
+    TRAINER_FILE,
+    clean_checkpoint_dir,
+    has_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from .config import TrainConfig
 from .init import activation_scale, initial_b_dec
 from .resampling import resample_dead_latents
@@ -69,14 +87,14 @@ def build_training_sae(
 def initial_decoder(sae: SAE) -> Tensor:
     """The decoder rows ``[d_sae, d_in]`` that ``sae`` started from (float64, CPU).
 
-    Needs the SAE's ``training_config`` (set by :func:`train_sae` / ``train_saes``, saved
-    beside the weights); the initial rows are redrawn from its seed.
+    Needs the SAE's ``training_config`` (its :attr:`~SAE.provenance`: set by :func:`train_sae` /
+    ``train_saes``, saved beside the weights and loaded back); the initial rows are redrawn from its seed.
     """
-    config = getattr(sae, "training_config", None)
+    config = sae.training_config
     if not config:
         raise ValueError("This SAE has no training_config: its initial decoder is redrawn from the training seed, "
-                         "so it needs an SAE trained with train_sae/train_saes (or loaded from a run directory "
-                         "that holds training_config.json, then sae.training_config = that file's contents).")
+                         "so it needs an SAE trained with train_sae/train_saes (or loaded with load_sae from a "
+                         "directory that holds its training_config.json).")
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     start = build_training_sae(cfg, sae.d_in, torch.device("cpu"))
     start.init_weights(torch.Generator().manual_seed(cfg.seed))
@@ -370,8 +388,7 @@ class TrainingRun:
         sae = copy.deepcopy(self.sae)
         sae.fold_activation_scale_(self.scale)
         sae = sae.for_inference()
-        sae.training_config = self.cfg.to_dict()  # type: ignore[attr-defined]
-        sae.training_log = list(self.log)  # type: ignore[attr-defined]
+        sae.provenance = Provenance(self.cfg.to_dict(), list(self.log))
         return sae
 
 
@@ -443,23 +460,110 @@ def drive(
         )
 
 
-def _open_run(
-    cfg: TrainConfig, source, device: torch.device, checkpoint_dir: Path | None, resume: bool,
-    metadata: dict[str, Any] | None,
+def write_run(run_dir: Path, run: TrainingRun) -> None:
+    """Checkpoint ``run`` in ``run_dir``: ``checkpoint/`` (atomic) and ``training_log.json`` (atomic)."""
+    write_checkpoint(run_dir, *run.state())
+    atomic_write_json(run_dir / LOG_FILE, run.log)
+
+
+def open_run(
+    cfg: TrainConfig, source: ActivationSource, device: torch.device, run_dir: Path | None,
+    data: str | None, metadata: dict[str, Any] | None, resume: bool = True,
 ) -> TrainingRun:
-    if checkpoint_dir is not None:
-        clean_checkpoint_dir(checkpoint_dir)
-    if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
-        if not resume:
-            raise FileExistsError(
-                f"{checkpoint_dir} already holds a checkpoint. Pass resume=True to continue it, "
-                "or choose another checkpoint_dir (nothing was overwritten)."
-            )
-        tensors, info = read_checkpoint(checkpoint_dir)
-        return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {checkpoint_dir}",
-                                   data=data_fingerprint(source))
-    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata,
-                             data_fingerprint(source) if checkpoint_dir is not None else None)
+    """``cfg``'s run: resumed from the checkpoint in ``run_dir`` (refused unless ``resume``), else
+    started from a sample of ``source``; ``data`` is the source's fingerprint (``None`` without ``run_dir``)."""
+    if run_dir is not None:
+        clean_checkpoint_dir(run_dir)
+        if has_checkpoint(run_dir):
+            if not resume:
+                raise FileExistsError(
+                    f"{run_dir} already holds a checkpoint. Pass resume=True to continue it, "
+                    "or choose another checkpoint_dir (nothing was overwritten)."
+                )
+            tensors, info = read_checkpoint(run_dir)
+            return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}",
+                                       data=data)
+    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data)
+
+
+def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: list[Path]) -> SAE | None:
+    """The run's saved SAE if it is finished with ``cfg``, after checking it was trained on ``data``
+    (runs written before data fingerprints are appended to ``unchecked``)."""
+    sae_dir = recover_dir(run_dir / SAE_SUBDIR)
+    config_file = sae_dir / TRAINING_CONFIG_FILENAME
+    if not config_file.is_file() or read_json(config_file, what="Training config") != cfg.to_dict():
+        return None
+    trainer_file = recover_dir(run_dir / CHECKPOINT_SUBDIR) / TRAINER_FILE
+    info = read_json(trainer_file, what="Checkpoint file") if trainer_file.is_file() else {}
+    if not check_same_data(info, data, f"finished run in {run_dir}", warn=False):
+        unchecked.append(run_dir)
+        if data is not None and trainer_file.is_file():  # trusted on first use, as a resumed old checkpoint is
+            atomic_write_json(trainer_file, {**info, "data": data})
+    return load_sae(sae_dir)  # with its provenance: this configuration and the saved log
+
+
+def train_runs(
+    source: ActivationSource,
+    cfgs: Sequence[TrainConfig],
+    run_dirs: Sequence[Path | None],
+    *,
+    data_seed: int,
+    device: torch.device,
+    metadata: dict[str, Any] | None = None,
+    resume: bool = True,
+    reuse_finished: bool = False,
+    checkpoint_every: int | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> list[SAE]:
+    """The lifecycle of training runs, one per configuration: open -> one pass -> finish.
+
+    Each run with a directory (``run_dirs[i]``, else ``None``: nothing written) is resumed from
+    its checkpoint there (refused unless ``resume``), or, with ``reuse_finished``, taken as the
+    finished SAE saved there when that was trained with the same configuration on the same data.
+    The others start afresh. :func:`drive` then feeds all of them the same batches (order
+    ``data_seed``), checkpointing each (:func:`write_run`); each finished run's SAE (with its
+    :class:`Provenance`) is saved to ``sae/`` in its directory. The SAEs' metadata is the
+    source's (``model_name``, ``hook_name``, ``context_size`` of a cache), updated by ``metadata``.
+    """
+    data = data_fingerprint(source) if any(d is not None for d in run_dirs) else None
+    if metadata is None or isinstance(metadata, Mapping):  # anything else: the SAE refuses it, clearly
+        metadata = {**source.metadata, **(metadata or {})}
+    unchecked: list[Path] = []
+    saes: list[SAE | None] = [None] * len(cfgs)
+    runs: list[TrainingRun] = []
+    slots: list[int] = []
+    for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
+        done = finished_sae(run_dir, cfg, data, unchecked) if reuse_finished and run_dir is not None else None
+        if done is not None:
+            saes[i] = done
+            continue
+        runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume))
+        slots.append(i)
+    if unchecked:
+        shown = ", ".join(str(d) for d in unchecked[:3])
+        shown += f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
+        warnings.warn(f"{len(unchecked)} finished run(s) have no data fingerprint (written before they were "
+                      f"recorded): {shown}. Cannot check that they were trained on these activations; using them "
+                      "as they are and recording these activations' fingerprint in them, so that later calls "
+                      "check it.", stacklevel=3)
+
+    def checkpoint(index: int) -> None:
+        run_dir = run_dirs[slots[index]]
+        if run_dir is not None:
+            write_run(run_dir, runs[index])
+
+    opened_at = [run.step_count for run in runs]
+    drive(runs, source, data_seed, checkpoint, checkpoint_every, progress, desc=desc or f"{len(runs)} SAEs, one pass")
+    for index, (run, slot) in enumerate(zip(runs, slots, strict=True)):
+        run_dir = run_dirs[slot]
+        if run_dir is not None and run.step_count == opened_at[index]:
+            write_run(run_dir, run)  # a run resumed finished: its checkpoint now records this data's fingerprint
+        sae = run.final_sae()
+        if run_dir is not None:
+            save_sae(sae, run_dir / SAE_SUBDIR)
+        saes[slot] = sae
+    return [sae for sae in saes if sae is not None]
 
 
 def train_sae(
@@ -470,11 +574,7 @@ def train_sae(
     steps: int | None = None,
     *,
     k: int | None = None,
-    l0_coefficient: float | None = None,
-    batch_size: int = 4096,
-    lr: float = 3e-4,
-    seed: int = 0,
-    checkpoint_dir: str | Path | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     checkpoint_every: int | None = None,
     device: str | torch.device | None = None,
@@ -482,18 +582,19 @@ def train_sae(
     progress: bool = True,
     **options: Any,
 ) -> SAE:
-    """Train one SAE and return it, ready for raw activations.
+    """Train one SAE and return it, ready for raw activations: ``train_saes`` with one configuration,
+    kept in ``checkpoint_dir`` itself.
 
     Parameters
     ----------
     activations : a 2-D tensor ``[n, d]``, a ``.safetensors`` file holding one 2-D
-        tensor named ``activations``, or an iterable of ``[batch, d]`` tensors.
-    arch, width, steps : architecture, number of latents and optimiser steps.
-    l1_coefficient, k, l0_coefficient : the sparsity setting of the architecture:
+        tensor named ``activations``, an activation cache directory, or an iterable of
+        ``[batch, d]`` tensors.
+    arch, width, l1_coefficient, steps, k, options : the :class:`TrainConfig` (each of its
+        fields may be passed as a keyword: ``batch_size``, ``lr``, ``seed``, ``l0_coefficient``,
+        ``sae_options`` ...; its defaults apply). ``steps`` is required; the sparsity setting is
         ``l1_coefficient`` for ``"relu"`` and ``"gated"``, ``k`` for ``"topk"`` and
-        ``"batchtopk"``, ``l0_coefficient`` for ``"jumprelu"``.
-    batch_size, lr, seed : see :class:`TrainConfig`; further :class:`TrainConfig`
-        fields (``sae_options`` ...) may be passed as keyword ``options``.
+        ``"batchtopk"``, ``l0_coefficient`` for ``"jumprelu"``. ``seed`` also sets the data order.
     checkpoint_dir : where to write atomic checkpoints (every ``checkpoint_every``
         steps, default ``steps // 10``, and at the end), the training log
         (``training_log.json``) and the final SAE (``sae/``).
@@ -501,36 +602,26 @@ def train_sae(
         uninterrupted run. A finished run returns at once. The checkpoint records a
         fingerprint of the data (:meth:`ActivationSource.fingerprint`): resuming it on
         other activations is an error (a checkpoint written before fingerprints were
-        recorded is resumed with a warning).
+        recorded is resumed with a warning). Without it, an existing checkpoint is an error.
     device : ``"cpu"``, ``"cuda"``...; default CUDA when available (``"cuda"`` without CUDA is an error).
-    metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``).
+    metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``);
+        an activation cache supplies the ones not given here.
     progress : show a progress bar with loss, L0 and dead fraction.
 
-    The returned SAE carries ``training_config`` and ``training_log`` (a list of dicts,
-    one per logging step) attributes; ``sae.save(path)`` stores them beside the weights.
+    The returned SAE carries its :attr:`~SAE.provenance` (the configuration and the training
+    log, also as ``sae.training_config`` and ``sae.training_log``); ``sae.save(path)`` stores it
+    beside the weights and ``load_sae`` reads it back.
     """
     if steps is None:
         raise ValueError("train_sae needs steps=... (the number of optimiser steps).")
-    sparsity = {"l1_coefficient": l1_coefficient, "k": k, "l0_coefficient": l0_coefficient}
     cfg = TrainConfig.from_dict(
-        {"arch": arch, "width": width, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-         **{name: value for name, value in sparsity.items() if value is not None}, **options}
+        {"arch": arch, "width": width, "steps": steps, "l1_coefficient": l1_coefficient, "k": k, **options}
     )
     device = resolve_device(device)
     source = as_source(activations)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and ckpt is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from.")
-    run = _open_run(cfg, source, device, ckpt, resume, metadata)
-
-    def save_checkpoint(_: int = 0) -> None:
-        if ckpt is not None:
-            write_checkpoint(ckpt, *run.state())
-            atomic_write_json(ckpt / "training_log.json", run.log)
-
-    drive([run], source, seed, save_checkpoint, checkpoint_every, progress, desc=f"{arch} SAE")
-    save_checkpoint()
-    sae = run.final_sae()
-    if ckpt is not None:
-        sae.save(str(ckpt / "sae"))
+    (sae,) = train_runs(source, [cfg], [ckpt], data_seed=cfg.seed, device=device, metadata=metadata, resume=resume,
+                        checkpoint_every=checkpoint_every, progress=progress, desc=f"{arch} SAE")
     return sae

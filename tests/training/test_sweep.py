@@ -34,6 +34,30 @@ def test_one_pass_equals_training_each_alone(tmp_path):
     assert len(table) == 3 and {"name", "arch", "l1_coefficient", "l0", "fvu", "train_loss"} <= set(table.columns)
 
 
+def test_train_sae_is_the_one_configuration_sweep(tmp_path):
+    """One lifecycle: train_sae in checkpoint_dir writes the same files, with the same contents, as
+    train_saes writes in the run's directory, and returns the same SAE."""
+    cfg = CONFIGS[0]
+    opts = {k: v for k, v in cfg.items() if k not in ("arch", "width", "l1_coefficient", "steps")}
+    alone = train_sae(X, cfg["arch"], cfg["width"], cfg["l1_coefficient"], cfg["steps"], progress=False,
+                      checkpoint_dir=tmp_path / "alone", **opts)
+    sweep = train_saes(X, [cfg], out_dir=tmp_path / "sweep", progress=False)
+    (run_dir,) = (tmp_path / "sweep").iterdir()
+
+    def files(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert sorted(files(tmp_path / "alone")) == ["checkpoint/state.safetensors", "checkpoint/trainer.json",
+                                                 "sae/cfg.json", "sae/sae_weights.safetensors",
+                                                 "sae/training_config.json", "sae/training_log.json",
+                                                 "training_log.json"]
+    assert files(tmp_path / "alone") == files(run_dir)
+    (sae,) = sweep.saes
+    assert sae.provenance == alone.provenance and sae.metadata == alone.metadata
+    for name, p in alone.named_parameters():
+        assert torch.equal(p, getattr(sae, name)), name
+
+
 def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path, monkeypatch):
     first = train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
     calls = []
