@@ -1,45 +1,36 @@
 """sae_helpers: sparse autoencoders on language-model activations, for the SAE book.
 
-The names the notebooks use:
+The top level holds what a chapter or a user calls, in these groups (everything else lives in
+its subpackage: :mod:`~sae_helpers.saes`, :mod:`~sae_helpers.training`,
+:mod:`~sae_helpers.evaluation`, :mod:`~sae_helpers.analysis`, :mod:`~sae_helpers.models`,
+:mod:`~sae_helpers.data`):
 
-* training: :func:`train_sae`, :func:`train_saes` (many SAEs, one pass), :func:`family_configs`
-  (SAEs that differ only in width), :func:`decoder_drift`, :class:`TrainConfig`
 * SAEs (``relu``, ``gated``, ``topk``, ``batchtopk``, ``jumprelu``): :func:`create_sae`,
-  :func:`load_sae`, ``sae.encode / decode / save``,
-  ``sae(x)`` -> ``SAEOutput(latents, reconstruction, losses)``,
-  :meth:`GatedSAE.to_jumprelu`
-* evaluation: :func:`evaluate`, :func:`mmcs`, :func:`max_cosine_similarity`,
-  :func:`log10_density_histogram`
-* training health (is an SAE trained?): :func:`training_health`, :func:`health_table`, :func:`health_summary`,
-  :func:`loss_plateau`, :data:`HEALTH_LIMITS`
-* synthetic data: :class:`SyntheticFeatures`, :func:`appendix_f_toy`,
-  :func:`zipf_firing_probs`
-* language models: :func:`load_model` (embedded SmolLM2 by default), :func:`harvest`
-  (activation cache), :func:`harvest_sites` (several sites, one forward pass),
-  :func:`harvest_splits` (shared train/held-out caches),
-  :func:`splice_eval` / :func:`splice_losses` (loss recovered), :func:`text_dataset`, :func:`tiny_model` (tests)
+  :func:`architectures`, :func:`load_sae`, :func:`save_sae`, the base class :class:`SAE`
+  (``sae.encode / decode / save``, ``sae(x)`` -> ``SAEOutput(latents, reconstruction, losses)``)
+  and its subclasses :class:`ReluSAE`, :class:`GatedSAE` (:meth:`GatedSAE.to_jumprelu`),
+  :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`JumpReluSAE`
+* training: :func:`train_sae`, :func:`train_saes` (many SAEs, one pass), :func:`family_configs`
+  (SAEs that differ only in width), :class:`TrainConfig`, :func:`decoder_drift`
+* evaluation: :func:`evaluate`, :func:`mmcs`, :func:`max_cosine_similarity`, :func:`match_by_l0`
+  (pairs of runs at matched L0), :func:`magnitude_ratios`, :func:`best_matching_latents`
+* training health (is an SAE trained?): :func:`training_health`, :func:`health_table`,
+  :func:`health_summary`, :func:`loss_plateau`, :data:`HEALTH_LIMITS`
+* data: :class:`SyntheticFeatures`, :func:`appendix_f_toy`, :func:`zipf_firing_probs`
+  (synthetic), :func:`text_dataset` (text to harvest)
+* language models: :func:`load_model` (embedded SmolLM2 by default), :func:`tiny_model` (tests),
+  :func:`harvest` (activation cache), :func:`harvest_sites` (several sites, one forward pass),
+  :func:`harvest_splits` (shared train/held-out caches), :func:`splice_eval` /
+  :func:`splice_losses` (loss recovered; a list, one result per SAE)
 * inspection: :func:`top_activating_contexts`, :func:`contexts_html`, :func:`firing_density`,
-  :func:`latent_statistics`, :func:`logit_tokens` / :func:`decoder_logit_tokens` (tokens a
-  direction promotes), :func:`latent_cards` / :func:`latent_card_html` (HTML latent cards)
-* meta-SAEs (atomicity): :mod:`meta` -- ``meta.train_meta_sae`` (with its null, ``fve_null``:
-  the same configuration on ``meta.random_unit_rows``), ``meta.analyse_meta_sae``,
-  ``meta.pick_decompositions``, ``meta.similarity_to_smaller_sae``
-* stitching (completeness): :mod:`stitching` -- ``stitching.stitch``, ``stitching.analyze``
-  (novel vs reconstruction latents, the cosine proxy), ``stitching.curve``
-* reproducibility: :func:`environment_report`
+  :func:`latent_cards` (HTML latent cards)
+* modules for the later chapters: :mod:`meta` (meta-SAEs and their null, atomicity),
+  :mod:`stitching` (completeness); :mod:`chapters` holds each chapter's logic and verdicts
+* reproducibility: :func:`set_seed`, :func:`environment_report`
 """
 
-from . import meta, stitching
-from .analysis import (
-    contexts_html,
-    decoder_logit_tokens,
-    firing_density,
-    latent_card_html,
-    latent_cards,
-    latent_statistics,
-    logit_tokens,
-    top_activating_contexts,
-)
+from . import chapters, meta, stitching
+from .analysis import contexts_html, firing_density, latent_cards, top_activating_contexts
 from .data import SyntheticFeatures, appendix_f_toy, zipf_firing_probs
 from .data.text import text_dataset
 from .evaluation import (
@@ -48,7 +39,6 @@ from .evaluation import (
     evaluate,
     health_summary,
     health_table,
-    log10_density_histogram,
     loss_plateau,
     magnitude_ratios,
     match_by_l0,
@@ -57,77 +47,68 @@ from .evaluation import (
     training_health,
 )
 from .formats import load_sae, save_sae
-from .harvest import SplitCaches, harvest, harvest_sites, harvest_splits
-from .models import activations_at, hook_names, load_model, splice_eval, splice_losses, tiny_model
+from .harvest import harvest, harvest_sites, harvest_splits
+from .models import load_model, splice_eval, splice_losses, tiny_model
 from .reproducibility import environment_report, set_seed
-from .saes import (
-    SAE,
-    BatchTopKSAE,
-    GatedSAE,
-    JumpReluSAE,
-    ReluSAE,
-    SAEOutput,
-    TopKSAE,
-    architectures,
-    create_sae,
-)
+from .saes import SAE, BatchTopKSAE, GatedSAE, JumpReluSAE, ReluSAE, TopKSAE, architectures, create_sae
 from .training import TrainConfig, decoder_drift, family_configs, train_sae, train_saes
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "top_activating_contexts",
-    "tiny_model",
-    "text_dataset",
-    "splice_losses",
-    "splice_eval",
-    "load_model",
-    "hook_names",
-    "harvest",
-    "harvest_sites",
-    "harvest_splits",
-    "SplitCaches",
-    "contexts_html",
-    "decoder_logit_tokens",
-    "firing_density",
-    "latent_card_html",
-    "latent_cards",
-    "latent_statistics",
-    "logit_tokens",
-    "meta",
-    "activations_at",
+    # SAEs
     "SAE",
-    "BatchTopKSAE",
-    "GatedSAE",
-    "JumpReluSAE",
     "ReluSAE",
+    "GatedSAE",
     "TopKSAE",
-    "SAEOutput",
-    "SyntheticFeatures",
-    "TrainConfig",
-    "appendix_f_toy",
-    "best_matching_latents",
+    "BatchTopKSAE",
+    "JumpReluSAE",
     "architectures",
     "create_sae",
-    "environment_report",
+    "load_sae",
+    "save_sae",
+    # training
+    "TrainConfig",
     "decoder_drift",
+    "family_configs",
+    "train_sae",
+    "train_saes",
+    # evaluation
+    "best_matching_latents",
     "evaluate",
+    "magnitude_ratios",
+    "match_by_l0",
+    "max_cosine_similarity",
+    "mmcs",
+    # training health
     "HEALTH_LIMITS",
     "health_summary",
     "health_table",
     "loss_plateau",
     "training_health",
-    "family_configs",
-    "load_sae",
-    "log10_density_histogram",
-    "magnitude_ratios",
-    "match_by_l0",
-    "max_cosine_similarity",
-    "mmcs",
-    "save_sae",
-    "set_seed",
-    "train_sae",
-    "train_saes",
-    "stitching",
+    # data
+    "SyntheticFeatures",
+    "appendix_f_toy",
+    "text_dataset",
     "zipf_firing_probs",
+    # language models
+    "harvest",
+    "harvest_sites",
+    "harvest_splits",
+    "load_model",
+    "splice_eval",
+    "splice_losses",
+    "tiny_model",
+    # inspection
+    "contexts_html",
+    "firing_density",
+    "latent_cards",
+    "top_activating_contexts",
+    # the later chapters' modules, and each chapter's logic
+    "chapters",
+    "meta",
+    "stitching",
+    # reproducibility
+    "environment_report",
+    "set_seed",
 ]

@@ -24,8 +24,8 @@ from torch import Tensor
 from .data.cache import build_caches, check_count
 from .data.sources import spaced_indices
 from .data.text import iter_token_windows, text_dataset
+from .data.windows import model_name_of
 from .models.hooks import activations_at, activations_at_sites, check_hook_name, d_at
-from .models.splice import model_name_of
 
 
 def _dataset_and_label(dataset: Any, split: str) -> tuple[Any, str]:

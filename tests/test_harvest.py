@@ -47,7 +47,7 @@ def test_trained_sae_splices_into_the_model(tmp_path):
     sae = train_sae(cache, "gated", 32, 0.01, 100, batch_size=64, progress=False, init_sample_size=500,
                     metadata={"model_name": model.model_name, "hook_name": "blocks.0.hook_resid_post",
                               "context_size": 16})
-    result = splice_eval(model, sae, 500, dataset=tiny_corpus(40, seed=1), progress=False)
+    [result] = splice_eval(model, sae, 500, dataset=tiny_corpus(40, seed=1), progress=False)
     keys = {"ce_clean", "ce_zero_ablation", "ce_sae", "loss_recovered", "delta_lm_loss", "kl", "l0", "fvu"}
     assert keys <= set(result)
     assert result["n_predictions"] >= 500

@@ -330,7 +330,7 @@ def test_swap_effects_equal_literal_swaps():
 def test_curve_bookkeeping_and_end_points(arch, grouping):
     small, large = split_saes(arch)
     x = inputs(500)
-    curve = stitching.curve(small, large, x, threshold=0.7, grouping=grouping, n_points=None)
+    curve = stitching.curve(small, large, x, threshold=0.7, grouping=grouping, n_points=None).points
     steps = stitching.plan(small, large, x, threshold=0.7, grouping=grouping, n_points=None)
     assert len(curve) == len(steps) + 1 and list(curve.step) == list(range(len(steps) + 1))
     assert (curve.n_latents == small.d_sae + curve.n_added - curve.n_removed).all()
@@ -395,8 +395,8 @@ def test_walk_between_nested_known_features_falls_monotonically_to_the_larger_sa
     new features, swaps each shared feature for its copy (moving the decoder bias to the exact
     one), falls at every step and ends at the wide SAE (FVU 0)."""
     x, narrow, wide, order = nested_orthogonal_features()
-    curve = stitching.curve(narrow, wide, x, n_points=None)
-    assert curve.attrs["steps"] == {"insert": 12, "swap": 12} and curve.attrs["largest_group"] == 2
+    curve, counts, largest_group = stitching.curve(narrow, wide, x, n_points=None)
+    assert counts == {"insert": 12, "swap": 12} and largest_group == 2
     rises, intervals, _ = stitching.count_rises(curve.fvu)
     assert (rises, intervals) == (0, 24) and curve.fvu.iloc[-1] < 1e-20
     steps = stitching.plan(narrow, wide, x, n_points=None)
@@ -448,7 +448,7 @@ def test_best_match_groups_follow_each_latents_best_match():
 def test_curve_with_fewer_points_is_the_full_walk_re_measured_less_often():
     small, large = split_saes()
     x = inputs(500)
-    sparse = stitching.curve(small, large, x, threshold=0.7, n_points=5)
+    sparse = stitching.curve(small, large, x, threshold=0.7, n_points=5).points
     assert len(sparse) == 5 and sparse.step.iloc[0] == 0 and sparse.step.iloc[-1] == sparse.step.max()
     steps = stitching.plan(small, large, x, threshold=0.7, n_points=5)
     for row in sparse.itertuples():
@@ -495,16 +495,17 @@ def test_curve_with_a_model_adds_loss_recovered():
     small = random_sae("jumprelu", 20, seed=1, d=model.cfg.d_model, metadata=meta)
     large = random_sae("jumprelu", 30, seed=2, d=model.cfg.d_model, metadata=meta)
     x = inputs(300, d=model.cfg.d_model)
-    curve = stitching.curve(small, large, x, model, threshold=0.5, n_points=3, n_splice_tokens=64)
+    curve = stitching.curve(small, large, x, model, threshold=0.5, n_points=3, n_splice_tokens=64).points
     assert len(curve) == 3 and curve.loss_recovered.notna().all()
-    fewer = stitching.curve(small, large, x, model, threshold=0.5, n_points=3, n_splice_points=2, n_splice_tokens=64)
+    fewer = stitching.curve(small, large, x, model, threshold=0.5, n_points=3, n_splice_points=2,
+                            n_splice_tokens=64).points
     assert fewer.loss_recovered.isna().tolist() == [False, True, False]
     np.testing.assert_allclose(fewer.loss_recovered.iloc[[0, 2]], curve.loss_recovered.iloc[[0, 2]])
     steps = stitching.plan(small, large, x, threshold=0.5, n_points=3)
     final = stitching.state_after(small, large, steps[: curve.step.iloc[-1]])
-    expected = sh.splice_eval(model, final, 64, progress=False)["loss_recovered"]
+    [expected] = [r["loss_recovered"] for r in sh.splice_eval(model, final, 64, progress=False)]
     assert curve.loss_recovered.iloc[-1] == pytest.approx(expected, rel=1e-9)
-    first = sh.splice_eval(model, small, 64, progress=False)["loss_recovered"]
+    [first] = [r["loss_recovered"] for r in sh.splice_eval(model, small, 64, progress=False)]
     assert curve.loss_recovered.iloc[0] == pytest.approx(first, rel=1e-9)
     assert not math.isnan(curve.loss_recovered.iloc[1])
 

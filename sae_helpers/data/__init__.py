@@ -1,7 +1,9 @@
-"""Data: activation sources for training and evaluation, and synthetic data sets."""
+"""Data: activation sources for training and evaluation, synthetic data sets, and held-out token windows
+(:func:`eval_windows`) with the model name SAEs record (:func:`model_name_of`)."""
 
 from .sources import ActivationSource, FileSource, IterableSource, TensorSource, as_source, load_activation_file
 from .synthetic import SyntheticFeatures, SyntheticSample, appendix_f_toy, zipf_firing_probs
+from .windows import eval_windows, model_name_of
 
 __all__ = [
     "ActivationSource",
@@ -14,4 +16,6 @@ __all__ = [
     "SyntheticSample",
     "appendix_f_toy",
     "zipf_firing_probs",
+    "eval_windows",
+    "model_name_of",
 ]

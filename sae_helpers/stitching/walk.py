@@ -163,6 +163,17 @@ def state_after(small: SAE, large: SAE, steps: Sequence[Step]) -> SAE:
     return stitch(small, large, add, remove, b_dec=b_dec_share(small, steps))
 
 
+class Curve(NamedTuple):
+    """What :func:`curve` returns: the evaluated points and the walk's step counts."""
+
+    points: pd.DataFrame
+    """One row per evaluated point (see :func:`curve`)."""
+    steps: dict[str, int]
+    """Steps of each kind: ``{"insert": n, "swap": m}``."""
+    largest_group: int
+    """The largest swap group's size (latents of both SAEs; 0 without swaps)."""
+
+
 class _InContext:
     """In-context MSE changes of the walk's candidate steps against any stitched state.
 
@@ -310,7 +321,7 @@ def evaluation_points(n_steps: int, n_points: int | None) -> list[int]:
 def curve(small: SAE, large: SAE, activations, model: Any = None, *, threshold: float | None = None,
           table: pd.DataFrame | None = None, grouping: str = "best_match", n_points: int | None = 20,
           n_splice_points: int | None = None, n_splice_tokens: int = 4096, splice_chunk: int = 8, block: int = 2048,
-          batch_size: int = 1024, progress: bool = False) -> pd.DataFrame:
+          batch_size: int = 1024, progress: bool = False) -> Curve:
     """Walk from ``small`` to ``large`` by stitching, recording the metrics along the way.
 
     The walk (:func:`plan`): insert the novel latents that no smaller-SAE latent matches
@@ -337,14 +348,14 @@ def curve(small: SAE, large: SAE, activations, model: Any = None, *, threshold: 
 
     Returns
     -------
-    DataFrame
-        One row per evaluated point: ``step`` (steps applied), ``kind`` and ``action`` (the
+    Curve
+        ``points``: one row per evaluated point: ``step`` (steps applied), ``kind`` and ``action`` (the
         last step applied; ``"start"`` for the small SAE), ``n_latents``, ``n_added``,
         ``n_removed``, ``l0``, ``mse``, ``fvu``, ``predicted_delta_mse`` (the sum of the
         in-context ``delta_mse`` of the steps since the previous point) and ``delta_mse`` (the
         measured change of ``mse`` since the previous point), and with a model
-        ``loss_recovered`` and ``delta_lm_loss``. ``attrs["steps"]`` counts the steps of each
-        kind, ``attrs["largest_group"]`` is the largest swap group's size (latents of both SAEs).
+        ``loss_recovered`` and ``delta_lm_loss``; ``steps`` counts the steps of each kind;
+        ``largest_group`` is the largest swap group's size (latents of both SAEs).
     """
     small_p, large_p = prepare(small), prepare(large)
     if table is None:
@@ -372,13 +383,12 @@ def curve(small: SAE, large: SAE, activations, model: Any = None, *, threshold: 
     if model is not None:
         losses = _splice(model, saes, n_splice_tokens, splice_chunk, progress)
         result = result.join(losses.set_axis(sorted(spliced)))
-    result.attrs["steps"] = {kind: sum(s.kind == kind for s in steps) for kind in ("insert", "swap")}
+    counts = {kind: sum(s.kind == kind for s in steps) for kind in ("insert", "swap")}
     sizes = {}
     for s in steps:
         if s.kind == "swap":
             sizes[s.action] = len(s.add) + len(s.remove)
-    result.attrs["largest_group"] = max(sizes.values(), default=0)
-    return result
+    return Curve(result, counts, max(sizes.values(), default=0))
 
 
 def count_rises(values: Sequence[float] | np.ndarray, tol: float = 1e-9) -> tuple[int, int, float]:

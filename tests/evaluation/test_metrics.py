@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_helpers import create_sae, evaluate, log10_density_histogram, mmcs
+from sae_helpers import create_sae, evaluate, mmcs
+from sae_helpers.evaluation import log10_density_histogram
 
 
 def scaled_identity_sae(d: int, c: float):

@@ -152,7 +152,7 @@ def test_real_smollm2_offline_cached_exact_and_plausible(cache, no_network):
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
         sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    result = splice_losses(cached, sae, tokens, batch_size=8, progress=False)
+    [result] = splice_losses(cached, sae, tokens, batch_size=8, progress=False)
     assert 2.5 <= result["ce_clean"] <= 4.5  # ~3.3 nats/token
     assert result["ce_sae"] == result["ce_clean"] and result["kl"] == 0.0
     assert result["ce_zero_ablation"] > result["ce_clean"] + 5  # ~15 with BOS kept clean

@@ -28,7 +28,7 @@ def random_sae(model, hook_name=SITE, seed=0):
 @pytest.mark.parametrize("hook_name", [SITE, "blocks.0.attn.hook_z", "blocks.1.mlp.hook_post"])
 def test_identity_sae_splice_is_exact(model, tokens, hook_name):
     d = activations_at(model, tokens[:1], hook_name).shape[-1]
-    result = splice_losses(model, identity_sae(d, model.model_name, hook_name), tokens, batch_size=3, progress=False)
+    [result] = splice_losses(model, identity_sae(d, model.model_name, hook_name), tokens, batch_size=3, progress=False)
     assert result["ce_sae"] == result["ce_clean"]
     assert result["kl"] == 0.0
     assert result["delta_lm_loss"] == 0.0
@@ -45,7 +45,7 @@ def test_zero_reconstruction_equals_zero_ablation(model, tokens, hook_name):
     with torch.no_grad():
         sae.W_dec.zero_()
         sae.b_dec.zero_()
-    result = splice_losses(model, sae, tokens, batch_size=4, progress=False)
+    [result] = splice_losses(model, sae, tokens, batch_size=4, progress=False)
     assert result["ce_sae"] == result["ce_zero_ablation"]
     assert result["loss_recovered"] == 0.0
     assert result["kl"] > 0
@@ -81,7 +81,7 @@ def test_losses_match_a_direct_computation(model, tokens, exclude_first):
     sae = random_sae(model)
     first = 1 if exclude_first else 0
     expected = _reference(model, sae, tokens, first)
-    result = splice_losses(model, sae, tokens, exclude_first=exclude_first, batch_size=3, progress=False)
+    [result] = splice_losses(model, sae, tokens, exclude_first=exclude_first, batch_size=3, progress=False)
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     zero, clean, spliced = result["ce_zero_ablation"], result["ce_clean"], result["ce_sae"]
@@ -110,9 +110,9 @@ def test_the_sae_sees_positions_from_1_by_default(model, tokens):
 def test_batch_size_and_iterable_input_do_not_change_the_result(model, tokens):
     # float32 forward passes of different batch shapes may differ in the last bits
     sae = random_sae(model, seed=2)
-    a = splice_losses(model, sae, tokens, batch_size=10, progress=False)
-    b = splice_losses(model, sae, tokens, batch_size=3, progress=False)
-    c = splice_losses(model, sae, iter(list(tokens)), batch_size=4, progress=False)
+    [a] = splice_losses(model, sae, tokens, batch_size=10, progress=False)
+    [b] = splice_losses(model, sae, tokens, batch_size=3, progress=False)
+    [c] = splice_losses(model, sae, iter(list(tokens)), batch_size=4, progress=False)
     for key in ("ce_clean", "ce_sae", "ce_zero_ablation", "kl", "loss_recovered", "fvu", "l0"):
         assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
         assert c[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
@@ -127,7 +127,7 @@ def test_mismatches_are_clear_errors(model, tokens):
     sae = identity_sae(16, model.model_name)
     with pytest.raises(ValueError, match="SAE/site mismatch.*trained at 'blocks.0.hook_resid_post'"):
         splice_losses(model, sae, tokens, hook_name="blocks.1.hook_resid_post", progress=False)
-    relaxed = splice_losses(model, sae, tokens, hook_name="blocks.1.hook_resid_post", strict=False, progress=False)
+    [relaxed] = splice_losses(model, sae, tokens, hook_name="blocks.1.hook_resid_post", strict=False, progress=False)
     assert relaxed["kl"] == 0.0
     other = identity_sae(16, "smollm2-135m")
     with pytest.raises(ValueError, match="SAE/model mismatch.*'smollm2-135m'.*'tiny-llama-seed0'"):
@@ -142,7 +142,14 @@ def test_mismatches_are_clear_errors(model, tokens):
     with pytest.raises(ValueError, match="too short"):
         splice_losses(model, sae, tokens[:, :2], progress=False)
     assert not math.isnan(splice_losses(model, anonymous.init_weights(), tokens, hook_name=SITE,
-                                        progress=False)["ce_sae"])
+                                        progress=False)[0]["ce_sae"])
+
+
+def test_one_sae_gives_a_list_of_one(model, tokens):
+    sae = random_sae(model, seed=1)
+    one = splice_losses(model, sae, tokens, batch_size=3, progress=False)
+    assert isinstance(one, list) and len(one) == 1
+    assert one == splice_losses(model, [sae], tokens, batch_size=3, progress=False)
 
 
 def test_a_list_of_saes_equals_splicing_each_alone(model, tokens):
@@ -150,7 +157,7 @@ def test_a_list_of_saes_equals_splicing_each_alone(model, tokens):
     together = splice_losses(model, saes, tokens, batch_size=3, progress=False)
     assert isinstance(together, list) and len(together) == 3
     for sae, result in zip(saes, together, strict=True):
-        alone = splice_losses(model, sae, tokens, batch_size=3, progress=False)
+        [alone] = splice_losses(model, sae, tokens, batch_size=3, progress=False)
         assert result.keys() == alone.keys()
         for key in alone:
             assert result[key] == pytest.approx(alone[key], rel=1e-12, abs=1e-12), key

@@ -1,0 +1,113 @@
+"""What several chapters repeat: the parameters-in-effect table, where a chapter's data live,
+one harvest of held-out and training activations, and the site metadata given to SAEs.
+
+The path convention (all under a chapter's ``data_root``, git-ignored):
+
+* ``<data_root>/cache``: activation caches, shared by every chapter whose harvest parameters
+  agree (:func:`harvest`);
+* ``<data_root>/runs/<group>/<site>``: trained SAEs, checkpointed (:func:`run_dir`); chapters
+  03 and 04 share ``runs/family``;
+* ``<data_root>/results/<name>_<model_name>.csv``: tables a chapter writes (:func:`results_file`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["cache_dir", "family_settings", "harvest", "parameters", "parameters_table", "results_file", "run_dir",
+           "setup", "site_metadata", "train_family"]
+
+_PARAMETER_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
+_NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython"}
+
+
+def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """A notebook's parameters: the plain values (numbers, strings, lists, ``None``) of
+    ``namespace`` (its ``globals()`` right after the parameters cell), in definition order.
+
+    Names starting with ``_``, IPython's own and modules, functions or classes are left out, so
+    the parameters cell (with papermill's overrides) is the one place that lists them.
+    """
+    return {name: value for name, value in namespace.items()
+            if not name.startswith("_") and name not in _NOT_PARAMETERS and isinstance(value, _PARAMETER_TYPES)
+            and not isinstance(value, ModuleType)}
+
+
+def parameters_table(params: dict[str, Any]) -> pd.DataFrame:
+    """The environment (versions, device) and the parameters in effect, one row each."""
+    from ..reproducibility import environment_report
+
+    return pd.Series(environment_report(params), name="value").to_frame()
+
+
+def setup(namespace: dict[str, Any]) -> pd.DataFrame:
+    """A chapter's first cell: set the seed (``namespace["seed"]``) and the book's plot style;
+    returns the table of the environment and the parameters in effect (:func:`parameters`)."""
+    from .. import plotting
+    from ..reproducibility import set_seed
+
+    params = parameters(namespace)
+    set_seed(params["seed"])
+    plotting.use_book_style()
+    return parameters_table(params)
+
+
+def cache_dir(data_root: str | Path) -> Path:
+    """Where the activation caches live: ``<data_root>/cache``."""
+    return Path(data_root) / "cache"
+
+
+def run_dir(data_root: str | Path, group: str, site: str) -> Path:
+    """Where a chapter's SAEs at ``site`` are checkpointed: ``<data_root>/runs/<group>/<site>``."""
+    return Path(data_root) / "runs" / group / site
+
+
+def results_file(data_root: str | Path, name: str, model_name: str) -> Path:
+    """``<data_root>/results/<name>_<model_name>.csv``, its directory created."""
+    directory = Path(data_root) / "results"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{name}_{model_name}.csv"
+
+
+def harvest(model_name: str, sites: list[str], n_train_tokens: int, n_eval_tokens: int, data_root: str | Path, *,
+            context_size: int, cache_dtype: str, outlier_factor: float) -> tuple[Any, dict[str, Any]]:
+    """Load the model and harvest (or reuse) the training and held-out caches of ``sites``:
+    ``(model, {site: (train_cache, eval_cache)})`` (:func:`~sae_helpers.harvest_splits`, one
+    forward pass for all sites)."""
+    from ..harvest import harvest_splits
+    from ..models import load_model
+
+    model = load_model(model_name)
+    caches = harvest_splits(model, sites, n_train_tokens, n_eval_tokens, cache_dir(data_root),
+                            context_size=context_size, dtype=cache_dtype, outlier_factor=outlier_factor)
+    return model, caches
+
+
+def site_metadata(model: Any, hook_name: str, context_size: int) -> dict[str, Any]:
+    """The model and site an SAE trained at ``hook_name`` records (``train_saes(..., metadata=...)``).
+
+    The one place the chapters build it: once SAEs take it from their activation cache, this
+    helper and its callers' ``metadata=`` arguments go.
+    """
+    return {"model_name": model.model_name, "hook_name": hook_name, "context_size": context_size}
+
+
+def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int, steps: int,
+                 batch_size: int, lr: float, seed: int, data_root: str | Path, context_size: int) -> Any:
+    """The BatchTopK family shared by chapters 03 and 04: every width trained in one pass over
+    ``train_cache`` (one init seed per width, the same data order), checkpointed in
+    ``runs/family/<site>`` and evaluated on ``eval_cache``; the :func:`~sae_helpers.train_saes` result."""
+    from ..training import family_configs, train_saes
+
+    return train_saes(train_cache, family_configs(widths, seed=seed, **family_settings(k, steps, batch_size, lr)),
+                      data_seed=seed, out_dir=run_dir(data_root, "family", site), eval_activations=eval_cache,
+                      metadata=site_metadata(model, site, context_size))
+
+
+def family_settings(k: int, steps: int, batch_size: int, lr: float) -> dict[str, Any]:
+    """The family's training settings (BatchTopK with ``k``), the same for every width."""
+    return dict(arch="batchtopk", k=k, steps=steps, batch_size=batch_size, lr=lr)

@@ -1,0 +1,52 @@
+"""Chapter 01, training on a language model: the two SAEs at equal compute, their spliced
+losses and the sentence that reports them, and the latents read through their contexts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["LOSS_COLUMNS", "READABLE_DENSITY", "configs", "loss_table", "readable_latents", "render_losses"]
+
+LOSS_COLUMNS = ["arch", "width", "l0", "fvu", "relative_reconstruction_bias", "dead_fraction", "dense_fraction",
+                "ce_clean", "ce_sae", "ce_zero_ablation", "loss_recovered", "delta_lm_loss", "kl"]
+READABLE_DENSITY = (1e-3, 3e-2)
+"""Latents read through their contexts fire on more than 0.1% and fewer than 3% of the held-out tokens."""
+
+
+def configs(gated_width: int, relu_width_factor: float, l1_relu: float, l1_gated: float, **common: Any) -> list[dict]:
+    """A baseline (``relu_width_factor`` times wider: equal compute) and a Gated SAE; ``common``
+    (steps, batch size, lr, seed) for both."""
+    relu_width = int(round(relu_width_factor * gated_width))
+    return [dict(arch="relu", width=relu_width, l1_coefficient=l1_relu, **common),
+            dict(arch="gated", width=gated_width, l1_coefficient=l1_gated, **common)]
+
+
+def loss_table(saes: dict[str, Any], spliced: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per SAE (``{arch: sae}``): its width and its :func:`~sae_helpers.splice_eval` result."""
+    return pd.DataFrame([{"arch": arch, "width": sae.d_sae, **row}
+                         for (arch, sae), row in zip(saes.items(), spliced, strict=True)])
+
+
+def render_losses(table: pd.DataFrame, hook_name: str) -> str:
+    """The losses' paragraph: clean and zero-ablated loss, each SAE's loss recovered and γ."""
+    relu_row, gated_row = (table.set_index("arch").loc[a] for a in ("relu", "gated"))
+    return (
+        f"On {int(relu_row['n_predictions']):,} held-out tokens the clean model's loss is "
+        f"{relu_row['ce_clean']:.3f} nats/token and zero-ablating `{hook_name}` raises it to "
+        f"{relu_row['ce_zero_ablation']:.3f}. The baseline SAE (L0 {relu_row['l0']:.1f}) recovers "
+        f"{relu_row['loss_recovered']:.1%} of that loss (ΔLM loss {relu_row['delta_lm_loss']:.3f}); the Gated SAE "
+        f"(L0 {gated_row['l0']:.1f}) recovers {gated_row['loss_recovered']:.1%} (ΔLM loss "
+        f"{gated_row['delta_lm_loss']:.3f}). Relative reconstruction bias: baseline γ = "
+        f"{relu_row['relative_reconstruction_bias']:.3f}, Gated γ = {gated_row['relative_reconstruction_bias']:.3f}."
+    )
+
+
+def readable_latents(density: Any, n: int, seed: int) -> list[int]:
+    """Up to ``n`` latents drawn (with ``seed``) among those whose density lies strictly inside
+    :data:`READABLE_DENSITY`."""
+    density = pd.Series(density)
+    low, high = READABLE_DENSITY
+    candidates = density[(density > low) & (density < high)]
+    return candidates.sample(min(n, len(candidates)), random_state=seed).index.tolist()

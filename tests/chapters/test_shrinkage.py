@@ -1,0 +1,64 @@
+import pandas as pd
+import pytest
+
+from sae_helpers.chapters import shrinkage as ch
+
+
+def at_site(gated_l0_factor=0.5, relu_gamma=(0.80, 0.85), gated_gamma=(0.99, 1.01), others=True):
+    rows = [{"arch": "relu", "l0": 10.0, "loss_recovered": 0.80, "relative_reconstruction_bias": relu_gamma[0]},
+            {"arch": "relu", "l0": 40.0, "loss_recovered": 0.90, "relative_reconstruction_bias": relu_gamma[1]},
+            {"arch": "gated", "l0": 10.0 * gated_l0_factor, "loss_recovered": 0.80,
+             "relative_reconstruction_bias": gated_gamma[0]},
+            {"arch": "gated", "l0": 40.0 * gated_l0_factor, "loss_recovered": 0.90,
+             "relative_reconstruction_bias": gated_gamma[1]}]
+    if others:
+        rows.append({"arch": "topk", "l0": 16.0, "loss_recovered": 0.85, "relative_reconstruction_bias": 0.97})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(("factor", "words"), [(0.5, "clearly lower L0"), (1.0, "about the same L0"),
+                                               (2.0, "higher L0")])
+def test_claim_a_reads_the_median_ratio(factor, words):
+    v = ch.site_verdict(at_site(factor), "s")
+    assert v.l0_ratio == pytest.approx(factor) and v.n_matched >= 1
+    assert f"median {factor:.2f}x the baseline's L0" in ch.render_verdict(v) and words in ch.render_verdict(v)
+
+
+def test_claim_a_without_overlap():
+    frame = at_site()
+    frame.loc[frame.arch == "gated", "loss_recovered"] = [0.95, 0.99]
+    v = ch.site_verdict(frame, "s")
+    assert v.l0_ratio is None and "do not overlap in loss recovered" in ch.render_verdict(v)
+
+
+@pytest.mark.parametrize(("relu", "gated", "words"), [
+    ((0.80, 0.85), (0.99, 1.01), "the baseline shrinks and the Gated SAE does not (all its |γ − 1| ≤ 0.02)"),
+    ((0.80, 0.85), (0.90, 0.95), "both shrink here, the baseline more"),
+    ((0.80, 0.95), (0.90, 1.00), "the two architectures' γ ranges overlap"),
+])
+def test_claim_b_contrasts_the_gamma_ranges(relu, gated, words):
+    text = ch.render_verdict(ch.site_verdict(at_site(relu_gamma=relu, gated_gamma=gated), "s"))
+    assert words in text and f"Gated γ ranges over {gated[0]:.3f}-{gated[1]:.3f}" in text
+
+
+def test_claim_c_lists_the_other_architectures_only_when_present():
+    assert "Without an L1 penalty, γ ranges over: TopK 0.970-0.970." in ch.render_verdict(ch.site_verdict(at_site(),
+                                                                                                         "s"))
+    assert "Without an L1 penalty" not in ch.render_verdict(ch.site_verdict(at_site(others=False), "s"))
+
+
+def test_sweep_configs_cover_every_setting():
+    configs = ch.sweep_configs(10, 1.5, [1.0], [2.0, 3.0], [4], [0.5], 10.0, steps=1)
+    assert [c["arch"] for c in configs] == ["relu", "gated", "gated", "topk", "batchtopk", "jumprelu"]
+    assert configs[0]["width"] == 15 and configs[-1]["sae_options"] == {"threshold_lr_scale": 10.0}
+
+
+def test_render_equivalence():
+    checks = pd.DataFrame({"same active latents (fraction of tokens)": [1.0, 0.999],
+                           "max |reconstruction difference|": [1e-6, 2e-6], "max |activation|": [10.0, 20.0],
+                           "spliced CE, Gated": [3.0, 3.1], "spliced CE, JumpReLU": [3.0, 3.1 + 1e-7],
+                           "n_samples": [4000, 4000]})
+    assert ch.render_equivalence(checks) == (
+        "On 4,000 held-out activations per site the converted JumpReLU SAE selects the same active latents on "
+        "99.90% of tokens; its reconstructions differ from the Gated SAE's by at most 2.0e-07 of the largest "
+        "activation, and the spliced losses differ by at most 1.0e-07 nats per token.")
