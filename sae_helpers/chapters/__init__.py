@@ -3,7 +3,7 @@
 * :mod:`.common` -- what several chapters repeat: the parameters in effect
   (:func:`~.common.setup`), the data paths (``cache``, ``runs``, ``results`` under a chapter's
   ``data_root``), one harvest of the training and held-out caches, the BatchTopK family of
-  chapters 03 and 04, and the site metadata given to SAEs (:func:`~.common.site_metadata`);
+  chapters 03 and 04 (its SAEs take their model and site from the activation cache);
 * :mod:`.known_features` (00), :mod:`.training` (01), :mod:`.shrinkage` (02),
   :mod:`.completeness` (03), :mod:`.atomicity` (04): each chapter's computations and its
   verdicts. A verdict is a small structured result (the numbers, and booleans for the

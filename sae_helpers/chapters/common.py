@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["cache_dir", "family_settings", "harvest", "parameters", "parameters_table", "results_file", "run_dir",
-           "setup", "site_metadata", "train_family"]
+           "setup", "train_family"]
 
 _PARAMETER_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -87,25 +87,15 @@ def harvest(model_name: str, sites: list[str], n_train_tokens: int, n_eval_token
     return model, caches
 
 
-def site_metadata(model: Any, hook_name: str, context_size: int) -> dict[str, Any]:
-    """The model and site an SAE trained at ``hook_name`` records (``train_saes(..., metadata=...)``).
-
-    The one place the chapters build it: once SAEs take it from their activation cache, this
-    helper and its callers' ``metadata=`` arguments go.
-    """
-    return {"model_name": model.model_name, "hook_name": hook_name, "context_size": context_size}
-
-
-def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int, steps: int,
-                 batch_size: int, lr: float, seed: int, data_root: str | Path, context_size: int) -> Any:
+def train_family(site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int, steps: int,
+                 batch_size: int, lr: float, seed: int, data_root: str | Path) -> Any:
     """The BatchTopK family shared by chapters 03 and 04: every width trained in one pass over
     ``train_cache`` (one init seed per width, the same data order), checkpointed in
     ``runs/family/<site>`` and evaluated on ``eval_cache``; the :func:`~sae_helpers.train_saes` result."""
     from ..training import family_configs, train_saes
 
     return train_saes(train_cache, family_configs(widths, seed=seed, **family_settings(k, steps, batch_size, lr)),
-                      data_seed=seed, out_dir=run_dir(data_root, "family", site), eval_activations=eval_cache,
-                      metadata=site_metadata(model, site, context_size))
+                      data_seed=seed, out_dir=run_dir(data_root, "family", site), eval_activations=eval_cache)
 
 
 def family_settings(k: int, steps: int, batch_size: int, lr: float) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class Family(NamedTuple):
 
 
 def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int, steps: int,
-                 batch_size: int, lr: float, seed: int, control_seed: int, data_root: str, context_size: int,
+                 batch_size: int, lr: float, seed: int, control_seed: int, data_root: str,
                  n_splice_tokens: int) -> Family:
     """Every width trained in one pass (one init seed per width, the same data order), the
     control (the smallest width again from ``control_seed``), the family spliced into ``model``."""
@@ -48,13 +48,12 @@ def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, width
     from ..models import splice_eval
     from ..training import decoder_drift, family_configs, train_saes
 
-    sweep = common.train_family(model, site, train_cache, eval_cache, widths, k=k, steps=steps,
-                                batch_size=batch_size, lr=lr, seed=seed, data_root=data_root,
-                                context_size=context_size)
+    sweep = common.train_family(site, train_cache, eval_cache, widths, k=k, steps=steps,
+                                batch_size=batch_size, lr=lr, seed=seed, data_root=data_root)
     control_run = train_saes(train_cache, family_configs(widths[:1], seed=control_seed,
                                                          **common.family_settings(k, steps, batch_size, lr)),
                              data_seed=seed, out_dir=common.run_dir(data_root, "family", site),
-                             eval_activations=eval_cache, metadata=common.site_metadata(model, site, context_size))
+                             eval_activations=eval_cache)
     control = control_run.saes[0]
     spliced = splice_eval(model, sweep.saes, n_splice_tokens)
     table = pd.DataFrame([{"width": w, "arch": "batchtopk", **{key: row[key] for key in ("l0", "fvu", "mse",

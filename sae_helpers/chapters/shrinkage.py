@@ -48,7 +48,7 @@ class SiteSweep(NamedTuple):
 
 
 def sweep_site(model: Any, site: str, train_cache: Any, eval_cache: Any, configs: list[dict], *, data_root: str,
-               context_size: int, n_splice_tokens: int) -> SiteSweep:
+               n_splice_tokens: int) -> SiteSweep:
     """Train ``configs`` in one pass at ``site``, evaluate them on held-out activations and splice
     them into ``model``."""
     from ..evaluation import health_table
@@ -56,7 +56,7 @@ def sweep_site(model: Any, site: str, train_cache: Any, eval_cache: Any, configs
     from ..training import train_saes
 
     sweep = train_saes(train_cache, configs, out_dir=common.run_dir(data_root, "02_shrinkage", site),
-                       eval_activations=eval_cache, metadata=common.site_metadata(model, site, context_size))
+                       eval_activations=eval_cache)
     spliced = splice_eval(model, sweep.saes, n_splice_tokens)
     rows = []
     for config_row, splice_row in zip(sweep.results.to_dict("records"), spliced, strict=True):

@@ -23,9 +23,3 @@ def test_paths_follow_the_convention(tmp_path):
         "blocks.6.hook_resid_post")
     path = common.results_file(tmp_path, "02_shrinkage", "smollm2-135m")
     assert path == tmp_path / "results" / "02_shrinkage_smollm2-135m.csv" and path.parent.is_dir()
-
-
-def test_site_metadata_names_the_model_and_site():
-    model = sh.tiny_model(seed=0)
-    assert common.site_metadata(model, "blocks.0.hook_resid_post", 16) == {
-        "model_name": model.model_name, "hook_name": "blocks.0.hook_resid_post", "context_size": 16}
