@@ -18,9 +18,9 @@ from .blocks import (
     accumulator_dtype,
     block_buffer,
     decode_and_error,
+    pass_threads,
     reconstruction_grad,
     row_blocks,
-    single_threaded,
 )
 from .sparse import SupportCollector, column_sums, sampled_mm, sparse_decode_and_error, spmm, spmm_t
 
@@ -80,7 +80,7 @@ class GatedTrainingStep(torch.autograd.Function):
         blocks = row_blocks(u)
         mask = block_buffer(u, blocks)
         collector = SupportCollector(gate, W_dec.shape[1], decoder)  # the open gates: ReLU(pi_gate) > 0
-        with single_threaded(u):
+        with pass_threads("gated.forward", u):
             for rows in blocks:
                 u_r, f_r, a_r, m_r = u[rows], latents[rows], gate[rows], mask[: rows.stop - rows.start]
                 torch.add(u_r, b_gate, out=a_r)  # pi_gate
@@ -139,7 +139,7 @@ class GatedTrainingStep(torch.autograd.Function):
         sum_gate, sum_mag, sum_mag_u = (torch.zeros(u.shape[1], **acc) for _ in range(3))
         blocks = row_blocks(u)
         tmp = block_buffer(u, blocks)
-        with single_threaded(u):
+        with pass_threads("gated.backward", u):
             for rows in blocks:
                 u_r, g_r, t_r = u[rows], grad_u[rows], tmp[: rows.stop - rows.start]
                 if sparsity_grad is not None:

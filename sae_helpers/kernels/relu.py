@@ -17,9 +17,9 @@ from .blocks import (
     accumulator_dtype,
     block_buffer,
     decode_and_error,
+    pass_threads,
     reconstruction_grad,
     row_blocks,
-    single_threaded,
 )
 from .sparse import SupportCollector, column_sums, sampled_mm, sparse_decode_and_error, spmm, spmm_t
 
@@ -57,7 +57,7 @@ class ReluTrainingStep(torch.autograd.Function):
         latents = u
         row_sparsity = u.new_empty(u.shape[0])
         collector = SupportCollector(latents, W_dec.shape[1], decoder)
-        with single_threaded(u):
+        with pass_threads("relu.forward", u):
             for rows in row_blocks(u):
                 torch.sum(latents[rows].add_(b_enc).relu_(), dim=-1, out=row_sparsity[rows])
                 collector.add(rows)
@@ -99,7 +99,7 @@ class ReluTrainingStep(torch.autograd.Function):
         sum_pre = torch.zeros(latents.shape[1], dtype=accumulator_dtype(latents.dtype), device=latents.device)
         blocks = row_blocks(latents)
         mask = block_buffer(latents, blocks)
-        with single_threaded(latents):
+        with pass_threads("relu.backward", latents):
             for rows in blocks:
                 g_r = grad_u[rows]
                 if sparsity_grad is not None:
