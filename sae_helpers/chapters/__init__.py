@@ -8,9 +8,12 @@
   :mod:`.completeness` (03), :mod:`.atomicity` (04): each chapter's computations and its
   verdicts. A verdict is a small structured result (the numbers, and booleans for the
   sentences they decide, against thresholds that are named module constants) with a
-  ``render_*`` function that writes its markdown.
+  ``render_*`` function that writes its markdown;
+* :mod:`.record` -- a chapter's headline sentence and key numbers, stored in the executed
+  notebook as hidden myst-nb glue outputs and read back by :func:`~.record.read_record` (the
+  front page, the batch runner).
 """
 
-from . import atomicity, common, completeness, known_features, shrinkage, training
+from . import atomicity, common, completeness, known_features, record, shrinkage, training
 
-__all__ = ["atomicity", "common", "completeness", "known_features", "shrinkage", "training"]
+__all__ = ["atomicity", "common", "completeness", "known_features", "record", "shrinkage", "training"]
