@@ -4,6 +4,7 @@ harvest_sites: several sites from one forward pass, each cache equal to its sing
 import copy
 import json
 import shutil
+import time
 import warnings
 
 import datasets
@@ -288,6 +289,11 @@ def test_kill_9_during_a_harvest_leaves_a_complete_prefix_and_resumes_exactly(tm
 
     whole = shard_digests(harvest(tiny_model(seed=0), SHALLOW, 900, tmp_path / "whole", dataset=tiny_corpus(),
                                   **SMALL))
+    # Kills land over about one warm uninterrupted harvest, as long as it takes on this machine now (a
+    # loaded machine is slower: a fixed window would kill every worker before its first shard).
+    started = time.perf_counter()
+    harvest(tiny_model(seed=0), SHALLOW, 900, tmp_path / "timed", dataset=tiny_corpus(), **SMALL)
+    window = max(0.3, 1.2 * (time.perf_counter() - started))
     out = tmp_path / "c"
     setup = (f"from sae_helpers import harvest\nfrom sae_helpers.models import tiny_model\n"
              f"from tests.test_harvest import SHALLOW, SMALL, tiny_corpus\n"
@@ -311,6 +317,6 @@ def test_kill_9_during_a_harvest_leaves_a_complete_prefix_and_resumes_exactly(tm
             complete.append(len(shards))
             shutil.rmtree(out)
 
-    kill_repeatedly(setup, 25, seed=2, max_delay=0.3, check=check, log=tmp_path / "child.err")
+    kill_repeatedly(setup, 25, seed=2, max_delay=window, check=check, log=tmp_path / "child.err")
     assert len(set(listed)) >= 3  # kills landed at several points of the harvest (usually some complete too)
     assert shard_digests(harvest(tiny_model(seed=0), SHALLOW, 900, out, dataset=tiny_corpus(), **SMALL)) == whole
