@@ -19,7 +19,7 @@ In memory an SAE's ``metadata`` uses the package's own names (``model_name`` is 
     ``"HuggingFaceTB/SmolLM2-135M-Instruct"``, the id SAELens and TransformerLens load);
     any other name (``"gpt2"``, a hub id) as it is. Our name, and what our weights are (the
     embedded model is a 4-bit GGUF of that checkpoint, de-quantised to float32, so its
-    activations are close to but not those of the hub's bfloat16 weights), go under the
+    activations are close to but not those of the hub's own weights), go under the
     field ``sae_helpers`` (``{"model_name": ..., "model_weights": ...}``), which SAELens
     keeps without reading and :func:`from_saelens` reads back.
 ``hook_name``, ``context_size``
