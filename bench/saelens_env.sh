@@ -4,7 +4,8 @@
 # SAEs with SAELens itself; CI builds this environment first). SAELens is NOT a dependency of the
 # project (the folder is git-ignored): it needs transformer-lens < 4, ours is 4.x.
 #
-#   bash bench/saelens_env.sh                      # about 1.5 GB, a minute or two
+#   bash bench/saelens_env.sh                      # 1.9 GB; 160 s of CPU (measured 2026-11 from PyPI with
+#                                                  # no pip cache: 13.8 min wall on 2 cores at load 10)
 #   bench/.saelens-venv/bin/python bench/vs_saelens.py
 #   SAELENS_VENV=/elsewhere bash bench/saelens_env.sh   # another location (then SAELENS_PYTHON=/elsewhere/bin/python
 #                                                       # for the round-trip test)

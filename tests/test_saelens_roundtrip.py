@@ -37,7 +37,7 @@ def saelens_python() -> Path:
     python = Path(os.environ.get("SAELENS_PYTHON") or ROOT / "bench" / ".saelens-venv" / "bin" / "python")
     if not python.is_file():
         message = (f"The SAELens environment is missing: no {python}. Build it with `bash bench/saelens_env.sh` "
-                   "(about 1.5 GB, a few minutes; SAELENS_VENV=DIR builds it elsewhere, then set "
+                   "(1.9 GB, about 3 CPU-minutes; SAELENS_VENV=DIR builds it elsewhere, then set "
                    "SAELENS_PYTHON=DIR/bin/python).")
         if os.environ.get("CI"):
             pytest.fail(message)
