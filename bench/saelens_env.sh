@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Creates bench/.saelens-venv: a throwaway environment holding SAELens beside sae_helpers, for
-# bench/vs_saelens.py only. SAELens is NOT a dependency of the project (the folder is git-ignored).
+# bench/vs_saelens.py, bench/contention.py and tests/test_saelens_roundtrip.py (which loads our saved
+# SAEs with SAELens itself; CI builds this environment first). SAELens is NOT a dependency of the
+# project (the folder is git-ignored): it needs transformer-lens < 4, ours is 4.x.
 #
-#   bash bench/saelens_env.sh                      # about 1.5 GB, a minute or two
+#   bash bench/saelens_env.sh                      # 1.9 GB; 160 s of CPU (measured 2026-11 from PyPI with
+#                                                  # no pip cache: 13.8 min wall on 2 cores at load 10)
 #   bench/.saelens-venv/bin/python bench/vs_saelens.py
+#   SAELENS_VENV=/elsewhere bash bench/saelens_env.sh   # another location (then SAELENS_PYTHON=/elsewhere/bin/python
+#                                                       # for the round-trip test)
 #
 # torch comes first and pinned, and stays pinned as a constraint for everything after it: the
 # CPU wheel of torch 2.13.0 is the one pip finds on local disk, while any other version (or
@@ -20,7 +25,7 @@ SAELENS_VERSION=6.54.12
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-venv="$here/.saelens-venv"
+venv="${SAELENS_VENV:-$here/.saelens-venv}"
 python="${PYTHON:-python3.11}"
 
 "$python" -m venv "$venv"

