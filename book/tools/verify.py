@@ -12,8 +12,14 @@ with the same parameters. nbval does that in strict mode (``--nbval``): a kernel
 (the chapters' working directory) executes a copy of the executed notebook and each cell's
 outputs must equal the stored ones after the sanitizer (``nbval_sanitize.cfg``: timings,
 progress-bar rates, memory addresses, dates, SVG ids; this repository's absolute path is
-added at run time). PNG/JPEG images are not compared (nbval's default); SVG figures are,
-after their random ids and date are replaced. The differing cells are listed at the end.
+added at run time). Progress bars are removed from both sides (:mod:`book.tools.nbval_progress`:
+whether a bar appears depends on what ``data/`` already holds). PNG/JPEG images are not
+compared (nbval's default); SVG figures are, after their random ids and date are replaced.
+The differing cells are listed at the end.
+
+A chapter re-executed here finds its activation caches and trained SAEs in its ``data_root``
+as ``make book`` does and reuses them: what is checked is every output computed from them.
+To reproduce the training too, delete the chapter's ``data/runs/<group>`` first.
 """
 
 from __future__ import annotations
@@ -114,9 +120,10 @@ def verify(executed: Path, *, root: Path = REPO, timeout: int = CELL_TIMEOUT, qu
             sanitizer.write_text(sanitizer_text(root), encoding="utf-8")
             command = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
                        "--nbval-sanitize-with", str(sanitizer), "--nbval-cell-timeout", str(timeout),
-                       "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(root), "--junitxml", str(report),
-                       "-q", "--color=no", copy]
-            subprocess.run(command, cwd=root, check=False,
+                       "-p", "no:cacheprovider", "-p", "book.tools.nbval_progress", "-o", "addopts=",
+                       "--rootdir", str(root), "--junitxml", str(report), "-q", "--color=no", copy]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+            subprocess.run(command, cwd=root, env=env, check=False,
                            stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.DEVNULL if quiet else None)
             if not report.is_file():
                 raise RuntimeError(f"{executed}: pytest wrote no report; run `{' '.join(command)}` to see why")

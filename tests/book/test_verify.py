@@ -18,6 +18,9 @@ CELLS = (
     "import datetime\nprint(datetime.datetime.now().isoformat())",      # a date and time
     "import time\nfrom tqdm import tqdm\nfor _ in tqdm(range(3)):\n    time.sleep(0.2)",  # a progress bar
     "import os\nprint(os.path.abspath('..'))",                           # the repository's path
+    "from pathlib import Path\nif not Path('tiny.marker').exists():      # like a harvest: the first run works,\n"
+    "    for _ in tqdm(range(3)):                                      # a later one reuses its result\n"
+    "        time.sleep(0.1)\n    Path('tiny.marker').write_text('done')\nprint('ready')",
     "%config InlineBackend.figure_formats = ['svg']\nimport matplotlib.pyplot as plt\n"
     "plt.plot([0, seed, 1])\nplt.show()",                                # an SVG figure (random ids)
 )
@@ -42,6 +45,8 @@ def _outputs_text(path: Path) -> str:
 def test_untouched_notebook_is_reproduced(executed):
     stored = _outputs_text(executed)
     assert "image/svg+xml" in stored and "0x" in stored and "it/s" in stored  # what the sanitizer must handle
+    marker = next(c for c in json.loads(executed.read_text())["cells"] if "tiny.marker" in "".join(c["source"]))
+    assert "it/s" in json.dumps(marker["outputs"])  # a bar stored; none when re-executed (the marker exists)
     result = verify.verify(executed, root=executed.parents[2], quiet=True)
     assert result.cells == 1 + len(CELLS) + 1  # the parameters cell, CELLS and papermill's injected cell
     assert result.differing == {} and result.ok and not result.stale
@@ -66,8 +71,16 @@ def test_without_the_sanitizer_the_varying_outputs_differ(executed, tmp_path, mo
     empty.write_text("")
     monkeypatch.setattr(verify, "SANITIZER", empty)
     result = verify.verify(executed, root=executed.parents[2], quiet=True)
-    # the address, the date, the progress bar's timing and the SVG ids (the path is the same here)
-    assert len(result.differing) == 4
+    # the address, the date and the SVG ids (the path is the same here; progress bars are left out)
+    assert len(result.differing) == 3
+
+
+def test_progress_bars_are_left_out():
+    from book.tools.nbval_progress import BAR
+    text = ("UserWarning: kept\ntrain: 100%|##########| 200/200 [00:12<00:00, 16.3step/s, loss=0.1]\n"
+            "harvest: 20.0k/20.0k [00:05<00:00, 3.91ktok/s]\n0it [00:00, ?it/s]\n"
+            " 50%|#####     | 1/2 [01:02<01:02, 62.00s/it]\nkept [1, 2] too\n")
+    assert BAR.sub("", text) == "UserWarning: kept\nkept [1, 2] too\n"
 
 
 def test_chapter_paths_and_parameters(tmp_path, executed):
