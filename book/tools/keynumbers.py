@@ -46,11 +46,12 @@ def _numeric(value: Any) -> float | None:
     return None
 
 
-def summarise(long: pd.DataFrame, over: str | None) -> pd.DataFrame:
-    """The wide table (see the module docstring) from :func:`collect`'s rows."""
+def summarise(long: pd.DataFrame, over: str | None, over_values: Iterable[Any] = ()) -> pd.DataFrame:
+    """The wide table (see the module docstring) from :func:`collect`'s rows; ``over_values``
+    gives the columns' order (values only in ``long`` follow)."""
     axes = [c for c in long.columns if c not in ("chapter", "number", "value", over)]
     keys = ["chapter", *axes, "number"]
-    over_values = list(dict.fromkeys(long[over])) if over is not None else []
+    over_values = list(dict.fromkeys([*over_values, *long[over]])) if over is not None else []
     rows = []
     for key, group in long.groupby(keys, sort=False, dropna=False):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
@@ -89,7 +90,9 @@ def write_tables(runs: Iterable[Any], grid: Any, directory: Path) -> tuple[Path,
     """Write ``key_numbers.csv`` and ``key_numbers.md`` for ``runs`` in ``directory`` (atomically)."""
     from sae_helpers._io import atomic_write
 
-    table = summarise(collect(runs, grid.over), grid.over)
+    runs = list(runs)
+    seen = [run.point.labels[grid.over] for run in runs] if grid.over is not None else []
+    table = summarise(collect(runs, grid.over), grid.over, seen)
     note = (f"Key numbers of grid `{grid.name}` ({grid.path.name}): {table['number'].nunique()} numbers; "
             + (f"n, mean, std (ddof 1), min, max over `{grid.over}`." if grid.over else "one run per setting."))
     markdown = f"{note}\n\n{to_markdown(table)}" if len(table) else f"{note}\n\nNo key numbers recorded.\n"

@@ -95,3 +95,14 @@ def test_unknown_parameter_is_refused(repo):
     grid = _grid(repo, "chapters: [nope]\ngrid:\n  seed: [0]\n")
     with pytest.raises(ValueError, match="g.yaml: chapters: no notebook"):
         runs.plan(runs.load_grid(grid), repo)
+
+
+def test_summary_without_runs_or_with_missing_values():
+    from book.tools import keynumbers
+    empty = pd.DataFrame(columns=["chapter", "seed", "number", "value"])
+    table = keynumbers.summarise(empty, "seed", [0, 1])
+    assert table.empty and list(table.columns) == ["chapter", "number", "seed 0", "seed 1", *keynumbers.STATS]
+    long = pd.DataFrame({"chapter": "c", "seed": [0, 1, 2], "number": "x", "value": [1.0, None, 3]})
+    row = keynumbers.summarise(long, "seed", [0, 1, 2]).iloc[0]
+    assert row["n"] == 2 and row["mean"] == 2.0 and row["min"] == 1.0 and row["max"] == 3.0
+    assert "| c | x | 1 |  | 3 | 2 | 2 | 1.414 | 1 | 3 |" in keynumbers.to_markdown(keynumbers.summarise(long, "seed"))
