@@ -140,14 +140,26 @@ def verify(executed: Path, *, root: Path = REPO, timeout: int = CELL_TIMEOUT, qu
     return result
 
 
+_WHAT = re.compile(r"mismatch '.*'|dissimilar number of outputs.*|Missing output fields.*|Unexpected output fields.*|"
+                   r"Cell execution caused an exception|Timeout.*")
+
+
+def describe(report: str) -> str:
+    """One line for a differing cell: what differs (nbval's words) and the cell's first line."""
+    lines = report.splitlines()
+    what = next((m.group(0) for line in lines if (m := _WHAT.search(line))), lines[0] if lines else "")
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Input:"), None)
+    code = next((line.strip() for line in lines[start:] if line.strip()), "") if start is not None else ""
+    return f"{what.strip()[:100]}" + (f"  (cell: {code[:60]})" if code else "")
+
+
 def _summary(results: list[Result]) -> str:
-    lines = ["", "Strict reproduction (nbval --nbval, book/tools/nbval_sanitize.cfg):"]
+    lines = ["", "Strict reproduction (nbval --nbval, book/tools/nbval_sanitize.cfg); cells counted as nbval does "
+             "(code cells from 0); in nbval's diffs above, + is the stored output, - the re-executed one:"]
     for r in results:
         verdict = "reproduced" if r.ok else f"{len(r.differing)} of {r.cells} cells differ"
         lines.append(f"  {r.notebook}: {r.cells} cells, {verdict}" + (" (stale: source changed)" if r.stale else ""))
-        for cell, report in r.differing.items():
-            first = next((line for line in report.splitlines() if line.strip()), "")
-            lines.append(f"    {cell}: {first.strip()[:160]}")
+        lines += [f"    {cell}: {describe(report)}" for cell, report in r.differing.items()]
     return "\n".join(lines)
 
 

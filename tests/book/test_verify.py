@@ -64,6 +64,7 @@ def test_planted_difference_is_reported_by_cell(executed, tmp_path):
     assert not result.ok and len(result.differing) == 1
     [(name, report)] = result.differing.items()
     assert re.fullmatch(r"Cell \d+", name) and "7" in report and "6" in report
+    assert verify.describe(report) == "mismatch 'stdout'  (cell: print(seed * 2))"
 
 
 def test_without_the_sanitizer_the_varying_outputs_differ(executed, tmp_path, monkeypatch):
