@@ -6,6 +6,10 @@
 #                  the Jupyter Book (make book FORCE=1 re-executes every notebook)
 #   make lint      ruff
 #   make clean     remove the built book and the executed chapters (with their input hashes)
+#   make runs GRID=book/grids/NAME.yaml   execute chapters over a grid of parameters into
+#                  data/runs/batch/NAME/ and tabulate their key numbers (book/tools/runs.py)
+#   make verify    re-execute the executed chapters in book/chapters/ and compare every output
+#                  strictly with nbval (make verify NOTEBOOKS=notebooks/00_known_features.ipynb: one)
 #
 # A fresh machine needs only python3.11 and make. Nothing is installed outside .venv.
 #
@@ -40,10 +44,10 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export TQDM_MININTERVAL := 30
 unexport MPLBACKEND
 
-.PHONY: help install test book lint clean
+.PHONY: help install test book lint clean runs verify
 
 help:
-	@echo "make install | test | book | lint | clean   (see the top of the Makefile)"
+	@echo "make install | test | book | lint | clean | runs GRID=... | verify   (see the top of the Makefile)"
 
 install: $(STAMP)
 
@@ -107,6 +111,16 @@ book: install
 	  echo "$$html: $$n figures"; \
 	done
 	@echo "The book: _build/html/index.html"
+
+# Batch runs: every chapter of the grid at every point of it; finished runs are skipped when rerun.
+runs: install
+	@if [ -z "$(GRID)" ]; then echo "Usage: make runs GRID=book/grids/NAME.yaml (see book/tools/grids.py)" >&2; exit 2; fi
+	$(PY) -m book.tools.runs "$(GRID)"
+
+# Strict reproduction of executed chapters: all of book/chapters/, or the NOTEBOOKS given.
+# EXECUTE=1: first execute the NOTEBOOKS with their quick defaults into data/runs/verify/ (CI).
+verify: install
+	$(PY) -m book.tools.verify $(if $(EXECUTE),--execute) $(if $(filter file,$(origin NOTEBOOKS)),,$(NOTEBOOKS))
 
 lint: install
 	$(VENV)/bin/ruff check .

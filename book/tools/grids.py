@@ -1,0 +1,148 @@
+"""A batch grid: chapters run over the cartesian product of parameter values.
+
+A grid is a YAML file, ``book/grids/NAME.yaml``::
+
+    chapters: [02_shrinkage, 03_completeness]   # notebooks/NAME.ipynb
+    base: book        # book: book/params/NAME.yaml (the notebook's defaults where there is none);
+                      # quick: the notebook's own (quick) defaults
+    set: {steps: 500} # optional: fixed overrides for every run
+    grid:             # the axes; the runs are their cartesian product
+      seed: [0, 1, 2]
+      l1: [1.0, 2.0]
+      pair:           # an axis of linked settings: each entry sets several parameters together
+        - {seed: 0, control_seed: 1}
+        - {seed: 1, control_seed: 2}
+    over: seed        # optional: the axis the table summarises (default: the axis named seed)
+
+A scalar axis ``name: [v1, v2]`` sets the parameter ``name``. Each run's id is built from the
+values of its axes (readable) and a hash of every parameter it is given (stable: the same
+parameters always give the same id, other parameters another id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["BASES", "Grid", "Point", "load_grid", "params_hash", "points", "run_id"]
+
+#: Where a grid's base parameters come from.
+BASES = ("book", "quick")
+_KEYS = {"chapters", "base", "set", "grid", "over"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A parsed grid file."""
+
+    name: str
+    path: Path
+    chapters: tuple[str, ...]
+    base: str
+    fixed: dict[str, Any]
+    axes: dict[str, list[dict[str, Any]]]
+    over: str | None
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of the grid: each axis's label value and the parameters the point sets."""
+
+    labels: dict[str, Any]
+    overrides: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """A readable, path-safe label, e.g. ``seed-1_l1-2.0``."""
+        return "_".join(f"{_slug(axis)}-{_slug(value)}" for axis, value in self.labels.items()) or "base"
+
+
+def _fail(path: Path, field: str, problem: str, fix: str) -> ValueError:
+    return ValueError(f"{path}: {field}: {problem}. {fix}")
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and check a grid file (errors name the file, the field and the fix)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the grid file ({error})") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(raw, dict):
+        raise _fail(path, "top level", "is not a mapping", "Write `chapters:`, `base:` and `grid:` keys")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise _fail(path, ", ".join(sorted(unknown)), "unknown key", f"Use only {sorted(_KEYS)}")
+    chapters = raw.get("chapters")
+    if isinstance(chapters, str):
+        chapters = [chapters]
+    if not chapters or not all(isinstance(c, str) and c for c in chapters):
+        raise _fail(path, "chapters", f"got {chapters!r}", "List notebook names, e.g. [00_known_features]")
+    base = raw.get("base", "book")
+    if base not in BASES:
+        raise _fail(path, "base", f"got {base!r}", f"Use one of {BASES}")
+    fixed = raw.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise _fail(path, "set", f"got {fixed!r}", "Give a mapping {parameter: value}")
+    axes = _axes(path, raw.get("grid") or {})
+    over = raw.get("over", "seed" if "seed" in axes else None)
+    if over is not None and over not in axes:
+        raise _fail(path, "over", f"{over!r} is not an axis of grid", f"Use one of {sorted(axes)} or leave it out")
+    return Grid(path.stem, path, tuple(chapters), base, dict(fixed), axes, over)
+
+
+def _axes(path: Path, grid: Any) -> dict[str, list[dict[str, Any]]]:
+    if not isinstance(grid, dict):
+        raise _fail(path, "grid", f"got {grid!r}", "Give a mapping {axis: [values]}")
+    axes: dict[str, list[dict[str, Any]]] = {}
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise _fail(path, f"grid.{axis}", f"got {values!r}", "Give a non-empty list of values")
+        if all(isinstance(v, dict) for v in values):
+            if not all(v for v in values):
+                raise _fail(path, f"grid.{axis}", "an entry is empty", "Each entry sets at least one parameter")
+            axes[axis] = [dict(v) for v in values]
+        elif any(isinstance(v, dict) for v in values):
+            raise _fail(path, f"grid.{axis}", "mixes values and mappings", "Use only values or only mappings")
+        else:
+            axes[axis] = [{axis: v} for v in values]
+        if len({json.dumps(v, sort_keys=True) for v in axes[axis]}) != len(values):
+            raise _fail(path, f"grid.{axis}", "repeats a value", "List each value once")
+    return axes
+
+
+def points(grid: Grid) -> list[Point]:
+    """Every point of the grid (the cartesian product of its axes), in file order."""
+    result = []
+    for combo in itertools.product(*grid.axes.values()):
+        labels, overrides = {}, dict(grid.fixed)
+        for (axis, entries), entry in zip(grid.axes.items(), combo, strict=True):
+            labels[axis] = entry.get(axis, entries.index(entry))
+            overrides.update(entry)
+        result.append(Point(labels, overrides))
+    return result
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """A short hash of a parameter set (key order does not matter)."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_id(point: Point, params: dict[str, Any]) -> str:
+    """A run's folder name: its point's label and the hash of the parameters it is given."""
+    return f"{point.label}-{params_hash(params)}"
+
+
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return re.sub(r"[^A-Za-z0-9.,=+-]+", "", text.replace(" ", ""))[:40] or "x"

@@ -1,0 +1,218 @@
+"""Batch re-execution: run chapters over a grid of parameter sets (``book/grids/NAME.yaml``).
+
+    python -m book.tools.runs book/grids/NAME.yaml [--force]      # or: make runs GRID=...
+
+Each run goes to ``data/runs/batch/<grid>/<chapter>/<run-id>/``:
+
+* ``parameters.yaml``   the parameters given to papermill (base file, ``set`` and the grid point);
+* ``environment.json``  :func:`sae_helpers.environment_report` of those parameters;
+* ``<chapter>.ipynb``   the executed notebook (``<chapter>.failed.ipynb`` with the error if it failed);
+* ``record.json``       its headline and key numbers (:func:`sae_helpers.chapters.record.read_record`);
+* ``finished.json``     written last, atomically, only after papermill succeeded: a rerun skips the run.
+
+A failed or interrupted run has no ``finished.json`` and is executed again on the next call.
+Then :mod:`book.tools.keynumbers` gathers the key numbers of the finished runs into
+``data/runs/batch/<grid>/key_numbers.{csv,md}``.
+
+Data: a chapter that takes ``data_root`` gets one per grid point,
+``data/runs/batch/<grid>/data_root/<point>/``, shared by the grid's chapters at that point (03 and
+04 share their BatchTopK family), whose ``cache`` is a link to the book's activation caches (the
+harvest does not depend on the swept parameters, so runs share it). Trained SAEs and result
+tables stay per point: the chapters' ``results/`` files are not named by seed, and a grid must
+not overwrite the book's own ``data/runs`` and ``data/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from book.tools import keynumbers
+from book.tools.grids import Grid, Point, load_grid, params_hash, points, run_id
+
+__all__ = ["REPO", "Run", "execute", "main", "plan", "run_grid"]
+
+#: The repository root (this file is book/tools/runs.py).
+REPO = Path(__file__).resolve().parents[2]
+MARKER = "finished.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One chapter at one grid point."""
+
+    chapter: str
+    source: Path
+    point: Point
+    params: dict[str, Any]
+    directory: Path
+
+    @property
+    def notebook(self) -> Path:
+        return self.directory / f"{self.chapter}.ipynb"
+
+    @property
+    def failed_notebook(self) -> Path:
+        return self.directory / f"{self.chapter}.failed.ipynb"
+
+    @property
+    def finished(self) -> bool:
+        return (self.directory / MARKER).is_file()
+
+
+def batch_dir(grid: Grid, root: Path = REPO) -> Path:
+    """``data/runs/batch/<grid>``: every run of the grid and its key-number tables."""
+    return root / "data" / "runs" / "batch" / grid.name
+
+
+def plan(grid: Grid, root: Path = REPO) -> list[Run]:
+    """Every run of ``grid``: for each chapter, each grid point (checks the chapters and parameters)."""
+    import papermill
+
+    declared = {}
+    for chapter in grid.chapters:
+        source = root / "notebooks" / f"{chapter}.ipynb"
+        if not source.is_file():
+            raise ValueError(f"{grid.path}: chapters: no notebook {source}. Name notebooks/NAME.ipynb without .ipynb")
+        declared[chapter] = papermill.inspect_notebook(str(source))
+    named = set(grid.fixed) | {name for entries in grid.axes.values() for entry in entries for name in entry}
+    unknown = sorted(name for name in named if not any(name in d for d in declared.values()))
+    if unknown:
+        raise ValueError(f"{grid.path}: set/grid: {unknown} is not a parameter of {list(grid.chapters)}. "
+                         "Use names from the notebooks' parameters cells")
+    runs = []
+    for chapter in grid.chapters:
+        base = _base_params(grid, chapter, root)
+        for point in points(grid):
+            params = {**base, **{k: v for k, v in point.overrides.items() if k in declared[chapter]}}
+            directory = batch_dir(grid, root) / chapter / run_id(point, params)
+            if "data_root" in declared[chapter] and "data_root" not in params:
+                default = _default(declared[chapter]["data_root"], "../data")
+                params["data_root"] = _point_data_root(grid, point, root, shared=default)
+            runs.append(Run(chapter, root / "notebooks" / f"{chapter}.ipynb", point, params, directory))
+    return runs
+
+
+def _base_params(grid: Grid, chapter: str, root: Path) -> dict[str, Any]:
+    path = root / "book" / "params" / f"{chapter}.yaml"
+    if grid.base == "quick" or not path.is_file():
+        return {}
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: not a mapping of parameters")
+    return loaded
+
+
+def _default(parameter: dict[str, Any], fallback: Any) -> Any:
+    try:
+        return ast.literal_eval(parameter["default"])
+    except (KeyError, ValueError, SyntaxError):
+        return fallback
+
+
+def _point_data_root(grid: Grid, point: Point, root: Path, shared: str) -> str:
+    """The point's data root (relative to notebooks/, the chapters' working directory), its
+    ``cache`` linked to ``<shared>/cache``."""
+    notebooks = root / "notebooks"
+    directory = batch_dir(grid, root) / "data_root" / f"{point.label}-{params_hash(point.overrides)}"
+    directory.mkdir(parents=True, exist_ok=True)
+    cache, target = directory / "cache", (notebooks / shared / "cache").resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    link = os.path.relpath(target, directory)
+    if cache.is_symlink() and os.readlink(cache) != link and cache.resolve() != target:
+        raise ValueError(f"{cache} links to {os.readlink(cache)}, not to the shared cache {target}: remove the link")
+    if not cache.is_symlink():
+        if cache.exists():
+            raise ValueError(f"{cache} exists and is not a link to the shared cache {target}: move it away")
+        cache.symlink_to(link, target_is_directory=True)
+    return os.path.relpath(directory, notebooks)
+
+
+def execute(run: Run, kernel: str = "python3") -> bool:
+    """Execute one run with papermill (working directory notebooks/); True if it succeeded."""
+    import papermill
+
+    from sae_helpers import environment_report
+    from sae_helpers._io import atomic_write, atomic_write_json
+    from sae_helpers.chapters.record import read_record
+
+    run.directory.mkdir(parents=True, exist_ok=True)
+    for stale in (run.notebook, run.failed_notebook):
+        stale.unlink(missing_ok=True)
+    text = yaml.safe_dump(run.params, sort_keys=False)
+    atomic_write(run.directory / "parameters.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_json(run.directory / "environment.json", environment_report(run.params))
+    start = time.monotonic()
+    try:
+        papermill.execute_notebook(str(run.source), str(run.notebook), parameters=run.params, kernel_name=kernel,
+                                   cwd=str(run.source.parent), progress_bar=False)
+    except Exception:
+        if run.notebook.exists():
+            os.replace(run.notebook, run.failed_notebook)
+        raise
+    record = read_record(run.notebook)
+    atomic_write_json(run.directory / "record.json", record._asdict())
+    atomic_write_json(run.directory / MARKER, {
+        "chapter": run.chapter, "point": run.point.labels, "seconds": round(time.monotonic() - start, 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_sha256": hashlib.sha256(run.source.read_bytes()).hexdigest()})
+    return True
+
+
+def run_grid(path: str | Path, *, root: Path = REPO, force: bool = False, kernel: str = "python3",
+             log: Callable[[str], None] = print) -> tuple[list[Run], list[Run]]:
+    """Execute every unfinished run of the grid at ``path`` (every run with ``force``), then
+    write its key-number tables. Returns ``(runs, failed)``; a failure does not stop the others."""
+    grid = load_grid(path)
+    runs = plan(grid, root)
+    failed = []
+    for i, run in enumerate(runs, 1):
+        where = run.directory.relative_to(root)
+        if run.finished and not force:
+            log(f"[{i}/{len(runs)}] {where}: finished, skipped")
+            continue
+        (run.directory / MARKER).unlink(missing_ok=True)
+        log(f"[{i}/{len(runs)}] {where}: executing {run.chapter} with {run.point.labels}")
+        try:
+            execute(run, kernel)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # noqa: BLE001 - reported, the other runs go on
+            failed.append(run)
+            first = str(error).strip().splitlines()[:1] or [type(error).__name__]
+            log(f"FAILED {where}: {first[0]} (executed copy: {run.failed_notebook.name})")
+    csv, md = keynumbers.write_tables([r for r in runs if r.finished], grid, batch_dir(grid, root))
+    log(f"key numbers of {sum(r.finished for r in runs)} finished runs: {csv.relative_to(root)}, "
+        f"{md.relative_to(root)}")
+    return runs, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m book.tools.runs", description=__doc__.splitlines()[0])
+    parser.add_argument("grid", help="a grid file, e.g. book/grids/seeds.yaml")
+    parser.add_argument("--force", action="store_true", help="re-execute finished runs too")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
+    args = parser.parse_args(argv)
+    try:
+        _, failed = run_grid(args.grid, force=args.force, kernel=args.kernel)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(str(r.directory) for r in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

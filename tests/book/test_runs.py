@@ -1,0 +1,108 @@
+"""book/tools/runs.py and keynumbers.py: a grid of small notebooks executed with papermill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from book.tools import runs
+from tests.book.notebooks import write_notebook
+
+PARAMETERS = 'seed = 0\nscale = 1.0\nfail = False\ndata_root = "../data"\n'
+BODY = ("from pathlib import Path\n"
+        "from sae_helpers.chapters import record\n"
+        "assert not fail, 'planted failure'\n"
+        "Path(data_root, 'results').mkdir(parents=True, exist_ok=True)\n"
+        "Path(data_root, 'results', 'out.txt').write_text(str(seed))\n"
+        "record.key_numbers({'value': seed * scale, 'passes': seed > 0, 'label': f's{seed}'})\n")
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    write_notebook(tmp_path / "notebooks" / "tiny.ipynb", PARAMETERS, BODY)
+    (tmp_path / "book" / "params").mkdir(parents=True)
+    (tmp_path / "book" / "params" / "tiny.yaml").write_text("scale: 10.0\n")
+    (tmp_path / "book" / "grids").mkdir()
+    return tmp_path
+
+
+def _grid(repo: Path, text: str) -> Path:
+    path = repo / "book" / "grids" / "g.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_grid_runs_records_and_table(repo):
+    grid = _grid(repo, "chapters: [tiny]\nbase: book\ngrid:\n  seed: [1, 2, 3]\n")
+    log: list[str] = []
+    done, failed = runs.run_grid(grid, root=repo, log=log.append)
+    assert not failed and len(done) == 3 and all(r.finished for r in done)
+    batch = repo / "data" / "runs" / "batch" / "g"
+    for run, seed in zip(done, (1, 2, 3), strict=True):
+        assert run.directory.parent == batch / "tiny" and run.directory.name.startswith(f"seed-{seed}-")
+        assert {p.name for p in run.directory.iterdir()} >= {"parameters.yaml", "environment.json", "tiny.ipynb",
+                                                           "record.json", "finished.json"}
+        assert json.loads((run.directory / "record.json").read_text())["key_numbers"]["value"] == seed * 10.0
+        assert json.loads((run.directory / "environment.json").read_text())["parameters"]["seed"] == seed
+        # each point writes into its own data root, whose cache is the shared one
+        point_root = (repo / "notebooks" / run.params["data_root"]).resolve()
+        assert point_root.parent == batch / "data_root"
+        assert (point_root / "results" / "out.txt").read_text() == str(seed)
+        assert (point_root / "cache").resolve() == (repo / "data" / "cache").resolve()
+    table = pd.read_csv(batch / "key_numbers.csv")
+    value = table.set_index("number").loc["value"]
+    assert [value[f"seed {s}"] for s in (1, 2, 3)] == ["10.0", "20.0", "30.0"]
+    assert value["n"] == 3 and value["mean"] == pytest.approx(20.0) and value["std"] == pytest.approx(10.0)
+    assert (value["min"], value["max"]) == (10.0, 30.0)
+    passes = table.set_index("number").loc["passes"]
+    assert passes["mean"] == pytest.approx(1.0)
+    label = table.set_index("number").loc["label"]
+    assert label["n"] == 0 and pd.isna(label["mean"])
+    assert "| tiny | value | 10 | 20 | 30 | 3 | 20 | 10 | 10 | 30 |" in (batch / "key_numbers.md").read_text()
+
+    # a rerun skips every finished run
+    log.clear()
+    runs.run_grid(grid, root=repo, log=log.append)
+    assert sum("finished, skipped" in line for line in log) == 3
+
+
+def test_failed_run_keeps_its_copy_and_is_retried(repo):
+    grid = _grid(repo, "chapters: [tiny]\nbase: quick\ngrid:\n  seed: [0, 1]\n  fail: [false, true]\n")
+    done, failed = runs.run_grid(grid, root=repo, log=lambda _: None)
+    assert len(done) == 4 and len(failed) == 2
+    for run in failed:
+        assert not run.finished and not run.notebook.exists()
+        assert "planted failure" in run.failed_notebook.read_text()
+    # the summarised axis is seed; fail is another axis: two rows per number, failed runs absent
+    table = pd.read_csv(repo / "data" / "runs" / "batch" / "g" / "key_numbers.csv")
+    assert set(table["fail"]) == {False}
+    # fixed (planted failure removed): the failed runs run again, the finished ones are skipped
+    write_notebook(repo / "notebooks" / "tiny.ipynb", PARAMETERS, BODY.replace("assert not fail", "assert True"))
+    log: list[str] = []
+    _, failed = runs.run_grid(grid, root=repo, log=log.append)
+    assert not failed and sum("finished, skipped" in line for line in log) == 2
+    assert sum("executing" in line for line in log) == 2
+    assert all(not r.failed_notebook.exists() for r in done)
+
+
+def test_unknown_parameter_is_refused(repo):
+    grid = _grid(repo, "chapters: [tiny]\ngrid:\n  sead: [0, 1]\n")
+    with pytest.raises(ValueError, match=r"g.yaml: set/grid: \['sead'\] is not a parameter of \['tiny'\]"):
+        runs.plan(runs.load_grid(grid), repo)
+    grid = _grid(repo, "chapters: [nope]\ngrid:\n  seed: [0]\n")
+    with pytest.raises(ValueError, match="g.yaml: chapters: no notebook"):
+        runs.plan(runs.load_grid(grid), repo)
+
+
+def test_summary_without_runs_or_with_missing_values():
+    from book.tools import keynumbers
+    empty = pd.DataFrame(columns=["chapter", "seed", "number", "value"])
+    table = keynumbers.summarise(empty, "seed", [0, 1])
+    assert table.empty and list(table.columns) == ["chapter", "number", "seed 0", "seed 1", *keynumbers.STATS]
+    long = pd.DataFrame({"chapter": "c", "seed": [0, 1, 2], "number": "x", "value": [1.0, None, 3]})
+    row = keynumbers.summarise(long, "seed", [0, 1, 2]).iloc[0]
+    assert row["n"] == 2 and row["mean"] == 2.0 and row["min"] == 1.0 and row["max"] == 3.0
+    assert "| c | x | 1 |  | 3 | 2 | 2 | 1.414 | 1 | 3 |" in keynumbers.to_markdown(keynumbers.summarise(long, "seed"))
