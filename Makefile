@@ -49,6 +49,8 @@ unexport MPLBACKEND
 MATHJAX_PKG := book/mathjax
 MATHJAX := book/_static/mathjax
 SITE := _build/html
+# The browser make check-site drives (Chromium or Chrome).
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: help install test book html mathjax check-site publish lint clean
 
@@ -143,7 +145,7 @@ html: install mathjax
 # the report: _build/site-check/.
 check-site: install
 	@test -f $(SITE)/index.html || { echo "$(SITE)/index.html missing: run make book (or make html) first" >&2; exit 1; }
-	$(PY) -m book.tools.check_site --site $(SITE) --toc _toc.yml --out _build/site-check
+	$(PY) -m book.tools.check_site --site $(SITE) --toc _toc.yml --out _build/site-check --chromium "$(CHROMIUM)"
 
 # Pushes the built site to the gh-pages branch of the remote origin (.nojekyll included). The
 # GitHub Actions workflow .github/workflows/book.yml deploys without it.

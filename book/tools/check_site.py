@@ -6,6 +6,7 @@ The site is served from a localhost HTTP server started here; every request to a
 is blocked (and reported), so the check also proves the site works offline. For each page:
 
 * it loads (HTTP 200, no uncaught JavaScript error, no local file missing);
+* nothing wider than the text column is cut off (tables, code, figures must scroll);
 * chapter pages (``book/chapters/*`` in the toc) show figures, and every image loaded
   (natural size > 0);
 * formulas render: no raw ``\\(`` / ``\\[`` / ``$$`` / ``\\begin{`` left in visible text outside
@@ -56,7 +57,8 @@ TRACEBACK = "Traceback (most recent call last)"
 # Runs in the page: everything the checks need, as plain data.
 _PAGE_JS = r"""
 async (minRatio) => {
-  const SKIP = new Set(['PRE', 'CODE', 'SCRIPT', 'STYLE', 'TEXTAREA', 'MJX-CONTAINER', 'MJX-ASSISTIVE-MML', 'NOSCRIPT']);
+  const SKIP = new Set(['PRE', 'CODE', 'SCRIPT', 'STYLE', 'TEXTAREA', 'NOSCRIPT',
+                        'MJX-CONTAINER', 'MJX-ASSISTIVE-MML']);
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     try { await MathJax.startup.promise; } catch (e) {}
   }
@@ -120,6 +122,23 @@ async (minRatio) => {
     figures.push(Object.assign({src: 'inline <svg>', kind: 'svg-inline', loaded: rect.width > 0,
                                 width: rect.width, inOutput: true}, measure(svg)));
   }
+  // Content wider than the article that cannot be scrolled to: cut off for the reader.
+  const article = (document.querySelector('article, .bd-article, [role="main"]') || main).getBoundingClientRect();
+  const cutOff = [];
+  for (const el of main.querySelectorAll('table, pre, img, svg')) {
+    if (el.closest('mjx-container')) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right <= article.right + 1) continue;
+    let scrolls = false;
+    for (let e = el; e && e !== document.body; e = e.parentElement) {
+      const ox = getComputedStyle(e).overflowX;
+      if ((ox === 'auto' || ox === 'scroll') && e.getBoundingClientRect().right <= article.right + 1) {
+        scrolls = true;
+        break;
+      }
+    }
+    if (!scrolls) cutOff.push(`<${el.tagName.toLowerCase()}> ${Math.round(r.width)}px wide`);
+  }
   const anchors = Array.from(document.querySelectorAll('a[href]')).map(a => a.href);
   const ids = Array.from(document.querySelectorAll('[id], a[name]')).map(e => e.id || e.getAttribute('name'));
   return {
@@ -128,9 +147,10 @@ async (minRatio) => {
     bodyPx,
     mathSource: document.querySelectorAll('.math, span.math, div.math').length,
     mathRendered: document.querySelectorAll('mjx-container').length,
-    stderr: document.querySelectorAll('.output.stderr, .stderr, [data-mime-type="application/vnd.jupyter.stderr"]').length,
+    stderr: document.querySelectorAll(
+      '.output.stderr, .stderr, [data-mime-type="application/vnd.jupyter.stderr"]').length,
     errors: document.querySelectorAll('.output.traceback, .output.error, .traceback').length,
-    figures, anchors, ids,
+    figures, anchors, ids, cutOff,
   };
 }
 """
@@ -235,6 +255,9 @@ def _check_page(report: PageReport, data: dict, chapter: bool, min_ratio: float)
     missing = [f["src"] for f in data["figures"] if not f["loaded"]]
     if missing:
         report.problems.append(f"{len(missing)} image(s) not loaded: " + ", ".join(missing[:5]))
+    if data["cutOff"]:
+        report.problems.append(f"{len(data['cutOff'])} element(s) wider than the text column and not "
+                               "scrollable (cut off): " + ", ".join(data["cutOff"][:5]))
     raw = RAW_TEX.search(data["visible"])
     if raw:
         report.problems.append(f"raw TeX in visible text: ...{_excerpt(data['visible'], raw)}...")
