@@ -94,7 +94,8 @@ async (minRatio) => {
     const rect = img.getBoundingClientRect();
     const fig = {src: img.currentSrc || img.src, kind: isSvg(img.src) ? 'svg-img' : 'raster',
                  loaded: img.complete && img.naturalWidth > 0 && img.naturalHeight > 0,
-                 width: rect.width, inOutput: !!img.closest('.cell_output, .output, figure')};
+                 width: rect.width, naturalWidth: img.naturalWidth,
+                 inOutput: !!img.closest('.cell_output, .output, figure')};
     if (fig.kind === 'svg-img' && fig.loaded) {
       try {
         const text = await (await fetch(img.src)).text();
@@ -124,16 +125,21 @@ async (minRatio) => {
   }
   // Content wider than the article that cannot be scrolled to: cut off for the reader.
   const article = (document.querySelector('article, .bd-article, [role="main"]') || main).getBoundingClientRect();
-  const cutOff = [];
+  const cutOff = [], scrolled = [];
   for (const el of main.querySelectorAll('table, pre, img, svg')) {
     if (el.closest('mjx-container')) continue;
     const r = el.getBoundingClientRect();
-    if (r.width === 0 || r.right <= article.right + 1) continue;
+    if (r.width === 0) continue;
+    if (el.scrollWidth > el.clientWidth + 1 && ['auto', 'scroll'].includes(getComputedStyle(el).overflowX)) {
+      scrolled.push([el.scrollWidth, el.clientWidth]);  // readable by scrolling sideways
+    }
+    if (r.right <= article.right + 1) continue;
     let scrolls = false;
     for (let e = el; e && e !== document.body; e = e.parentElement) {
       const ox = getComputedStyle(e).overflowX;
       if ((ox === 'auto' || ox === 'scroll') && e.getBoundingClientRect().right <= article.right + 1) {
         scrolls = true;
+        scrolled.push([r.width, e.clientWidth]);
         break;
       }
     }
@@ -150,7 +156,7 @@ async (minRatio) => {
     stderr: document.querySelectorAll(
       '.output.stderr, .stderr, [data-mime-type="application/vnd.jupyter.stderr"]').length,
     errors: document.querySelectorAll('.output.traceback, .output.error, .traceback').length,
-    figures, anchors, ids, cutOff,
+    figures, anchors, ids, cutOff, scrolled,
   };
 }
 """
@@ -258,6 +264,10 @@ def _check_page(report: PageReport, data: dict, chapter: bool, min_ratio: float)
     if data["cutOff"]:
         report.problems.append(f"{len(data['cutOff'])} element(s) wider than the text column and not "
                                "scrollable (cut off): " + ", ".join(data["cutOff"][:5]))
+    if data["scrolled"]:
+        content, box = max(data["scrolled"], key=lambda pair: pair[0] / max(pair[1], 1))
+        report.notes.append(f"{len(data['scrolled'])} table(s)/code block(s) scroll sideways (the widest: "
+                            f"{content:.0f}px of content in a {box:.0f}px box)")
     raw = RAW_TEX.search(data["visible"])
     if raw:
         report.problems.append(f"raw TeX in visible text: ...{_excerpt(data['visible'], raw)}...")
@@ -278,7 +288,8 @@ def _check_page(report: PageReport, data: dict, chapter: bool, min_ratio: float)
         if not fig["loaded"] or not fig["inOutput"]:
             continue
         if fig["kind"] == "raster":
-            report.notes.append(f"raster figure, text size not measurable: {fig['src'].rsplit('/', 1)[-1]}")
+            report.notes.append(f"raster figure, text size not measurable: {fig['src'].rsplit('/', 1)[-1]} "
+                                f"({fig['naturalWidth']}px wide, shown at {fig['width']:.0f}px)")
         elif fig.get("min") is not None and fig["min"] < limit:
             report.problems.append(
                 f"figure text too small: {fig['min']:.1f}px in {fig['src'].rsplit('/', 1)[-1]} "

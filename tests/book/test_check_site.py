@@ -32,6 +32,7 @@ PAGES = {
 <div class="cell_output"><img src="big_text.svg" style="width: 400px"></div>
 <div class="cell_output"><img src="pixel.png"></div>
 <pre>.venv/bin/papermill notebooks/a.ipynb ../data/runs/a.ipynb</pre>
+<pre style="overflow-x: auto">{long_line}</pre>
 <p><a href="raw_tex.html">next</a> <a href="#top">top</a> <a href="clean.html#top">again</a>
 <a href="https://example.org/x">elsewhere</a></p>""",
     "raw_tex.html": r"""<p>A vector <span class="math">\(x \in \mathbb{R}^n\)</span> and</p>
@@ -56,7 +57,7 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
 def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PageReport]:
     site = tmp_path_factory.mktemp("site")
     for name, body in PAGES.items():
-        (site / name).write_text(HEAD.format(title=name, body=body))
+        (site / name).write_text(HEAD.format(title=name, body=body.replace("{long_line}", "x = 1; " * 200)))
     (site / "index.html").write_text(HEAD.format(title="index", body='<a href="clean.html">clean</a>'))
     (site / "big_text.svg").write_text(SVG.format(size=16))    # shown at 400px: 16px text
     (site / "small_text.svg").write_text(SVG.format(size=10))  # shown at 200px: 5px text
@@ -72,7 +73,8 @@ def _problems(report: PageReport) -> str:
 def test_clean_page_passes(reports: dict[str, PageReport]) -> None:
     clean = reports["clean.html"]
     assert clean.ok, _problems(clean)
-    assert any("raster figure" in note for note in clean.notes)  # the PNG: reported, not measured
+    assert any("raster figure" in note and "1px wide" in note for note in clean.notes)  # reported, not measured
+    assert any("1 table(s)/code block(s) scroll sideways" in note for note in clean.notes)
 
 
 @pytest.mark.parametrize(("page", "expected"), [
