@@ -31,6 +31,7 @@ PAGES = {
   style="font-size: 16px">inline label</text></svg></div>
 <div class="cell_output"><img src="big_text.svg" style="width: 400px"></div>
 <div class="cell_output"><img src="pixel.png"></div>
+<div class="cell_output"><img src="matplotlib.svg" style="width: 648px"></div>
 <pre>.venv/bin/papermill notebooks/a.ipynb ../data/runs/a.ipynb</pre>
 <pre style="overflow-x: auto">{long_line}</pre>
 <p><a href="raw_tex.html">next</a> <a href="#top">top</a> <a href="clean.html#top">again</a>
@@ -44,13 +45,30 @@ PAGES = {
     "tiny_text.html": """<div class="cell_output"><img src="small_text.svg" style="width: 200px"></div>""",
     "machine_path.html": """<div class="cell_output"><pre>/opt/x/.venv/lib/python3.11/site-packages/tqdm/auto.py:21:
 TqdmWarning: IProgress not found</pre><img src="pixel.png"></div>""",
+    "matplotlib_small.html": """<div class="cell_output"><img src="matplotlib.svg" style="width: 288px"></div>""",
     "missing_image.html": """<div class="cell_output"><img src="nothere.png"></div>""",
     "wide_table.html": """<table style="width: 1400px"><tr><td>a</td><td>b</td></tr></table>""",
 }
-CHAPTERS = {"clean.html", "stderr.html", "tiny_text.html", "machine_path.html", "missing_image.html"}
+CHAPTERS = {"clean.html", "matplotlib_small.html", "stderr.html", "tiny_text.html", "machine_path.html",
+            "missing_image.html"}
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360000002000100ffff03000006000557bfabd40000000049454e44ae426082")
+
+
+def _matplotlib_svg(path: Path) -> None:
+    """A figure as the book's plotting writes it: 6 x 4 in (a 432 x 288 viewBox), 10px tick labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context({"svg.fonttype": "none", "font.size": 10}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([0, 1], [0, 1])
+        ax.set_xlabel("tokens")
+        fig.savefig(path)
+        plt.close(fig)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +80,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PageReport]:
     (site / "big_text.svg").write_text(SVG.format(size=16))    # shown at 400px: 16px text
     (site / "small_text.svg").write_text(SVG.format(size=10))  # shown at 200px: 5px text
     (site / "pixel.png").write_bytes(PNG)
+    _matplotlib_svg(site / "matplotlib.svg")
     found = check_site(site, list(PAGES), CHAPTERS, tmp_path_factory.mktemp("out"))
     return {report.page: report for report in found}
 
@@ -84,6 +103,8 @@ def test_clean_page_passes(reports: dict[str, PageReport]) -> None:
     ("tiny_text.html", ["figure text too small: 5.0px in small_text.svg"]),
     ("machine_path.html", ["absolute machine path", "/opt/x/.venv/lib", "a warning in the page"]),
     ("missing_image.html", ["image(s) not loaded", "nothere.png"]),
+    # 10px text in a 432-unit viewBox shown 288px wide: 10 * 288 / 432 = 6.7px (at 648px: 15px, fine).
+    ("matplotlib_small.html", ["figure text too small: 6.7px in matplotlib.svg"]),
     ("wide_table.html", ["cut off", "<table>"]),
 ])
 def test_each_planted_defect_is_reported(reports: dict[str, PageReport], page: str, expected: list[str]) -> None:
