@@ -4,6 +4,9 @@
 #   make test      unit tests, then every notebook under nbval (quick default parameters)
 #   make book      execute every notebook whose inputs changed with papermill, then build
 #                  the Jupyter Book (make book FORCE=1 re-executes every notebook)
+#   make html      build _build/html from the executed chapters only (no papermill)
+#   make check-site  the built site in headless Chromium: pages, figures, formulas, links, ...
+#   make publish   make book, then push _build/html to the gh-pages branch (ghp-import)
 #   make lint      ruff
 #   make clean     remove the built book and the executed chapters (with their input hashes)
 #   make runs GRID=book/grids/NAME.yaml   execute chapters over a grid of parameters into
@@ -11,7 +14,8 @@
 #   make verify    re-execute the executed chapters in book/chapters/ and compare every output
 #                  strictly with nbval (make verify NOTEBOOKS=notebooks/00_known_features.ipynb: one)
 #
-# A fresh machine needs only python3.11 and make. Nothing is installed outside .venv.
+# A fresh machine needs only python3.11 and make (and npm for the site's MathJax; Chromium
+# for make check-site). Nothing is installed outside .venv and git-ignored folders.
 #
 # Notebooks are executed with the working directory notebooks/ (papermill --cwd notebooks),
 # the same directory nbval and Jupyter use, so a notebook behaves alike in all three.
@@ -44,10 +48,18 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export TQDM_MININTERVAL := 30
 unexport MPLBACKEND
 
-.PHONY: help install test book lint clean runs verify
+# The site serves its own MathJax (pinned in book/mathjax/package-lock.json), so formulas
+# render offline; make mathjax copies the npm package's es5/ into book/_static/mathjax.
+MATHJAX_PKG := book/mathjax
+MATHJAX := book/_static/mathjax
+SITE := _build/html
+# The browser make check-site drives (Chromium or Chrome).
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: help install test book html mathjax check-site publish lint clean runs verify
 
 help:
-	@echo "make install | test | book | lint | clean | runs GRID=... | verify   (see the top of the Makefile)"
+	@echo "make install | test | book | html | check-site | publish | lint | clean | runs GRID=... | verify   (see the top of the Makefile)"
 
 install: $(STAMP)
 
@@ -72,7 +84,19 @@ test: install
 # recorded in book/chapters/NAME.inputs.sha256 after papermill succeeded, and removed before a
 # run, so an interrupted or failed run is never mistaken for a finished one. The hash is taken
 # before papermill starts: a source edited during the run makes the next `make book` run it again.
-book: install
+mathjax: $(MATHJAX)/.installed
+
+$(MATHJAX)/.installed: $(MATHJAX_PKG)/package.json $(MATHJAX_PKG)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the site serves its own MathJax, installed" \
+	  "with npm from $(MATHJAX_PKG)/package-lock.json. Install Node.js and npm (Debian: apt-get install -y npm)." >&2; exit 1; }
+	npm ci --prefix $(MATHJAX_PKG) --ignore-scripts --no-audit --no-fund
+	rm -rf $(MATHJAX).tmp
+	cp -r $(MATHJAX_PKG)/node_modules/mathjax/es5 $(MATHJAX).tmp
+	rm -rf $(MATHJAX)
+	mv $(MATHJAX).tmp $(MATHJAX)
+	touch $@
+
+book: install mathjax
 	@mkdir -p $(CHAPTERS)
 	@shared=$$( { sha256sum requirements.txt pyproject.toml; \
 	  find sae_helpers -type f -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } ); \
@@ -102,6 +126,15 @@ book: install
 	  echo "$$hash" > "$$record.tmp"; \
 	  mv -f "$$record.tmp" "$$record"; \
 	done
+	@$(MAKE) --no-print-directory html
+
+# The html from the executed chapters as they are. Papermill's two parameters cells are tagged
+# remove-cell first (the setup cell shows the parameters in effect); idempotent.
+html: install mathjax
+	@for nb in $(NOTEBOOKS); do \
+	  out="$(CHAPTERS)/$$(basename "$$nb")"; \
+	  if [ -f "$$out" ]; then $(PY) -m book.tools.clean_chapters "$$out"; fi; \
+	done
 	$(VENV)/bin/jupyter-book build --all -W .
 	@# Every executed chapter must carry its figures into the HTML.
 	@for nb in $(NOTEBOOKS); do \
@@ -121,6 +154,17 @@ runs: install
 # EXECUTE=1: first execute the NOTEBOOKS with their quick defaults into data/runs/verify/ (CI).
 verify: install
 	$(PY) -m book.tools.verify $(if $(EXECUTE),--execute) $(if $(filter file,$(origin NOTEBOOKS)),,$(NOTEBOOKS))
+
+# Needs Chromium at /usr/bin/chromium (Debian: apt-get install -y chromium). Screenshots and
+# the report: _build/site-check/.
+check-site: install
+	@test -f $(SITE)/index.html || { echo "$(SITE)/index.html missing: run make book (or make html) first" >&2; exit 1; }
+	$(PY) -m book.tools.check_site --site $(SITE) --toc _toc.yml --out _build/site-check --chromium "$(CHROMIUM)"
+
+# Pushes the built site to the gh-pages branch of the remote origin (.nojekyll included). The
+# GitHub Actions workflow .github/workflows/book.yml deploys without it.
+publish: book
+	$(VENV)/bin/ghp-import --no-jekyll --push --force $(SITE)
 
 lint: install
 	$(VENV)/bin/ruff check .
