@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..distributed import all_sum, batch_group
 from ..kernels.sparse import Support, embedding_decode
 from .base import SAE, SAEOutput, squared_error
 from .registry import register
@@ -133,9 +134,15 @@ class TopKSAE(SAE):
 
 
 def batch_variance(x: Tensor) -> Tensor:
-    """Mean over the batch of ``||x - mean(x)||^2`` (accumulated in at least float32)."""
+    """Mean over the batch of ``||x - mean(x)||^2`` (accumulated in at least float32); over the
+    whole batch when it is split between processes (:func:`~sae_helpers.distributed.batch_group`)."""
     x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    return (x - x.mean(0)).pow(2).sum(-1).mean()
+    world = batch_group()
+    if not world.distributed:
+        return (x - x.mean(0)).pow(2).sum(-1).mean()
+    n = x.shape[0] * world.size  # every process holds the same number of rows
+    mean = all_sum(x.sum(0), world) / n
+    return all_sum((x - mean).pow(2).sum(), world) / n
 
 
 def scatter(support: Support, values: Tensor) -> Tensor:
