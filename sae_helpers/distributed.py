@@ -22,9 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["World", "all_gather", "all_max", "all_mean_", "all_min", "all_sum", "barrier", "batch_group",
-           "check_same_everywhere",
-           "over_batch_group", "process_group"]
+__all__ = ["SINGLE", "World", "all_gather", "all_gather_objects", "all_max", "all_mean_", "all_min", "all_sum",
+           "barrier", "batch_group", "check_same_everywhere", "over_batch_group", "process_group"]
 
 
 class World(NamedTuple):
@@ -136,11 +135,17 @@ def barrier(world: World) -> None:
 
 def check_same_everywhere(value: object, what: str, world: World) -> None:
     """Refuse to go on unless every process holds the same ``value`` (e.g. the data's fingerprint)."""
-    if not world.distributed:
-        return
-    values: list[object] = [None] * world.size
-    dist.all_gather_object(values, value)
+    values = all_gather_objects(value, world)
     if any(v != values[0] for v in values):
         shown = "; ".join(f"process {rank}: {v!r:.120}" for rank, v in enumerate(values))
         raise ValueError(f"The processes disagree on {what} ({shown}). Launch every process with the same "
                          "arguments and the same data (the same activation cache, harvested with the same settings).")
+
+
+def all_gather_objects(value: object, world: World) -> list[object]:
+    """Every process's ``value`` (picklable), in rank order (``[value]`` with one process)."""
+    if not world.distributed:
+        return [value]
+    values: list[object] = [None] * world.size
+    dist.all_gather_object(values, value)
+    return values

@@ -25,9 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..distributed import all_sum, batch_group
 from ..kernels.sparse import Support, embedding_decode
-from .base import SAE, SAEOutput, squared_error
+from .base import SAE, SAEOutput, batch_variance, squared_error
 from .registry import register
 
 
@@ -131,18 +130,6 @@ class TopKSAE(SAE):
                 error_variance = float(batch_variance(error))
                 weight *= float(batch_variance(x)) / error_variance if error_variance > 0 else 0.0
         return weight * squared_error(error, error_hat)
-
-
-def batch_variance(x: Tensor) -> Tensor:
-    """Mean over the batch of ``||x - mean(x)||^2`` (accumulated in at least float32); over the
-    whole batch when it is split between processes (:func:`~sae_helpers.distributed.batch_group`)."""
-    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    world = batch_group()
-    if not world.distributed:
-        return (x - x.mean(0)).pow(2).sum(-1).mean()
-    n = x.shape[0] * world.size  # every process holds the same number of rows
-    mean = all_sum(x.sum(0), world) / n
-    return all_sum((x - mean).pow(2).sum(), world) / n
 
 
 def scatter(support: Support, values: Tensor) -> Tensor:

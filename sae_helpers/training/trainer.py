@@ -39,7 +39,7 @@ from ..distributed import (
     process_group,
 )
 from ..formats import TRAINING_CONFIG_FILENAME, load_sae, save_sae
-from ..saes.base import SAE
+from ..saes.base import SAE, batch_variance
 from ..saes.provenance import Provenance
 from ..saes.registry import get_sae_class
 from .checkpoint import (
@@ -386,20 +386,20 @@ class TrainingRun:
 
         if self.step_count % self.log_every and not self.finished:
             return None
-        with torch.no_grad():
-            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
-            # With several processes: the mean over them of each one's value on its rows.
+        with torch.no_grad(), over_batch_group(self.world):
+            variance = batch_variance(x)  # of the whole batch, as every value below
+            # Means over the batch: with several processes, the mean of their equal shares' means.
             measured = torch.stack([value.detach().double() for value in (
-                loss, *losses.values(), (out.latents > 0).sum().double() / x.shape[0],
-                losses["reconstruction"] / variance)])
+                loss, *losses.values(), (out.latents > 0).sum().double() / x.shape[0])])
             all_mean_([measured], self.world)
             values = [float(v) for v in measured]
+            reconstruction = measured[1 + list(losses).index("reconstruction")].to(variance.dtype)
             record = {
                 "step": self.step_count,
                 "loss": values[0],
-                **dict(zip(losses, values[1:-2], strict=True)),
-                "l0": values[-2],
-                "fvu": values[-1],
+                **dict(zip(losses, values[1:-1], strict=True)),
+                "l0": values[-1],
+                "fvu": float(reconstruction / variance),
                 "dead_fraction": float((self.steps_since_fired >= cfg.dead_window).double().mean()),
                 "lr": lr,
                 "sparsity_coefficient": sparsity_coefficient,
@@ -563,6 +563,7 @@ def train_runs(
     checkpoint_every: int | None = None,
     progress: bool = True,
     desc: str | None = None,
+    world: World | None = None,
 ) -> list[SAE]:
     """The lifecycle of training runs, one per configuration: open -> one pass -> finish.
 
@@ -574,11 +575,12 @@ def train_runs(
     :class:`Provenance`) is saved to ``sae/`` in its directory. The SAEs' metadata is the
     source's (``model_name``, ``hook_name``, ``context_size`` of a cache), updated by ``metadata``.
 
-    Under ``torchrun`` (:func:`~sae_helpers.distributed.process_group`) every process runs this
-    with the same arguments and trains on its share of each batch; only process 0 writes files
-    (each process returns the same SAEs, once process 0 has saved them).
+    Under ``torchrun`` (:func:`~sae_helpers.distributed.process_group`, or ``world``) every
+    process runs this with the same arguments and trains on its share of each batch; only
+    process 0 writes files (each process returns the same SAEs, once process 0 has saved them).
+    ``world=SINGLE`` trains in this process alone, whatever the launcher.
     """
-    world = process_group(device)
+    world = process_group(device) if world is None else world
     data = data_fingerprint(source) if world.distributed or any(d is not None for d in run_dirs) else None
     check_same_everywhere((data, [cfg.fingerprint() for cfg in cfgs], data_seed), "the data, the configurations "
                           "and the data order", world)

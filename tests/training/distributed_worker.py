@@ -10,7 +10,7 @@ import argparse
 import os
 import signal
 
-from sae_helpers import train_sae
+from sae_helpers import train_sae, train_saes
 from sae_helpers.training.trainer import TrainingRun
 
 SETTINGS = {"relu": {"l1_coefficient": 1.0}, "gated": {"l1_coefficient": 1.0}, "topk": {"k": 4},
@@ -20,6 +20,14 @@ SETTINGS = {"relu": {"l1_coefficient": 1.0}, "gated": {"l1_coefficient": 1.0}, "
 OPTIONS = {"width": 48, "steps": 24, "batch_size": 64, "lr": 3e-3, "seed": 3, "dtype": "float64",
            "init_sample_size": 256, "dead_after": 4, "resample_every": 8, "resample_pool_size": 128,
            "resample_lr_warmup_steps": 4}
+
+
+SWEEP_WIDTHS = (24, 32, 40)
+
+
+def sweep_configs(arch: str) -> list[dict]:
+    """Three widths of ``arch`` with the test's options (one per process and one more)."""
+    return [{"arch": arch, **options(arch), "width": width} for width in SWEEP_WIDTHS]
 
 
 def options(arch: str) -> dict:
@@ -33,7 +41,12 @@ def main() -> None:
     parser.add_argument("arch")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--die-at", type=int)
+    parser.add_argument("--sweep", choices=["data", "configs"], help="train_saes over SWEEP_WIDTHS instead")
     args = parser.parse_args()
+    if args.sweep:
+        train_saes(args.data, sweep_configs(args.arch), out_dir=args.out, results_csv=f"{args.out}/results.csv",
+                   parallel=args.sweep, progress=False, device="cpu")
+        return
     if args.die_at is not None and int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
         step = TrainingRun.step
 

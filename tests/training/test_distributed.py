@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from sae_helpers import load_sae, train_sae
+from sae_helpers import load_sae, train_sae, train_saes
 from sae_helpers.distributed import (
     SINGLE,
     World,
@@ -28,7 +29,7 @@ from sae_helpers.distributed import (
     batch_group,
     over_batch_group,
 )
-from tests.training.distributed_worker import options
+from tests.training.distributed_worker import options, sweep_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -75,7 +76,26 @@ def test_two_processes_train_the_single_process_sae(data, tmp_path, arch):
     single = train_sae(str(data), arch, progress=False, device="cpu", **options(arch))
     assert distributed.training_config["world_size"] == 2 and single.training_config["world_size"] == 1
     assert_same_parameters(distributed, single, rtol=1e-9)
-    assert [r["step"] for r in distributed.training_log] == [r["step"] for r in single.training_log]
+    # The log too: every logged value is a statistic of the whole batch.
+    for got, want in zip(distributed.training_log, single.training_log, strict=True):
+        assert got.keys() == want.keys() and got["step"] == want["step"]
+        assert {k: v for k, v in got.items() if isinstance(v, float)} == pytest.approx(
+            {k: v for k, v in want.items() if isinstance(v, float)}, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("parallel", ["configs", "data"])
+def test_a_sweep_over_two_processes_trains_the_single_process_saes(data, tmp_path, parallel):
+    torchrun(data, tmp_path / "ddp", "batchtopk", "--sweep", parallel)
+    single = train_saes(str(data), sweep_configs("batchtopk"), out_dir=tmp_path / "single", progress=False,
+                        device="cpu")
+    table = pd.read_csv(tmp_path / "ddp" / "results.csv")
+    assert list(table["name"]) == list(single.results["name"])
+    for name in table["name"]:
+        got, want = load_sae(tmp_path / "ddp" / name / "sae"), load_sae(tmp_path / "single" / name / "sae")
+        assert_same_parameters(got, want, rtol=0.0 if parallel == "configs" else 1e-9)
+        assert got.training_config["world_size"] == (1 if parallel == "configs" else 2)
+    for column in ("train_l0", "train_fvu", "train_loss", "near_initial_fraction"):
+        assert table[column].to_numpy() == pytest.approx(single.results[column].to_numpy(), rel=1e-9), column
 
 
 def test_a_rank_killed_mid_run_resumes_to_the_uninterrupted_sae(data, tmp_path):
