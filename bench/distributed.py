@@ -1,7 +1,8 @@
 """Data-parallel training: 2 processes (torchrun, gloo, one thread each) against 1 process (two threads).
 
-Times a training step of ``train_sae`` (each variant trains 2 steps to warm up, then 4 and 12 steps; the difference over 8
-steps is the per-step time, free of start-up and initialisation) on random activations, both
+Times a training step of ``train_sae`` (each variant trains 2 steps to warm up, then 4 and 12
+steps; the difference over 8 steps is the per-step time, free of start-up and initialisation) on
+random activations, both
 variants interleaved for ``--reps`` rounds, and prints the speed-up of 2 processes over 1. On this
 project's 2-core machine the two variants use the same cores, so the ratio shows what the
 all-reduces and the split cost or gain, not a cluster's scaling.
