@@ -2,7 +2,8 @@
 
 :func:`batch_topk_reference` is the definition (one ``topk`` over the whole batch);
 :func:`batch_topk`, what :class:`sae_helpers.saes.BatchTopKSAE` trains with, selects exactly
-the same entries faster. Both return the selection's
+the same entries faster, and :func:`batch_topk_across` the selection over a batch split
+between processes (``torchrun``). All return the selection's
 :class:`~sae_helpers.kernels.sparse.Support` and its ``[nnz]`` values (ReLU applied).
 """
 
@@ -13,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..distributed import World, all_gather
 from .sparse import Support
 
 #: Entries of the strided sample from which :func:`batch_topk` estimates its prefilter threshold.
@@ -70,3 +72,21 @@ def batch_topk(pre: Tensor, k: int) -> tuple[Support, Tensor]:
         return batch_topk_reference(pre, k)
     values, index = flat_pre[flat].topk(want, sorted=False)
     return _selection(flat[index], values, n, m)
+
+
+def batch_topk_across(pre: Tensor, k: int, world: World) -> tuple[Support, Tensor]:
+    """The BatchTopK selection when the batch is split over the processes of ``world`` (each
+    holding ``pre``, the same number ``N`` of its rows): the entries of this process's rows among
+    the ``k * N * W`` largest of the whole batch, ``W`` the number of processes.
+
+    Each process offers its own largest ``min(k N W, N M)`` entries (no more of its entries can
+    be among the largest), all offers are gathered, and the ``k N W``-th largest of them is the
+    threshold every process applies to its own offer. Exact up to entries tied at that value.
+    """
+    n, m = pre.shape
+    want = k * n * world.size
+    values, flat = pre.reshape(-1).topk(min(want, pre.numel()), sorted=False)
+    offers = all_gather(values.detach(), world)
+    threshold = offers.topk(min(want, offers.numel()), sorted=False).values.min()
+    keep = values >= threshold
+    return _selection(flat[keep], values[keep], n, m)

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .._dtypes import resolve_dtype
+from ..distributed import all_sum, batch_group
 from .provenance import Provenance
 
 
@@ -77,6 +78,18 @@ class SAEOutput(NamedTuple):
 def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
     """Mean over the batch of ``||x - x_hat||^2`` (summed over the last dimension)."""
     return (x - x_hat).pow(2).sum(-1).mean()
+
+
+def batch_variance(x: Tensor) -> Tensor:
+    """Mean over the batch of ``||x - mean(x)||^2`` (accumulated in at least float32); over the
+    whole batch when it is split between processes (:func:`~sae_helpers.distributed.batch_group`)."""
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    world = batch_group()
+    if not world.distributed:
+        return (x - x.mean(0)).pow(2).sum(-1).mean()
+    n = x.shape[0] * world.size  # every process holds the same number of rows
+    mean = all_sum(x.sum(0), world) / n
+    return all_sum((x - mean).pow(2).sum(), world) / n
 
 
 class SAE(nn.Module, ABC):

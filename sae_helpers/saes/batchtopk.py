@@ -18,11 +18,14 @@ selection (:func:`~sae_helpers.kernels.topk.batch_topk_reference`) exactly;
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
+from ..distributed import SINGLE, World, all_min, batch_group
 from ..kernels.sparse import Support
-from ..kernels.topk import batch_topk
+from ..kernels.topk import batch_topk, batch_topk_across
 from .registry import register
 from .topk import TopKSAE
 
@@ -44,16 +47,23 @@ class BatchTopKSAE(TopKSAE):
         self.threshold = nn.Parameter(torch.zeros((), dtype=self.dtype, device=self.device), requires_grad=False)
 
     def select(self, pre: Tensor) -> tuple[Support, Tensor]:
-        support, values = batch_topk(pre, self.k)
-        self._update_threshold(values)
+        world = batch_group()  # the processes sharing this batch (torchrun); one outside training
+        support, values = batch_topk_across(pre, self.k, world) if world.distributed else batch_topk(pre, self.k)
+        self._update_threshold(values, world)
         return support, values
 
     @torch.no_grad()
-    def _update_threshold(self, values: Tensor) -> None:
+    def _update_threshold(self, values: Tensor, world: World = SINGLE) -> None:
         positive = values[values > 0]
-        if positive.numel() == 0:
+        if world.distributed:  # the smallest kept activation of the whole batch
+            mine = positive.min() if positive.numel() else values.new_full((), math.inf)
+            smallest = all_min(mine, world).to(self.threshold.dtype)
+            if math.isinf(smallest.item()):
+                return
+        elif positive.numel() == 0:
             return
-        smallest = positive.min().to(self.threshold.dtype)
+        else:
+            smallest = positive.min().to(self.threshold.dtype)
         if self.threshold.item() == 0:
             self.threshold.copy_(smallest)
         else:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels.sparse import Support, embedding_decode
-from .base import SAE, SAEOutput, squared_error
+from .base import SAE, SAEOutput, batch_variance, squared_error
 from .registry import register
 
 
@@ -130,12 +130,6 @@ class TopKSAE(SAE):
                 error_variance = float(batch_variance(error))
                 weight *= float(batch_variance(x)) / error_variance if error_variance > 0 else 0.0
         return weight * squared_error(error, error_hat)
-
-
-def batch_variance(x: Tensor) -> Tensor:
-    """Mean over the batch of ``||x - mean(x)||^2`` (accumulated in at least float32)."""
-    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    return (x - x.mean(0)).pow(2).sum(-1).mean()
 
 
 def scatter(support: Support, values: Tensor) -> Tensor:

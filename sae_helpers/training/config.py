@@ -17,6 +17,9 @@ B_DEC_INITS = ("geometric_median", "mean", "zeros")
 SPARSITY_OPTIONS = ("l1_coefficient", "k", "l0_coefficient")
 #: Fields omitted from :meth:`TrainConfig.to_dict` while ``None``.
 OPTIONAL_FIELDS = (*SPARSITY_OPTIONS, "sae_options")
+#: How a run was executed rather than what it trains: recorded beside the fields in a saved training
+#: config (``world_size``: the processes it ran on), ignored when the configuration is read back.
+EXECUTION_FIELDS = ("world_size",)
 #: Step-count fields: (name, smallest allowed value, what it means); ``None`` keeps the default
 #: where the field allows it. A negative interval would resample every latent at every step,
 #: a dead window of 0 would mark every latent dead.
@@ -224,6 +227,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The configuration from :meth:`to_dict`'s form (a saved training config's
+        :data:`EXECUTION_FIELDS` are ignored)."""
+        data = {k: v for k, v in data.items() if k not in EXECUTION_FIELDS}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -19,8 +19,11 @@ import pandas as pd
 import torch
 
 from .._io import atomic_write
-from ..data.sources import as_source
+from ..data.sources import as_source, data_fingerprint
+from ..distributed import SINGLE, all_gather_objects, barrier, check_same_everywhere, process_group
+from ..formats import load_sae
 from ..saes.base import SAE
+from .checkpoint import SAE_SUBDIR
 from .config import TrainConfig
 from .trainer import resolve_device, train_runs
 
@@ -74,6 +77,7 @@ def train_saes(
     device: str | torch.device | None = None,
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
+    parallel: str = "data",
 ) -> SweepResult:
     """Train every configuration in ``configs`` in one pass over ``activations``.
 
@@ -97,6 +101,12 @@ def train_saes(
         through :func:`~sae_helpers.training.trainer.train_runs`, and a run directory holds the
         same files either way).
     device, metadata, progress, checkpoint_every : as for :func:`train_sae`.
+    parallel : how processes launched by ``torchrun`` share the work (one process: no
+        difference). ``"data"``: every process trains every configuration on its share of each
+        batch (:func:`~sae_helpers.training.trainer.train_runs`). ``"configs"``: process ``r`` of
+        ``W`` trains configurations ``r, r + W, ...`` alone on the whole data (needs ``out_dir``;
+        no communication during training) and evaluates them; every process then returns all
+        SAEs and the whole table, which process 0 writes.
     """
     from ..evaluation.health import training_health
     from ..evaluation.metrics import evaluate
@@ -112,11 +122,25 @@ def train_saes(
     root = Path(out_dir) if out_dir is not None else None
     data_seed = cfgs[0].seed if data_seed is None else data_seed
     run_dirs = [root / name if root is not None else None for name in names]
-    saes = train_runs(source, cfgs, run_dirs, data_seed=data_seed, device=device, metadata=metadata,
-                      reuse_finished=True, checkpoint_every=checkpoint_every, progress=progress)
+    if parallel not in ("data", "configs"):
+        raise ValueError(f"parallel must be 'data' or 'configs', got {parallel!r}.")
+    world = process_group(device)
+    mine = range(world.rank, len(cfgs), world.size) if parallel == "configs" else range(len(cfgs))
+    if parallel == "configs" and world.distributed:
+        if root is None:
+            raise ValueError("parallel='configs' needs an out_dir: each process saves its SAEs there for the others.")
+        check_same_everywhere((data_fingerprint(source), [c.fingerprint() for c in cfgs], data_seed),
+                              "the data, the configurations and the data order", world)
+        trained = train_runs(source, [cfgs[i] for i in mine], [run_dirs[i] for i in mine], data_seed=data_seed,
+                             device=device, metadata=metadata, reuse_finished=True, checkpoint_every=checkpoint_every,
+                             progress=progress, world=SINGLE)
+    else:
+        trained = train_runs(source, cfgs, run_dirs, data_seed=data_seed, device=device, metadata=metadata,
+                             reuse_finished=True, checkpoint_every=checkpoint_every, progress=progress)
 
-    rows = []
-    for cfg, name, sae in zip(cfgs, names, saes, strict=True):
+    rows = {}
+    for i, sae in zip(mine, trained, strict=True):
+        cfg, name = cfgs[i], names[i]
         last = sae.training_log[-1] if sae.training_log else {}
         row = {"name": name, **cfg.to_dict(), **{f"train_{k}": last[k] for k in ("l0", "fvu", "loss") if k in last}}
         evaluation = evaluate(sae, eval_activations) if eval_activations is not None else None
@@ -125,8 +149,13 @@ def train_saes(
         row.update({k: health[k] for k in ("near_initial_fraction", "loss_plateau", "fvu_plateau")})
         if evaluation is not None:
             row["passes_health"] = health["passes"]
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if results_csv is not None:
+        rows[i] = row
+    saes = trained
+    if parallel == "configs" and world.distributed:  # gather the others' rows and SAEs
+        rows = {i: row for part in all_gather_objects(rows, world) for i, row in part.items()}
+        barrier(world)
+        saes = [load_sae(run_dirs[i] / SAE_SUBDIR) for i in range(len(cfgs))]
+    table = pd.DataFrame([rows[i] for i in range(len(cfgs))])
+    if results_csv is not None and world.is_main:
         atomic_write(results_csv, lambda tmp: table.to_csv(tmp, index=False))
     return SweepResult(saes, table)

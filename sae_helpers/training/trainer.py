@@ -28,8 +28,18 @@ from .._dtypes import resolve_dtype
 from .._io import atomic_write_json, read_json, recover_dir
 from .._progress import tqdm
 from ..data.sources import ActivationSource, as_source, data_fingerprint
+from ..distributed import (
+    SINGLE,
+    World,
+    all_max,
+    all_mean_,
+    barrier,
+    check_same_everywhere,
+    over_batch_group,
+    process_group,
+)
 from ..formats import TRAINING_CONFIG_FILENAME, load_sae, save_sae
-from ..saes.base import SAE
+from ..saes.base import SAE, batch_variance
 from ..saes.provenance import Provenance
 from ..saes.registry import get_sae_class
 from .checkpoint import (
@@ -43,7 +53,7 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from .config import TrainConfig
+from .config import EXECUTION_FIELDS, TrainConfig
 from .init import activation_scale, initial_b_dec
 from .resampling import resample_dead_latents
 from .schedules import lr_multiplier, sparsity_multiplier
@@ -135,8 +145,10 @@ def check_same_data(info: dict[str, Any], data: str | None, where: str, warn: bo
 class TrainingRun:
     """The state of one SAE's training. Build with :meth:`start` or :meth:`restore`."""
 
-    def __init__(self, cfg: TrainConfig, sae: SAE, scale: float, device: torch.device, data: str | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, sae: SAE, scale: float, device: torch.device, data: str | None = None,
+                 world: World = SINGLE) -> None:
         self.cfg = cfg
+        self.world = world  # the processes that share each batch (torchrun); one by default
         self.data = data  # the data fingerprint (ActivationSource.fingerprint), checked on resume
         self.sae = sae
         self.scale = scale
@@ -161,10 +173,10 @@ class TrainingRun:
     @classmethod
     def start(
         cls, cfg: TrainConfig, sample: Tensor, device: torch.device, metadata: dict[str, Any] | None = None,
-        data: str | None = None,
+        data: str | None = None, world: World = SINGLE,
     ) -> TrainingRun:
         """A fresh run, initialised from a data ``sample`` (``b_dec``, activation scale); ``data``
-        is the fingerprint of the data it trains on."""
+        is the fingerprint of the data it trains on. Every process of ``world`` must pass the same sample."""
         d_in = sample.shape[1]
         sae = build_training_sae(cfg, d_in, device, metadata)
         sae.init_weights(torch.Generator().manual_seed(cfg.seed))
@@ -172,7 +184,7 @@ class TrainingRun:
         scale = activation_scale(sample) if cfg.normalize_activations else 1.0
         with torch.no_grad():
             sae.b_dec.copy_(initial_b_dec(sample * scale, cfg.b_dec_init))
-        return cls(cfg, sae, scale, device, data)
+        return cls(cfg, sae, scale, device, data, world)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(), "d_in": self.sae.d_in,
@@ -190,6 +202,7 @@ class TrainingRun:
         info = {
             **self.fingerprint(),
             "step": self.step_count,
+            "world_size": self.world.size,
             "scale": self.scale,
             "last_resample_step": self.last_resample_step,
             "n_resampled": self.n_resampled,
@@ -201,7 +214,7 @@ class TrainingRun:
     @classmethod
     def restore(
         cls, cfg: TrainConfig, d_in: int, tensors: dict[str, Tensor], info: dict[str, Any], device: torch.device,
-        where: str = "checkpoint", data: str | None = None,
+        where: str = "checkpoint", data: str | None = None, world: World = SINGLE,
     ) -> TrainingRun:
         """Rebuild a run from :meth:`state` output, refusing another configuration or other data
         (``data``: the fingerprint of the data now, see :func:`check_same_data`), and a damaged or
@@ -220,8 +233,15 @@ class TrainingRun:
                 "Pass the same settings to resume it, or use a new checkpoint_dir (or resume=False) to start over."
             )
         check_same_data(info, data, where)
+        saved_world = info.get("world_size", 1)
+        if saved_world != world.size:
+            raise ValueError(
+                f"The {where} was written by a run on {saved_world} process(es); this one runs on {world.size}. "
+                f"Resume it with the same number of processes (torchrun --nproc-per-node {saved_world}, or plain "
+                "python for 1), or use a new checkpoint_dir to start over. batch_size is the global batch either way."
+            )
         sae = build_training_sae(cfg, d_in, device, info.get("metadata"))
-        run = cls(cfg, sae, 1.0, device, data)
+        run = cls(cfg, sae, 1.0, device, data, world)
         run._check_state(tensors, info, where)
         run.scale = float(info["scale"])
         params = dict(sae.named_parameters())
@@ -317,7 +337,7 @@ class TrainingRun:
         A latent fired iff its largest activation is positive: one reduction over the
         batch, without a [batch, d_sae] boolean tensor.
         """
-        fired = latents.reshape(-1, latents.shape[-1]).amax(0) > 0
+        fired = all_max((latents.reshape(-1, latents.shape[-1]).amax(0) > 0).to(torch.uint8), self.world) > 0
         self.steps_since_fired += 1
         self.steps_since_fired.masked_fill_(fired, 0)
 
@@ -341,10 +361,11 @@ class TrainingRun:
         coefficient = cfg.sparsity_coefficient
         sparsity_coefficient = None if coefficient is None else coefficient * sparsity_multiplier(cfg, step)
 
-        if sae.uses_dead_mask:
-            out = sae(x, dead_mask=self.steps_since_fired >= cfg.dead_window)
-        else:
-            out = sae(x)
+        with over_batch_group(self.world):  # whole-batch statistics span every process's rows
+            if sae.uses_dead_mask:
+                out = sae(x, dead_mask=self.steps_since_fired >= cfg.dead_window)
+            else:
+                out = sae(x)
         losses = out.losses
         loss = losses["reconstruction"]
         if sparsity_coefficient is not None:
@@ -353,6 +374,9 @@ class TrainingRun:
             loss = loss + losses["auxiliary"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Each process's loss is the mean over its equal share of the batch: the mean of their
+        # gradients is the gradient of the whole batch's loss.
+        all_mean_([p.grad for p in sae.parameters() if p.grad is not None], self.world)
         sae.remove_parallel_decoder_grad_()
         self.optimizer.step()
         sae.normalize_decoder_()
@@ -362,14 +386,20 @@ class TrainingRun:
 
         if self.step_count % self.log_every and not self.finished:
             return None
-        with torch.no_grad():
-            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+        with torch.no_grad(), over_batch_group(self.world):
+            variance = batch_variance(x)  # of the whole batch, as every value below
+            # Means over the batch: with several processes, the mean of their equal shares' means.
+            measured = torch.stack([value.detach().double() for value in (
+                loss, *losses.values(), (out.latents > 0).sum().double() / x.shape[0])])
+            all_mean_([measured], self.world)
+            values = [float(v) for v in measured]
+            reconstruction = measured[1 + list(losses).index("reconstruction")].to(variance.dtype)
             record = {
                 "step": self.step_count,
-                "loss": float(loss),
-                **{name: float(value) for name, value in losses.items()},
-                "l0": float((out.latents > 0).sum()) / x.shape[0],
-                "fvu": float(losses["reconstruction"] / variance),
+                "loss": values[0],
+                **dict(zip(losses, values[1:-1], strict=True)),
+                "l0": values[-1],
+                "fvu": float(reconstruction / variance),
                 "dead_fraction": float((self.steps_since_fired >= cfg.dead_window).double().mean()),
                 "lr": lr,
                 "sparsity_coefficient": sparsity_coefficient,
@@ -388,7 +418,7 @@ class TrainingRun:
         sae = copy.deepcopy(self.sae)
         sae.fold_activation_scale_(self.scale)
         sae = sae.for_inference()
-        sae.provenance = Provenance(self.cfg.to_dict(), list(self.log))
+        sae.provenance = Provenance({**self.cfg.to_dict(), "world_size": self.world.size}, list(self.log))
         return sae
 
 
@@ -416,7 +446,10 @@ def drive(
     """Advance every run to its last step, feeding batch ``t`` to each run at step ``t``.
 
     Runs may start at different steps (after a partial resume): the data stream starts
-    at the earliest, and each run joins when the stream reaches its step.
+    at the earliest, and each run joins when the stream reaches its step. With several
+    processes (the runs' :class:`~sae_helpers.distributed.World`), each reads the global batch
+    ``t`` and trains on its equal share of the rows (process ``r`` of ``W``: the ``r``-th of ``W``
+    consecutive slices), so the step is the single-process step on the whole batch.
     """
     pending = [r for r in runs if not r.finished]
     if not pending:
@@ -427,14 +460,24 @@ def drive(
             f"One pass feeds every SAE the same batches: batch_size must agree, got {sorted(batch_sizes)}."
         )
     (batch_size,) = batch_sizes
+    world = runs[0].world
+    if batch_size % world.size:
+        raise ValueError(f"batch_size={batch_size} is the global batch, split evenly over {world.size} processes: "
+                         f"choose a multiple of {world.size}.")
+    share = batch_size // world.size
     start = min(r.step_count for r in pending)
     # A one-shot iterator cannot be sampled mid-run without losing the rows read ahead:
     # its runs resample from the current batch instead of a larger pool.
     one_shot = bool(getattr(source, "one_shot", False))
+    if one_shot and world.distributed:
+        raise ValueError(f"{source.description} can be read only once; with {world.size} processes every one reads "
+                         "each batch: pass a tensor, a .safetensors file or an activation cache instead.")
     total = max(r.cfg.steps for r in runs)
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not (progress and world.is_main), unit="step")
     try:
         for step, batch in enumerate(source.batches(batch_size, data_seed, start_step=start), start=start):
+            if world.distributed:
+                batch = batch[world.rank * share: (world.rank + 1) * share]
             pool = _resampling_pool(source, data_seed + 104_729 * (step + 1))
             for index, run in enumerate(runs):
                 if run.finished or run.step_count != step:
@@ -468,12 +511,14 @@ def write_run(run_dir: Path, run: TrainingRun) -> None:
 
 def open_run(
     cfg: TrainConfig, source: ActivationSource, device: torch.device, run_dir: Path | None,
-    data: str | None, metadata: dict[str, Any] | None, resume: bool = True,
+    data: str | None, metadata: dict[str, Any] | None, resume: bool = True, world: World = SINGLE,
 ) -> TrainingRun:
     """``cfg``'s run: resumed from the checkpoint in ``run_dir`` (refused unless ``resume``), else
     started from a sample of ``source``; ``data`` is the source's fingerprint (``None`` without ``run_dir``)."""
     if run_dir is not None:
-        clean_checkpoint_dir(run_dir)
+        if world.is_main:
+            clean_checkpoint_dir(run_dir)
+        barrier(world)
         if has_checkpoint(run_dir):
             if not resume:
                 raise FileExistsError(
@@ -482,22 +527,25 @@ def open_run(
                 )
             tensors, info = read_checkpoint(run_dir)
             return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}",
-                                       data=data)
-    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data)
+                                       data=data, world=world)
+    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data, world)
 
 
-def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: list[Path]) -> SAE | None:
+def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: list[Path],
+                 record: bool = True) -> SAE | None:
     """The run's saved SAE if it is finished with ``cfg``, after checking it was trained on ``data``
-    (runs written before data fingerprints are appended to ``unchecked``)."""
+    (runs written before data fingerprints are appended to ``unchecked``, and given ``data``'s
+    fingerprint if ``record``)."""
     sae_dir = recover_dir(run_dir / SAE_SUBDIR)
     config_file = sae_dir / TRAINING_CONFIG_FILENAME
-    if not config_file.is_file() or read_json(config_file, what="Training config") != cfg.to_dict():
+    saved = read_json(config_file, what="Training config") if config_file.is_file() else None
+    if saved is None or {k: v for k, v in saved.items() if k not in EXECUTION_FIELDS} != cfg.to_dict():
         return None
     trainer_file = recover_dir(run_dir / CHECKPOINT_SUBDIR) / TRAINER_FILE
     info = read_json(trainer_file, what="Checkpoint file") if trainer_file.is_file() else {}
     if not check_same_data(info, data, f"finished run in {run_dir}", warn=False):
         unchecked.append(run_dir)
-        if data is not None and trainer_file.is_file():  # trusted on first use, as a resumed old checkpoint is
+        if record and data is not None and trainer_file.is_file():  # trusted on first use, like an old checkpoint
             atomic_write_json(trainer_file, {**info, "data": data})
     return load_sae(sae_dir)  # with its provenance: this configuration and the saved log
 
@@ -515,6 +563,7 @@ def train_runs(
     checkpoint_every: int | None = None,
     progress: bool = True,
     desc: str | None = None,
+    world: World | None = None,
 ) -> list[SAE]:
     """The lifecycle of training runs, one per configuration: open -> one pass -> finish.
 
@@ -525,8 +574,16 @@ def train_runs(
     ``data_seed``), checkpointing each (:func:`write_run`); each finished run's SAE (with its
     :class:`Provenance`) is saved to ``sae/`` in its directory. The SAEs' metadata is the
     source's (``model_name``, ``hook_name``, ``context_size`` of a cache), updated by ``metadata``.
+
+    Under ``torchrun`` (:func:`~sae_helpers.distributed.process_group`, or ``world``) every
+    process runs this with the same arguments and trains on its share of each batch; only
+    process 0 writes files (each process returns the same SAEs, once process 0 has saved them).
+    ``world=SINGLE`` trains in this process alone, whatever the launcher.
     """
-    data = data_fingerprint(source) if any(d is not None for d in run_dirs) else None
+    world = process_group(device) if world is None else world
+    data = data_fingerprint(source) if world.distributed or any(d is not None for d in run_dirs) else None
+    check_same_everywhere((data, [cfg.fingerprint() for cfg in cfgs], data_seed), "the data, the configurations "
+                          "and the data order", world)
     if metadata is None or isinstance(metadata, Mapping):  # anything else: the SAE refuses it, clearly
         metadata = {**source.metadata, **(metadata or {})}
     unchecked: list[Path] = []
@@ -534,11 +591,12 @@ def train_runs(
     runs: list[TrainingRun] = []
     slots: list[int] = []
     for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        done = finished_sae(run_dir, cfg, data, unchecked) if reuse_finished and run_dir is not None else None
+        done = (finished_sae(run_dir, cfg, data, unchecked, record=world.is_main)
+                if reuse_finished and run_dir is not None else None)
         if done is not None:
             saes[i] = done
             continue
-        runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume))
+        runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume, world))
         slots.append(i)
     if unchecked:
         shown = ", ".join(str(d) for d in unchecked[:3])
@@ -550,19 +608,21 @@ def train_runs(
 
     def checkpoint(index: int) -> None:
         run_dir = run_dirs[slots[index]]
-        if run_dir is not None:
+        if run_dir is not None and world.is_main:
             write_run(run_dir, runs[index])
 
     opened_at = [run.step_count for run in runs]
     drive(runs, source, data_seed, checkpoint, checkpoint_every, progress, desc=desc or f"{len(runs)} SAEs, one pass")
     for index, (run, slot) in enumerate(zip(runs, slots, strict=True)):
         run_dir = run_dirs[slot]
-        if run_dir is not None and run.step_count == opened_at[index]:
+        writes = run_dir is not None and world.is_main
+        if writes and run.step_count == opened_at[index]:
             write_run(run_dir, run)  # a run resumed finished: its checkpoint now records this data's fingerprint
         sae = run.final_sae()
-        if run_dir is not None:
+        if writes:
             save_sae(sae, run_dir / SAE_SUBDIR)
         saes[slot] = sae
+    barrier(world)  # every process returns once the files are written
     return [sae for sae in saes if sae is not None]
 
 
