@@ -145,7 +145,8 @@ def load_model(
         module docstring) or any name ``TransformerBridge.boot_transformers`` accepts
         (``"gpt2"``, ``"EleutherAI/pythia-70m"`` ...; needs the network).
     device
-        ``"cpu"``, ``"cuda"`` ...; default CUDA when available, else the CPU.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` ...; default the process's default device
+        (:func:`sae_helpers.reproducibility.default_device`: CUDA when available, else the CPU).
     dtype
         Parameter dtype, ``"float32"`` (default), ``"bfloat16"`` ...
     use_cache
@@ -160,9 +161,10 @@ def load_model(
         gives the same model back).
     """
     from .._dtypes import resolve_dtype
+    from ..reproducibility import resolve_device
 
     torch_dtype = resolve_dtype(dtype)
-    device = torch.device(device) if device is not None else _default_device()
+    device = resolve_device(device)
     if name in EMBEDDED_MODELS:
         hf_model, tokenizer = _load_embedded(name, use_cache=use_cache)
         if torch_dtype != torch.float32:
@@ -254,10 +256,6 @@ def verify_model_cache(name: str = DEFAULT_MODEL) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- internals
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _source_record(name: str) -> dict[str, Any]:
     spec = _embedded(name)
     path = gguf_path(name)
