@@ -180,3 +180,15 @@ def test_the_gpu_profile_runs_chapter_01_end_to_end(tmp_path, monkeypatch, no_ne
     assert manifest["settings"]["dataset"].startswith(gpu["dataset"])
     assert set(namespace["saes"]) == {"relu", "gated"}
     assert next(namespace["saes"]["gated"].parameters()).device == torch.device("cpu")
+
+
+def test_gpu_chapters_share_their_caches_and_family():
+    """The GPU profiles of chapters 01-04 ask for the same harvest (one cache per site), and 03 and 04 for the
+    same SAE family (trained once)."""
+    loaded = {path.stem: profiles.load_profile("gpu", path.stem) for path in NOTEBOOKS}
+    harvest_keys = ("model_name", "dataset", "text_column", "context_size", "n_train_tokens", "n_eval_tokens")
+    lm = [name for name, values in loaded.items() if "model_name" in values]
+    assert len(lm) == 4
+    assert len({tuple(loaded[name][key] for key in harvest_keys) for name in lm}) == 1
+    family_keys = ("site", "family_widths", "family_k", "steps", "batch_size", "lr")
+    assert all(loaded["03_completeness"][key] == loaded["04_atomicity"][key] for key in family_keys)
