@@ -299,8 +299,13 @@ def check_hub_access(name: str, timeout: float = HUB_PROBE_TIMEOUT) -> None:
     within ``timeout`` seconds). The ``OSError`` says what was tried and how to fix it."""
     from huggingface_hub import constants, try_to_load_from_cache
 
+    if Path(os.path.expanduser(name)).exists():
+        return  # a local folder: nothing to download
     repo = name  # TransformerLens loads official Hugging Face names (its old aliases are deprecated)
-    cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    try:
+        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except ValueError:  # not a valid repository id: the hub will say so, if it answers
+        cached = False
     fixes = (f"Fixes: connect to the network (in Colab it is there); or, with the model already in the cache, "
              f"set HF_HUB_OFFLINE=1; or use the embedded default, load_model({DEFAULT_MODEL!r}), which needs "
              "no network.")

@@ -95,3 +95,12 @@ def test_a_silent_hub_in_a_fresh_process(tmp_path):
     seconds, message = done.stdout.split("\n", 1)
     assert float(seconds) < TIME_LIMIT, done.stdout
     assert f"http://127.0.0.1:{port} did not answer" in message and "HF_HUB_OFFLINE=1" in message, message
+
+
+def test_a_local_folder_is_not_checked_against_the_hub(tmp_path, empty_hf_cache):
+    loading.check_hub_access(str(tmp_path))  # no probe, no error: nothing to download
+
+
+def test_an_invalid_repository_id_still_fails_fast(empty_hf_cache, allow_probe):
+    with pytest.raises(OSError, match="did not answer"):
+        loading.check_hub_access("not//a valid id")
