@@ -49,30 +49,19 @@ def _sotu_dataset(split: str):
     return datasets.Dataset.from_pandas(frame.reset_index(drop=True), preserve_index=False)
 
 
-def text_dataset(name: str = DEFAULT_TEXT, split: str = "train", text_column: str = "text", **load_kwargs):
+def text_dataset(name: str = DEFAULT_TEXT, split: str = "train", text_column: str = "text", *,
+                 config: str | None = None, source_split: str = "train"):
     """Rows with a ``text`` column, for ``split`` (``"train"``, ``"eval"`` or ``"all"``) of source ``name``.
 
     ``name`` is ``"sotu"`` (offline, built from the ``sotu`` package, split by whole
     speeches as described in the module docstring), a local ``.txt`` file or folder of
     ``.txt`` files (one document each), a folder written by ``Dataset.save_to_disk``, or any
-    Hugging Face dataset name (needs the network; streamed; ``load_kwargs`` go to
-    ``datasets.load_dataset``, e.g. ``name=`` a configuration, ``split=`` the split to stream,
-    default ``"train"``). Sources other than sotu are split by document (module docstring);
-    a ``split`` other than ``"train"``/``"eval"``/``"all"`` is streamed whole as that split.
+    Hugging Face dataset name (needs the network; streamed from its split ``source_split`` with
+    the configuration ``config``). Sources other than sotu are split by document (module
+    docstring); a ``split`` other than ``"train"``/``"eval"``/``"all"`` is streamed whole as that
+    split. The :class:`TextSource` ``(name, text_column, source_split, config)`` does the work.
     """
-    return TextSource(name, text_column=text_column, **_source_options(load_kwargs)).load(split)
-
-
-def _source_options(load_kwargs: dict[str, Any]) -> dict[str, Any]:
-    options = {}
-    if "name" in load_kwargs:
-        options["config"] = load_kwargs.pop("name")
-    if "split" in load_kwargs:
-        options["source_split"] = load_kwargs.pop("split")
-    if load_kwargs:
-        raise TypeError(f"text_dataset takes no options {sorted(load_kwargs)}; it streams the dataset with "
-                        "datasets.load_dataset(name, config, split=..., streaming=True).")
-    return options
+    return TextSource(name, text_column=text_column, source_split=source_split, config=config).load(split)
 
 
 @dataclass(frozen=True)
