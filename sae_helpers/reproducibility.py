@@ -36,7 +36,7 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a device: pass 'auto', 'cpu', 'cuda', 'cuda:1'...") from err
+        raise ValueError(f"device={device!r} is not a device: pass 'cpu', 'cuda', 'cuda:1'... or 'auto'.") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}, but CUDA is not available here: pass device='cpu', or 'auto' to use "
                          "CUDA only when there is one.")
