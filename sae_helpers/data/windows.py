@@ -25,12 +25,13 @@ def eval_windows(
     model: Any, n_tokens: int, dataset: Any = None, split: str = "eval", context_size: int = 128
 ) -> Tensor:
     """Held-out token windows ``[n, context_size]`` (BOS first) holding at least ``n_tokens``
-    predicted tokens: from the ``sotu`` eval split (whole held-out speeches) by default."""
-    from .text import iter_token_windows, text_dataset
+    predicted tokens: from the eval split of the default text (:func:`~sae_helpers.data.text.default_text`:
+    sotu's held-out speeches unless a chapter set another) by default."""
+    from .text import iter_token_windows, load_text
 
     if n_tokens <= 0:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}.")
-    data = text_dataset(dataset or "sotu", split=split) if dataset is None or isinstance(dataset, str) else dataset
+    data, _ = load_text(dataset, split)
     per_window = context_size - 2  # predictions per window after the excluded position 0
     needed = math.ceil(n_tokens / per_window)
     windows = []

@@ -32,7 +32,9 @@ Numerics and tokens (verified by the tests in ``tests/models``):
 
 Any other name (``"gpt2"``, ``"EleutherAI/pythia-70m"`` ...) goes through
 ``TransformerBridge.boot_transformers``'s normal loading, which downloads from the
-Hugging Face hub (fine in Colab, impossible offline).
+Hugging Face hub (fine in Colab, impossible offline). Before that, :func:`check_hub_access`
+makes an offline failure quick (a few seconds, not a minute of retries) and clear: the hub
+is probed once, with ``HF_HUB_OFFLINE`` set only the local Hugging Face cache is looked at.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def load_model(
         module docstring) or any name ``TransformerBridge.boot_transformers`` accepts
         (``"gpt2"``, ``"EleutherAI/pythia-70m"`` ...; needs the network).
     device
-        ``"cpu"``, ``"cuda"`` ...; default CUDA when available, else the CPU.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` ...; default the process's default device
+        (:func:`sae_helpers.reproducibility.default_device`: CUDA when available, else the CPU).
     dtype
         Parameter dtype, ``"float32"`` (default), ``"bfloat16"`` ...
     use_cache
@@ -160,15 +163,17 @@ def load_model(
         gives the same model back).
     """
     from .._dtypes import resolve_dtype
+    from ..reproducibility import resolve_device
 
     torch_dtype = resolve_dtype(dtype)
-    device = torch.device(device) if device is not None else _default_device()
+    device = resolve_device(device)
     if name in EMBEDDED_MODELS:
         hf_model, tokenizer = _load_embedded(name, use_cache=use_cache)
         if torch_dtype != torch.float32:
             hf_model = hf_model.to(dtype=torch_dtype)
         return wrap_hf_model(hf_model, tokenizer, boot_name=EMBEDDED_MODELS[name].hf_name, model_name=name,
                              device=device)
+    check_hub_access(name)  # before TransformerLens's import (seconds): an offline failure comes at once
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
@@ -253,11 +258,75 @@ def verify_model_cache(name: str = DEFAULT_MODEL) -> list[str]:
     return problems
 
 
+# ----------------------------------------------------------------------------- the hub
+#: Seconds the hub may take to answer before a named model is declared unreachable.
+HUB_PROBE_TIMEOUT = 3.0
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached, or ``None`` when it answers.
+
+    One HTTP HEAD request, bounded by ``timeout`` seconds in all (name lookup included): any HTTP
+    answer, even an error status, counts as reachable.
+    """
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)
+        except Exception as err:  # URLError, timeouts, refused connections, failed name lookups
+            outcome.append(f"{endpoint} did not answer ({getattr(err, 'reason', err)})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return outcome[0] if outcome else f"{endpoint} did not answer within {timeout:g} s"
+
+
+def check_hub_access(name: str, timeout: float = HUB_PROBE_TIMEOUT) -> None:
+    """Fail at once, not after a minute of retries, when model ``name`` can be neither found in the
+    local Hugging Face cache (with ``HF_HUB_OFFLINE`` set) nor downloaded (the hub does not answer
+    within ``timeout`` seconds). The ``OSError`` says what was tried and how to fix it."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if Path(os.path.expanduser(name)).exists():
+        return  # a local folder: nothing to download
+    repo = name  # TransformerLens loads official Hugging Face names (its old aliases are deprecated)
+    try:
+        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except ValueError:  # not a valid repository id: the hub will say so, if it answers
+        cached = False
+    fixes = (f"Fixes: connect to the network (in Colab it is there); or, with the model already in the cache, "
+             f"set HF_HUB_OFFLINE=1; or use the embedded default, load_model({DEFAULT_MODEL!r}), which needs "
+             "no network.")
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise OSError(f"Cannot load the model {name!r}: HF_HUB_OFFLINE is set and the Hugging Face cache "
+                          f"({constants.HF_HUB_CACHE}) has no {repo!r} (pass the official Hugging Face name, e.g. "
+                          "'openai-community/gpt2' or 'gpt2', not an old TransformerLens alias). Unset "
+                          "HF_HUB_OFFLINE on a machine with network access to download it once, or use "
+                          f"load_model({DEFAULT_MODEL!r}).")
+        return
+    reason = hub_unreachable(timeout)
+    if reason is None:
+        return
+    where = (f"{repo!r} is in the cache ({constants.HF_HUB_CACHE}): set HF_HUB_OFFLINE=1 to load it from there"
+             if cached else f"{repo!r} is not in the cache ({constants.HF_HUB_CACHE})")
+    raise OSError(f"Cannot load the model {name!r}: it is downloaded from the Hugging Face hub, and {reason}; "
+                  f"{where}. {fixes}")
+
+
 # ----------------------------------------------------------------------------- internals
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _source_record(name: str) -> dict[str, Any]:
     spec = _embedded(name)
     path = gguf_path(name)

@@ -39,6 +39,7 @@ from ..distributed import (
     process_group,
 )
 from ..formats import TRAINING_CONFIG_FILENAME, load_sae, save_sae
+from ..reproducibility import default_device, resolve_device  # noqa: F401 (re-exported for sweep)
 from ..saes.base import SAE, batch_variance
 from ..saes.provenance import Provenance
 from ..saes.registry import get_sae_class
@@ -57,27 +58,6 @@ from .config import EXECUTION_FIELDS, TrainConfig
 from .init import activation_scale, initial_b_dec
 from .resampling import resample_dead_latents
 from .schedules import lr_multiplier, sparsity_multiplier
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device`` (default :func:`default_device`), refusing one this machine lacks."""
-    if device is None:
-        return default_device()
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a device: pass 'cpu', 'cuda', 'cuda:1'... or None.") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}, but CUDA is not available here: pass device='cpu', or device=None "
-                         "to use CUDA only when there is one.")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r}, but there are only {torch.cuda.device_count()} CUDA device(s).")
-    return resolved
 
 
 def build_training_sae(
