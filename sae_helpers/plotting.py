@@ -47,8 +47,9 @@ METRIC_LABELS = {
 CLASS_COLORS = {"novel": "#1b9e77", "reconstruction": "#d95f02"}
 
 
-COLUMN_WIDTH = 7.0
-"""Widest figure (inches): the book's text column, about 690 px."""
+COLUMN_WIDTH = 6.8
+"""Width of a figure (inches): with the inline backend's 0.1-inch margins, the 7-inch text column
+(about 690 px)."""
 FONT_SIZE = 12
 """Smallest text in a figure (points): the page's body font when the figure is shown at column width."""
 MAX_COLUMNS = 2
@@ -120,11 +121,22 @@ def shared_legend(fig: plt.Figure, ncols: int = 2, **kwargs: object) -> Legend |
 
 
 def log_x(ax: Axes) -> Axes:
-    """A log x axis labelled at its decades only (minor labels such as 3x10^0 collide)."""
-    from matplotlib.ticker import NullFormatter
+    """A log x axis labelled at its decades only (minor labels such as 3x10^0 collide), in plain numbers."""
+    from matplotlib.ticker import LogFormatter, NullFormatter
 
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(LogFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
+    return ax
+
+
+def log_y(ax: Axes) -> Axes:
+    """A log y axis with plain-number labels (no superscripts, which would print below the book's font size)."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.4)))
     return ax
 
 
@@ -175,7 +187,7 @@ def plot_density_histogram(densities: Mapping[str, np.ndarray], ax: Axes | None 
         alive = np.asarray(density)[np.asarray(density) > 0]
         ax.hist(np.log10(alive), bins=edges, histtype="step", lw=2, color=ARCH_COLORS.get(name),
                 label=f"{ARCH_LABELS.get(name, name)} ({n_dead} dead)")
-    ax.set_xlabel(r"$\log_{10}$ firing frequency")
+    ax.set_xlabel("Firing frequency (log10)")
     ax.set_ylabel("Latents")
     legend_below(ax)
     return ax
@@ -203,7 +215,7 @@ def plot_feature_cosines(features: torch.Tensor, ax: Axes | None = None) -> Axes
     """Heat map of the cosine similarities between true features (superposition)."""
     ax = _ax(ax)
     f = torch.nn.functional.normalize(features.double(), dim=1)
-    sns.heatmap((f @ f.T).numpy(), ax=ax, cmap="RdBu_r", vmin=-1, vmax=1, square=True,
+    sns.heatmap((f @ f.T).numpy(), ax=ax, cmap="RdBu_r", vmin=-1, vmax=1, square=True, rasterized=True,
                 xticklabels=False, yticklabels=False, cbar_kws={"label": "cosine"})
     ax.set_title(f"{f.shape[0]} features in {f.shape[1]} dimensions")
     return ax
@@ -221,11 +233,12 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]],
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for name, log in logs.items():
             steps = [r["step"] for r in log]
-            ax.plot(steps, [r[metric] for r in log], label=name, color=ARCH_COLORS.get(name.split()[0]))
-        ax.set_xlabel("step")
+            ax.plot(steps, [r[metric] for r in log], label=ARCH_LABELS.get(name, name),
+                    color=ARCH_COLORS.get(name.split()[0]))
+        ax.set_xlabel("Step")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         if metric == "loss":
-            ax.set_yscale("log")
+            log_y(ax)
     shared_legend(fig)
     return fig
 
@@ -283,7 +296,11 @@ def plot_proxy_scatter(table: pd.DataFrame, threshold: float | None = None, ax: 
     ax.axhline(0.0, color="0.3", lw=1)
     if threshold is not None:
         ax.axvline(threshold, color="0.3", lw=1, ls="--")
-    ax.set_yscale("symlog", linthresh=max(1e-6, float(live["delta_mse"].abs().quantile(0.1))))
+    from matplotlib.ticker import LogFormatter
+
+    linthresh = max(1e-6, float(live["delta_mse"].abs().quantile(0.1)))
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.yaxis.set_major_formatter(LogFormatter(linthresh=linthresh))
     ax.set_xlabel(METRIC_LABELS["max_cos"])
     ax.set_ylabel(METRIC_LABELS["delta_mse"])
     return ax

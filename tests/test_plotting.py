@@ -3,6 +3,9 @@ two panels per row, no wider than the column, legends off the axes, tick labels 
 
 from __future__ import annotations
 
+import io
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -26,9 +29,15 @@ def book_style():
 
 def problems(fig: plt.Figure) -> list[str]:
     """What makes ``fig`` hard to read at the column width (empty: nothing)."""
+    svg = io.StringIO()
+    fig.savefig(svg, format="svg", bbox_inches="tight")
+    found = [f"SVG text at {size} px" for size in re.findall(r"font-size:\s*([\d.]+)px", svg.getvalue())
+             if float(size) < plotting.FONT_SIZE - 1e-9]  # e.g. superscripts of 10^-3 tick labels
+    width = float(re.search(r'width="([\d.]+)pt"', svg.getvalue()).group(1)) / 72
+    if width > 7.0 + 1e-9:
+        found.append(f"{width:.2f} in wide as shown")
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    found = []
     width, _ = fig.get_size_inches()
     if width > plotting.COLUMN_WIDTH + 1e-9:
         found.append(f"{width:.1f} in wide")
@@ -96,9 +105,9 @@ def test_checker_catches_a_crowded_figure():
     axes[0].legend(fontsize="x-small")
     axes[0].set_xticks(np.linspace(0, 1, 60))
     axes[1].plot([3, 4, 5, 6], [1, 2, 3, 4])
-    axes[1].set_xscale("log")  # minor labels 3x10^0, 4x10^0, ... collide
+    axes[1].set_xscale("log")  # minor labels 3x10^0, 4x10^0, ... collide, their superscripts are small
     found = " | ".join(problems(fig))
-    for what in ("wide", "pt", "legend on the data", "overlapping tick labels", "4 panels in a row"):
+    for what in ("wide", "pt", "legend on the data", "overlapping tick labels", "4 panels in a row", "SVG text at 8.4"):
         assert what in found
 
 
