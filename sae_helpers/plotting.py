@@ -40,6 +40,7 @@ METRIC_LABELS = {
     "kl": "KL to clean (nats/token)",
     "mse": "MSE (per element)",
     "n_latents": "Latents",
+    "loss": "Training loss",
     "width": "Width (latents)",
     "max_cos": "Max cosine to the smaller SAE",
     "delta_mse": r"$\Delta$ MSE when inserted",
@@ -138,6 +139,14 @@ def log_y(ax: Axes) -> Axes:
     ax.yaxis.set_major_formatter(LogFormatter())
     ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.4)))
     return ax
+
+
+def _signed_power(value: float, _position: object = None) -> str:
+    """A symlog tick label in plain text: ``0``, ``1e-3``, ``-1e-4`` (mathtext superscripts would be too small)."""
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _ax(ax: Axes | None) -> Axes:
@@ -296,11 +305,10 @@ def plot_proxy_scatter(table: pd.DataFrame, threshold: float | None = None, ax: 
     ax.axhline(0.0, color="0.3", lw=1)
     if threshold is not None:
         ax.axvline(threshold, color="0.3", lw=1, ls="--")
-    from matplotlib.ticker import LogFormatter
+    from matplotlib.ticker import FuncFormatter
 
-    linthresh = max(1e-6, float(live["delta_mse"].abs().quantile(0.1)))
-    ax.set_yscale("symlog", linthresh=linthresh)
-    ax.yaxis.set_major_formatter(LogFormatter(linthresh=linthresh))
+    ax.set_yscale("symlog", linthresh=max(1e-6, float(live["delta_mse"].abs().quantile(0.1))))
+    ax.yaxis.set_major_formatter(FuncFormatter(_signed_power))
     ax.set_xlabel(METRIC_LABELS["max_cos"])
     ax.set_ylabel(METRIC_LABELS["delta_mse"])
     return ax

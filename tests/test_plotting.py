@@ -159,3 +159,7 @@ def test_stitching_curves_are_legible():
     plotting.plot_stitching_curves({"1152 → 2304": curve}, family, "n_latents", "fvu", ax=axes[1])
     plotting.shared_legend(fig)
     assert problems(fig) == []
+
+
+def test_symlog_labels_keep_their_sign():
+    assert [plotting._signed_power(v) for v in (0.0, 1e-3, -1e-4, 10.0)] == ["0", "1e-3", "-1e-4", "1e1"]
