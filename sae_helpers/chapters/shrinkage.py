@@ -177,13 +177,12 @@ def render_equivalence(checks: pd.DataFrame) -> str:
 def summary(verdicts: list[SiteVerdict]) -> Summary:
     """The chapter's headline and key numbers: per site the median Gated/baseline L0 ratio at equal
     loss recovered (beside 1, the same L0) and the γ ranges of both (beside 1, no shrinkage)."""
-    ratios = ", ".join(f"{v.l0_ratio:.2f}x at `{v.site}`" if v.l0_ratio is not None
-                       else f"no overlap in loss recovered at `{v.site}`" for v in verdicts)
-    relu_low, relu_high = min(v.relu_gamma[0] for v in verdicts), max(v.relu_gamma[1] for v in verdicts)
-    gated_low, gated_high = min(v.gated_gamma[0] for v in verdicts), max(v.gated_gamma[1] for v in verdicts)
-    headline = (f"At equal loss recovered the Gated SAEs need a median {ratios} the baseline's L0 (1 would be the "
-                f"same L0), and the baseline's γ spans {relu_low:.3f}-{relu_high:.3f} against the Gated SAEs' "
-                f"{gated_low:.3f}-{gated_high:.3f} (1 would be no shrinkage).")
+    clauses = [(f"{v.l0_ratio:.2f}x the baseline's" if v.l0_ratio is not None
+                else "not comparable (no overlap in loss recovered)")
+               + f" at `{v.site}` (baseline γ {v.relu_gamma[0]:.3f}-{v.relu_gamma[1]:.3f}, Gated "
+               f"{v.gated_gamma[0]:.3f}-{v.gated_gamma[1]:.3f})" for v in verdicts]
+    headline = (f"At equal loss recovered the Gated SAEs' median L0 is {', and '.join(clauses)}; a ratio of 1 "
+                f"would be the same L0, and γ = 1 no shrinkage.")
     numbers: dict = {}
     for v in verdicts:
         numbers |= {f"{v.site}: l0_ratio_gated_to_baseline": v.l0_ratio, f"{v.site}: n_matched": v.n_matched,
