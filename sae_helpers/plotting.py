@@ -11,6 +11,7 @@ at least :data:`FONT_SIZE` points, legends outside the axes (:func:`legend_below
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -21,6 +22,7 @@ import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.legend import Legend
+from matplotlib.ticker import Formatter, FuncFormatter
 
 from .evaluation.metrics import log10_density_histogram
 
@@ -121,23 +123,40 @@ def shared_legend(fig: plt.Figure, ncols: int = 2, **kwargs: object) -> Legend |
                       **kwargs)
 
 
-def log_x(ax: Axes) -> Axes:
-    """A log x axis labelled at its decades only (minor labels such as 3x10^0 collide), in plain numbers."""
-    from matplotlib.ticker import LogFormatter, NullFormatter
+def _log_tick(value: float, _position: object = None) -> str:
+    """A log-axis tick label in plain text (``20``, ``0.05``, ``1e-05``): no superscripts, which would print
+    below the book's font size."""
+    return f"{value:g}"
 
+
+class _SparseLogMinor(Formatter):
+    """Minor log ticks labelled at 2 and 5 times a power of ten, when the axis spans at most two decades
+    (a shorter axis has too few decades to read its scale from; more labels would collide)."""
+
+    def __call__(self, value: float, pos: object = None) -> str:
+        low, high = sorted(self.axis.get_view_interval())
+        if value <= 0 or low <= 0 or math.log10(high / low) > 2:
+            return ""
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        return _log_tick(value) if any(math.isclose(mantissa, m, rel_tol=1e-6) for m in (2, 5)) else ""
+
+
+def _plain_log(axis: object) -> None:
+    axis.set_major_formatter(FuncFormatter(_log_tick))
+    axis.set_minor_formatter(_SparseLogMinor())
+
+
+def log_x(ax: Axes) -> Axes:
+    """A log x axis with plain-number labels at decades (and at 2 and 5 on short axes)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(LogFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _plain_log(ax.xaxis)
     return ax
 
 
 def log_y(ax: Axes) -> Axes:
-    """A log y axis with plain-number labels (no superscripts, which would print below the book's font size)."""
-    from matplotlib.ticker import LogFormatter
-
+    """A log y axis with plain-number labels at decades (and at 2 and 5 on short axes)."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(LogFormatter())
-    ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.4)))
+    _plain_log(ax.yaxis)
     return ax
 
 
@@ -305,8 +324,6 @@ def plot_proxy_scatter(table: pd.DataFrame, threshold: float | None = None, ax: 
     ax.axhline(0.0, color="0.3", lw=1)
     if threshold is not None:
         ax.axvline(threshold, color="0.3", lw=1, ls="--")
-    from matplotlib.ticker import FuncFormatter
-
     ax.set_yscale("symlog", linthresh=max(1e-6, float(live["delta_mse"].abs().quantile(0.1))))
     ax.yaxis.set_major_formatter(FuncFormatter(_signed_power))
     ax.set_xlabel(METRIC_LABELS["max_cos"])

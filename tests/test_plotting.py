@@ -163,3 +163,18 @@ def test_stitching_curves_are_legible():
 
 def test_symlog_labels_keep_their_sign():
     assert [plotting._signed_power(v) for v in (0.0, 1e-3, -1e-4, 10.0)] == ["0", "1e-3", "-1e-4", "1e1"]
+
+
+@pytest.mark.parametrize(("low", "high", "expected"), [(20, 200, {"20", "50", "100", "200"}),
+                                                       (0.3, 30, {"0.5", "1", "2", "5", "10", "20"}),
+                                                       (1, 10_000, {"1", "10", "100", "1000", "10000"})])
+def test_log_axes_have_plain_labels_enough_to_read_the_scale(low, high, expected):
+    fig, ax = plotting.figure()
+    ax.plot([low, high], [1, 2])
+    plotting.log_x(ax)
+    ax.set_xlim(low, high)
+    fig.canvas.draw()
+    shown = {t.get_text() for t in ax.xaxis.get_ticklabels() + ax.xaxis.get_ticklabels(minor=True)
+             if t.get_text() and low <= t.get_position()[0] <= high}
+    assert shown == expected
+    assert problems(fig) == []
