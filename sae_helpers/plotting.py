@@ -108,8 +108,10 @@ def legend_below(ax: Axes, ncols: int = 1, **kwargs: object) -> Legend | None:
                      ncols=ncols, frameon=False, **kwargs)
 
 
-def shared_legend(fig: plt.Figure, ncols: int = 2, **kwargs: object) -> Legend | None:
-    """One legend for all panels of ``fig``, below them (each label once); the panels' own legends go."""
+def shared_legend(fig: plt.Figure, ncols: int = 2, slot: Axes | None = None, **kwargs: object) -> Legend | None:
+    """One legend for all panels of ``fig`` (each label once); the panels' own legends go.
+
+    Below the panels, or inside ``slot``, an unused panel of the grid (its axes are turned off)."""
     entries: dict[str, object] = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -119,6 +121,9 @@ def shared_legend(fig: plt.Figure, ncols: int = 2, **kwargs: object) -> Legend |
             ax.get_legend().remove()
     if not entries:
         return None
+    if slot is not None:
+        slot.axis("off")
+        return slot.legend(list(entries.values()), list(entries), loc="center", ncols=1, frameon=False, **kwargs)
     return fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=ncols, frameon=False,
                       **kwargs)
 
@@ -252,12 +257,10 @@ def plot_feature_cosines(features: torch.Tensor, ax: Axes | None = None) -> Axes
 def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]],
                          metrics: Sequence[str] = ("loss", "l0", "fvu")) -> plt.Figure:
     """Training-log curves (one panel per metric, at most two per row; one line per named run;
-    one legend below)."""
+    one legend, below or in the grid's empty slot)."""
     ncols = min(len(metrics), MAX_COLUMNS)
     nrows = -(-len(metrics) // ncols)
     fig, axes = figure(nrows, ncols, height=ROW_HEIGHT[2] if len(metrics) > 1 else None, squeeze=False)
-    for extra in axes.flat[len(metrics):]:
-        extra.remove()
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for name, log in logs.items():
             steps = [r["step"] for r in log]
@@ -267,7 +270,7 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]],
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         if metric == "loss":
             log_y(ax)
-    shared_legend(fig)
+    shared_legend(fig, slot=axes.flat[-1] if len(metrics) < axes.size else None)
     return fig
 
 
