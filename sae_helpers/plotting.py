@@ -327,8 +327,11 @@ def plot_proxy_scatter(table: pd.DataFrame, threshold: float | None = None, ax: 
     ax.axhline(0.0, color="0.3", lw=1)
     if threshold is not None:
         ax.axvline(threshold, color="0.3", lw=1, ls="--")
-    ax.set_yscale("symlog", linthresh=max(1e-6, float(live["delta_mse"].abs().quantile(0.1))))
-    ax.yaxis.set_major_formatter(FuncFormatter(_signed_power))
+    linthresh = max(1e-6, float(live["delta_mse"].abs().quantile(0.1)))
+    ax.set_yscale("symlog", linthresh=linthresh)
+    # Decades inside the linear part around 0 would print on top of the label 0.
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda value, _pos: "" if 0 < abs(value) <= 1.001 * linthresh else _signed_power(value)))
     ax.set_xlabel(METRIC_LABELS["max_cos"])
     ax.set_ylabel(METRIC_LABELS["delta_mse"])
     return ax
