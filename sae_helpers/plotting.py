@@ -2,18 +2,27 @@
 
 Each function draws on the ``ax`` it is given (or a new one) and returns the axes,
 so notebooks compose them into figures and keep the inline backend.
+
+The book's style (:func:`use_book_style`) is set for a text column of about 690 px: figures at
+most :data:`COLUMN_WIDTH` inches wide (:func:`figure`: at most two panels per row), every text
+at least :data:`FONT_SIZE` points, legends outside the axes (:func:`legend_below`,
+:func:`shared_legend`), and inline figures as SVG whose text stays text.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import matplotlib.transforms as mtransforms
 import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
 from matplotlib.axes import Axes
+from matplotlib.legend import Legend
+from matplotlib.ticker import Formatter, FuncFormatter
 
 from .evaluation.metrics import log10_density_histogram
 
@@ -22,17 +31,18 @@ ARCH_LABELS = {"relu": "Baseline (ReLU + L1)", "gated": "Gated", "topk": "TopK",
 ARCH_COLORS = {"relu": "#d95f02", "gated": "#1b9e77", "jumprelu": "#7570b3", "topk": "#e7298a",
                "batchtopk": "#66a61e"}
 METRIC_LABELS = {
-    "l0": "L0 (active latents per token)",
-    "fvu": "Fraction of variance unexplained",
+    "l0": "L0 (latents per token)",
+    "fvu": "FVU (variance unexplained)",
     "explained_variance": "Explained variance",
-    "relative_reconstruction_bias": r"Relative reconstruction bias $\gamma$",
+    "relative_reconstruction_bias": r"Reconstruction bias $\gamma$",
     "mmcs": "MMCS (feature recovery)",
     "dead_fraction": "Dead fraction",
     "loss_recovered": "Loss recovered",
     "delta_lm_loss": r"$\Delta$ LM loss (nats/token)",
-    "kl": "KL(clean || spliced) (nats/token)",
+    "kl": "KL to clean (nats/token)",
     "mse": "MSE (per element)",
     "n_latents": "Latents",
+    "loss": "Training loss",
     "width": "Width (latents)",
     "max_cos": "Max cosine to the smaller SAE",
     "delta_mse": r"$\Delta$ MSE when inserted",
@@ -40,13 +50,131 @@ METRIC_LABELS = {
 CLASS_COLORS = {"novel": "#1b9e77", "reconstruction": "#d95f02"}
 
 
+COLUMN_WIDTH = 6.8
+"""Width of a figure (inches): with the inline backend's 0.1-inch margins, the 7-inch text column
+(about 690 px)."""
+FONT_SIZE = 12
+"""Smallest text in a figure (points): the page's body font when the figure is shown at column width."""
+MAX_COLUMNS = 2
+"""Panels per row at the column width."""
+ROW_HEIGHT = {1: 4.0, 2: 3.0}
+"""Default height (inches) of one row of panels, by panels per row."""
+_LEGEND_GAP = 52
+"""Points between an axes' bottom edge and a legend placed below it (clears tick labels and x label)."""
+
+BOOK_RC: dict[str, object] = {
+    "font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE, "axes.labelsize": FONT_SIZE,
+    "xtick.labelsize": FONT_SIZE, "ytick.labelsize": FONT_SIZE, "legend.fontsize": FONT_SIZE,
+    "legend.title_fontsize": FONT_SIZE, "figure.titlesize": FONT_SIZE, "figure.labelsize": FONT_SIZE,
+    "figure.figsize": (COLUMN_WIDTH, ROW_HEIGHT[1]), "figure.constrained_layout.use": True,
+    "legend.frameon": False, "svg.fonttype": "none", "savefig.dpi": 150,
+}
+"""Matplotlib settings of the book (on top of seaborn's whitegrid theme)."""
+
+
 def use_book_style() -> None:
-    """The seaborn theme used by every chapter."""
-    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    """The book's figure style, for every chapter: seaborn's whitegrid theme with :data:`BOOK_RC`,
+    and, inside IPython, inline figures as SVG (text kept as text, so it scales with the page)."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", rc=BOOK_RC)
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python: no inline backend to configure
+        return
+    if get_ipython() is not None:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("svg")
+
+
+def figure(nrows: int = 1, ncols: int = 1, height: float | None = None, **kwargs: object) -> tuple[plt.Figure, object]:
+    """A figure of ``nrows`` x ``ncols`` panels at the column width (constrained layout).
+
+    ``height`` is the height of one row (default :data:`ROW_HEIGHT`); ``kwargs`` go to
+    :func:`matplotlib.pyplot.subplots`. Raises ``ValueError`` for more than :data:`MAX_COLUMNS` columns."""
+    if not 1 <= ncols <= MAX_COLUMNS:
+        raise ValueError(f"plotting.figure: ncols={ncols}; at most {MAX_COLUMNS} panels fit in a row of the "
+                         f"{COLUMN_WIDTH:g}-inch column: use more rows")
+    row = ROW_HEIGHT[ncols] if height is None else height
+    return plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH, row * nrows), layout="constrained", **kwargs)
+
+
+def legend_below(ax: Axes, ncols: int = 1, **kwargs: object) -> Legend | None:
+    """Place ``ax``'s legend under the axes, below its x label (off the data); ``None`` if nothing is labelled."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    below = mtransforms.offset_copy(ax.transAxes, fig=ax.figure, y=-_LEGEND_GAP, units="points")
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below,
+                     ncols=ncols, frameon=False, **kwargs)
+
+
+def shared_legend(fig: plt.Figure, ncols: int = 2, slot: Axes | None = None, **kwargs: object) -> Legend | None:
+    """One legend for all panels of ``fig`` (each label once); the panels' own legends go.
+
+    Below the panels, or inside ``slot``, an unused panel of the grid (its axes are turned off)."""
+    entries: dict[str, object] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if not label.startswith("_"):
+                entries.setdefault(label, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if not entries:
+        return None
+    if slot is not None:
+        slot.axis("off")
+        return slot.legend(list(entries.values()), list(entries), loc="center", ncols=1, frameon=False, **kwargs)
+    return fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=ncols, frameon=False,
+                      **kwargs)
+
+
+def _log_tick(value: float, _position: object = None) -> str:
+    """A log-axis tick label in plain text (``20``, ``0.05``, ``1e-05``): no superscripts, which would print
+    below the book's font size."""
+    return f"{value:g}"
+
+
+class _SparseLogMinor(Formatter):
+    """Minor log ticks labelled at 2 and 5 times a power of ten, when the axis spans at most two decades
+    (a shorter axis has too few decades to read its scale from; more labels would collide)."""
+
+    def __call__(self, value: float, pos: object = None) -> str:
+        low, high = sorted(self.axis.get_view_interval())
+        if value <= 0 or low <= 0 or math.log10(high / low) > 2:
+            return ""
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        return _log_tick(value) if any(math.isclose(mantissa, m, rel_tol=1e-6) for m in (2, 5)) else ""
+
+
+def _plain_log(axis: object) -> None:
+    axis.set_major_formatter(FuncFormatter(_log_tick))
+    axis.set_minor_formatter(_SparseLogMinor())
+
+
+def log_x(ax: Axes) -> Axes:
+    """A log x axis with plain-number labels at decades (and at 2 and 5 on short axes)."""
+    ax.set_xscale("log")
+    _plain_log(ax.xaxis)
+    return ax
+
+
+def log_y(ax: Axes) -> Axes:
+    """A log y axis with plain-number labels at decades (and at 2 and 5 on short axes)."""
+    ax.set_yscale("log")
+    _plain_log(ax.yaxis)
+    return ax
+
+
+def _signed_power(value: float, _position: object = None) -> str:
+    """A symlog tick label in plain text: ``0``, ``1e-3``, ``-1e-4`` (mathtext superscripts would be too small)."""
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _ax(ax: Axes | None) -> Axes:
-    return ax if ax is not None else plt.subplots(figsize=(5, 3.6))[1]
+    return ax if ax is not None else figure()[1]
 
 
 def plot_metric_tradeoff(
@@ -60,10 +188,10 @@ def plot_metric_tradeoff(
     ax.set_xlabel(METRIC_LABELS.get(x, x))
     ax.set_ylabel(METRIC_LABELS.get(y, y))
     if logx:
-        ax.set_xscale("log")
+        log_x(ax)
     if y == "relative_reconstruction_bias":
         ax.axhline(1.0, color="0.4", lw=1, ls="--")
-    ax.legend(frameon=False)
+    legend_below(ax)
     return ax
 
 
@@ -77,7 +205,7 @@ def plot_max_cosine_histogram(values: Mapping[str, Sequence[float] | np.ndarray 
                 color=ARCH_COLORS.get(name), label=ARCH_LABELS.get(name, name))
     ax.set_xlabel("Max cosine similarity to a learned decoder row")
     ax.set_ylabel("True features")
-    ax.legend(frameon=False, loc="upper left")
+    legend_below(ax)
     return ax
 
 
@@ -92,9 +220,9 @@ def plot_density_histogram(densities: Mapping[str, np.ndarray], ax: Axes | None 
         alive = np.asarray(density)[np.asarray(density) > 0]
         ax.hist(np.log10(alive), bins=edges, histtype="step", lw=2, color=ARCH_COLORS.get(name),
                 label=f"{ARCH_LABELS.get(name, name)} ({n_dead} dead)")
-    ax.set_xlabel(r"$\log_{10}$ firing frequency")
+    ax.set_xlabel("Firing frequency (log10)")
     ax.set_ylabel("Latents")
-    ax.legend(frameon=False, loc="upper left")
+    legend_below(ax)
     return ax
 
 
@@ -107,12 +235,12 @@ def plot_true_vs_latent(coefficients: torch.Tensor, activations: torch.Tensor, l
     a = activations.double().cpu().numpy()
     on = c > 0
     c, a = c[on][:max_points], a[on][:max_points]
-    ax.scatter(c, a, s=6, alpha=0.35, color=color, label=label)
+    ax.scatter(c, a, s=6, alpha=0.35, color=color, label=label, rasterized=True)
     top = max(float(c.max(initial=1.0)), float(a.max(initial=1.0)))
     ax.plot([0, top], [0, top], color="0.3", lw=1, ls="--", label="identity")
     ax.set_xlabel("True coefficient")
     ax.set_ylabel("Latent activation")
-    ax.legend(frameon=False, loc="upper left")
+    legend_below(ax)
     return ax
 
 
@@ -120,7 +248,7 @@ def plot_feature_cosines(features: torch.Tensor, ax: Axes | None = None) -> Axes
     """Heat map of the cosine similarities between true features (superposition)."""
     ax = _ax(ax)
     f = torch.nn.functional.normalize(features.double(), dim=1)
-    sns.heatmap((f @ f.T).numpy(), ax=ax, cmap="RdBu_r", vmin=-1, vmax=1, square=True,
+    sns.heatmap((f @ f.T).numpy(), ax=ax, cmap="RdBu_r", vmin=-1, vmax=1, square=True, rasterized=True,
                 xticklabels=False, yticklabels=False, cbar_kws={"label": "cosine"})
     ax.set_title(f"{f.shape[0]} features in {f.shape[1]} dimensions")
     return ax
@@ -128,24 +256,27 @@ def plot_feature_cosines(features: torch.Tensor, ax: Axes | None = None) -> Axes
 
 def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]],
                          metrics: Sequence[str] = ("loss", "l0", "fvu")) -> plt.Figure:
-    """Training-log curves (one panel per metric, one line per named run)."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2))
-    for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
+    """Training-log curves (one panel per metric, at most two per row; one line per named run;
+    one legend, below or in the grid's empty slot)."""
+    ncols = min(len(metrics), MAX_COLUMNS)
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = figure(nrows, ncols, height=ROW_HEIGHT[2] if len(metrics) > 1 else None, squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         for name, log in logs.items():
             steps = [r["step"] for r in log]
-            ax.plot(steps, [r[metric] for r in log], label=name, color=ARCH_COLORS.get(name.split()[0]))
-        ax.set_xlabel("step")
+            ax.plot(steps, [r[metric] for r in log], label=ARCH_LABELS.get(name, name),
+                    color=ARCH_COLORS.get(name.split()[0]))
+        ax.set_xlabel("Step")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         if metric == "loss":
-            ax.set_yscale("log")
-    np.atleast_1d(axes)[0].legend(frameon=False)
-    fig.tight_layout()
+            log_y(ax)
+    shared_legend(fig, slot=axes.flat[-1] if len(metrics) < axes.size else None)
     return fig
 
 
 def plot_frontier(results: pd.DataFrame, x: str = "l0", y: str = "loss_recovered", hue: str = "arch",
                   ax: Axes | None = None, logx: bool = True, higher_is_better: bool = True) -> Axes:
-    """Every run as a point, each architecture's Pareto frontier as a line."""
+    """Every run as a point, each architecture's Pareto frontier as a line (labelled with the architecture)."""
     from .evaluation.frontier import pareto_frontier
 
     ax = _ax(ax)
@@ -154,32 +285,35 @@ def plot_frontier(results: pd.DataFrame, x: str = "l0", y: str = "loss_recovered
         color = ARCH_COLORS.get(arch)
         ax.scatter(group[x], group[y], color=color, alpha=0.45, s=28)
         line = frontier[frontier[hue] == arch]
-        ax.plot(line[x], line[y], "o-", color=color, label=f"{ARCH_LABELS.get(arch, arch)} frontier")
+        ax.plot(line[x], line[y], "o-", color=color, label=ARCH_LABELS.get(arch, arch))
     ax.set_xlabel(METRIC_LABELS.get(x, x))
     ax.set_ylabel(METRIC_LABELS.get(y, y))
     if logx:
-        ax.set_xscale("log")
-    ax.legend(frameon=False)
+        log_x(ax)
+    legend_below(ax)
     return ax
 
 
 def plot_cosine_by_class(table: pd.DataFrame, threshold: float | None = None, ax: Axes | None = None,
-                         bins: int = 40) -> Axes:
+                         bins: int = 40, name: str = "") -> Axes:
     """Histograms of the larger SAE's max cosine to the smaller SAE, novel vs reconstruction
-    latents (``stitching.analyze``'s table; dead latents left out and counted in the title)."""
+    latents (``stitching.analyze``'s table; dead latents left out). The title gives ``name`` and
+    the three counts; the legend (below) the classes and the threshold."""
     ax = _ax(ax)
     live = table[~table["dead"]]
     low = min(0.0, float(live["max_cos"].min())) if len(live) else 0.0
     edges = np.linspace(low, 1, bins + 1)
-    for name, part in (("novel", live[live["novel"]]), ("reconstruction", live[~live["novel"]])):
-        ax.hist(part["max_cos"], bins=edges, histtype="step", lw=2, color=CLASS_COLORS[name],
-                label=f"{name} ({len(part)})")
+    parts = {"novel": live[live["novel"]], "reconstruction": live[~live["novel"]]}
+    for label, part in parts.items():
+        ax.hist(part["max_cos"], bins=edges, histtype="step", lw=2, color=CLASS_COLORS[label], label=label)
     if threshold is not None:
-        ax.axvline(threshold, color="0.3", lw=1, ls="--", label=f"threshold {threshold:.2f}")
+        ax.axvline(threshold, color="0.3", lw=1, ls="--", label="threshold")
     ax.set_xlabel(METRIC_LABELS["max_cos"])
-    ax.set_ylabel("Latents of the larger SAE")
-    ax.set_title(f"{int(table['dead'].sum())} dead latents not shown", fontsize="small")
-    ax.legend(frameon=False, loc="upper left")
+    ax.set_ylabel("Latents")
+    counts = (f"{len(parts['novel']):,} novel, {len(parts['reconstruction']):,} recon.,\n"
+              f"{int(table['dead'].sum()):,} dead (not shown)")
+    ax.set_title(f"{name}\n{counts}" if name else counts)
+    legend_below(ax)
     return ax
 
 
@@ -189,11 +323,15 @@ def plot_proxy_scatter(table: pd.DataFrame, threshold: float | None = None, ax: 
     ax = _ax(ax)
     live = table[~table["dead"]].iloc[:max_points]
     colors = np.where(live["novel"], CLASS_COLORS["novel"], CLASS_COLORS["reconstruction"])
-    ax.scatter(live["max_cos"], live["delta_mse"], s=5, alpha=0.4, c=colors)
+    ax.scatter(live["max_cos"], live["delta_mse"], s=5, alpha=0.4, c=colors, rasterized=True)
     ax.axhline(0.0, color="0.3", lw=1)
     if threshold is not None:
         ax.axvline(threshold, color="0.3", lw=1, ls="--")
-    ax.set_yscale("symlog", linthresh=max(1e-6, float(live["delta_mse"].abs().quantile(0.1))))
+    linthresh = max(1e-6, float(live["delta_mse"].abs().quantile(0.1)))
+    ax.set_yscale("symlog", linthresh=linthresh)
+    # Decades inside the linear part around 0 would print on top of the label 0.
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda value, _pos: "" if 0 < abs(value) <= 1.001 * linthresh else _signed_power(value)))
     ax.set_xlabel(METRIC_LABELS["max_cos"])
     ax.set_ylabel(METRIC_LABELS["delta_mse"])
     return ax
@@ -211,10 +349,10 @@ def plot_stitching_curves(curves: Mapping[str, pd.DataFrame], family: pd.DataFra
     fx = family["width"] if x == "n_latents" else family[x]
     ax.scatter(fx, family[y], marker="*", s=160, color="black", zorder=3, label="family SAEs")
     for xi, yi, width in zip(fx, family[y], family["width"], strict=True):
-        ax.annotate(f"{width}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize="small")
+        ax.annotate(f"{width}", (xi, yi), textcoords="offset points", xytext=(6, 4))
     ax.set_xlabel(METRIC_LABELS.get(x, x))
     ax.set_ylabel(METRIC_LABELS.get(y, y))
-    ax.legend(frameon=False, fontsize="small")
+    legend_below(ax)
     return ax
 
 
@@ -235,5 +373,5 @@ def plot_similarity_histograms(values: Mapping[str, Sequence[float] | np.ndarray
         ax.axvline(median, color=color, lw=1, ls="--")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("Fraction of rows")
-    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    legend_below(ax)
     return ax

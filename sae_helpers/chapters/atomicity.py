@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 
 from . import common
+from .common import Summary
 
 __all__ = ["MATCH_ABOVE", "MIN_COSINE_CAP", "MIN_COSINE_QUANTILE", "READABLE_DENSITY", "Decompositions",
            "FveComparison", "Similarity", "decomposition_text", "decompositions", "family_overview",
            "fve_comparison", "meta_health", "meta_widths", "points", "render_decompositions", "render_fve",
            "render_scope", "render_similarity", "render_training", "run_dir", "similarity", "similarity_table",
-           "smaller_width", "strong_meta_latents", "summary_table", "train_metas"]
+           "smaller_width", "strong_meta_latents", "summary", "summary_table", "train_metas"]
 
 READABLE_DENSITY = (1e-3, 0.05)
 """Base latents read are those firing on 0.1% to 5% of the held-out tokens (both ends included)."""
@@ -301,3 +302,19 @@ def render_scope(base_width: int, paper_result: Any) -> str:
 def run_dir(data_root: str, site: str) -> Path:
     """Where the chapter's meta-SAEs are checkpointed."""
     return common.run_dir(data_root, "04_atomicity", site)
+
+
+def summary(v: FveComparison) -> Summary:
+    """The chapter's headline and key numbers: each meta-SAE's FVE beside its null's (the same
+    configuration trained on as many random unit directions)."""
+    p, c = v.paper, v.comparison
+    headline = (f"A meta-SAE at the paper's ratio ({v.paper_width:,} meta-latents for {v.base_width:,} base latents) "
+                f"explains {p.fve:.1%} of the variance of the decoder directions, against {p.fve_null:.1%} for its "
+                f"null on as many random directions ({points(p.fve - p.fve_null)}; with {v.comparison_width:,} "
+                f"meta-latents: {c.fve:.1%} against {c.fve_null:.1%}).")
+    return Summary(headline, {
+        "fve_paper_ratio": p.fve, "fve_null_paper_ratio": p.fve_null, "fve_minus_null_paper_ratio": p.fve - p.fve_null,
+        "fve_quarter": c.fve, "fve_null_quarter": c.fve_null, "fve_minus_null_quarter": c.fve - c.fve_null,
+        "meta_width_paper_ratio": v.paper_width, "meta_width_quarter": v.comparison_width,
+        "null_gains_as_much": v.null_gains_as_much,
+    })

@@ -14,12 +14,20 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
-__all__ = ["cache_dir", "family_settings", "harvest", "parameters", "parameters_table", "results_file", "run_dir",
-           "setup", "train_family"]
+__all__ = ["Summary", "cache_dir", "family_settings", "harvest", "parameters", "parameters_table", "results_file",
+           "run_dir", "setup", "train_family"]
+
+class Summary(NamedTuple):
+    """A chapter's result for :mod:`~sae_helpers.chapters.record`: its one-sentence headline (with its
+    control or null beside it) and its key numbers, both computed from the chapter's verdicts."""
+
+    headline: str
+    key_numbers: dict[str, float | int | str | bool | None]
+
 
 _PARAMETER_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython"}

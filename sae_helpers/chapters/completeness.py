@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from . import common
+from .common import Summary
 
 __all__ = ["ABOVE_NULL_FACTOR", "CONTROL_LIKE_SHARE", "CURVE_COLUMNS", "NEAR_PAPER", "PAIR_COLUMNS", "PAPER_NOVEL",
            "CurveVerdict", "Family", "Verdict", "analyze_pairs", "curve_verdict", "curves", "family_pairs",
-           "render_verdict", "save_results", "train_family", "verdict"]
+           "render_verdict", "save_results", "summary", "train_family", "verdict"]
 
 PAPER_NOVEL = 0.35
 """The paper's fraction of novel latents (~35%)."""
@@ -271,3 +272,19 @@ def render_verdict(v: Verdict) -> str:
            if v.control_like else
            "The control's rise is much smaller, so most of the family's rise is specific to the width change."))
     return "\n".join(lines)
+
+
+def summary(v: Verdict) -> Summary:
+    """The chapter's headline and key numbers: the novel fraction of each family pair beside the
+    control pair's (two seeds of one width), and the swap phase's excess FVU of both."""
+    pairs = ", ".join(f"{x:.1%} ({p})" for p, x in v.novel.items())
+    control_excess = v.curves[v.control_name].excess
+    headline = (f"Of a larger SAE's live latents, {pairs} are novel (not explained by the next smaller SAE), "
+                f"against {v.control_novel:.1%} for the control pair (the smallest width from another seed); "
+                f"the paper reports about {PAPER_NOVEL:.0%}.")
+    numbers: dict = {f"novel_fraction: {p}": x for p, x in v.novel.items()}
+    numbers |= {"novel_fraction: control": v.control_novel, "novel_fraction: mean": v.novel.mean(),
+                "above_null": v.above_null}
+    numbers |= {f"swap_excess_fvu: {name}": c.excess for name, c in v.curves.items() if name != v.control_name}
+    numbers |= {"swap_excess_fvu: control": control_excess, "control_like": v.control_like}
+    return Summary(headline, numbers)

@@ -8,8 +8,10 @@ from typing import Any, NamedTuple
 import pandas as pd
 from torch import Tensor
 
+from .common import Summary
+
 __all__ = ["PAIR_COLUMNS", "SHRINKS_BELOW", "SWEEP_COLUMNS", "TOY_COLUMNS", "UNBIASED_WITHIN", "MatchedPair",
-           "matched_pair", "render_matched_pair", "render_toy", "sweep", "toy_sweep"]
+           "matched_pair", "render_matched_pair", "render_toy", "summary", "sweep", "toy_sweep"]
 
 SHRINKS_BELOW = 0.95
 """The baseline "shrinks its reconstructions" when its γ (relative reconstruction bias) is below this."""
@@ -111,3 +113,23 @@ def render_toy(toy_results: pd.DataFrame) -> str:
         f"(γ = {relu_row['relative_reconstruction_bias']:.3f} vs {gated_row['relative_reconstruction_bias']:.3f}, "
         f"at L0 {relu_row['l0']:.2f} vs {gated_row['l0']:.2f})."
     )
+
+
+def summary(m: MatchedPair, toy_results: pd.DataFrame) -> Summary:
+    """The chapter's headline and key numbers: γ of the matched pair (beside γ = 1, no
+    shrinkage) and the toy's median magnitude ratios."""
+    best = m.pair
+    toy = toy_results.set_index("arch")
+    baseline = "shrinks its reconstructions" if m.shrinks else "does not clearly shrink its reconstructions"
+    gated = (f"stays within {UNBIASED_WITHIN} of 1" if m.unbiased
+             else f"is off by |γ − 1| = {abs(m.gated_gamma - 1):.3f}")
+    headline = (f"On synthetic data with known features, at matched sparsity (L0 {best['l0_relu']:.2f} vs "
+                f"{best['l0_gated']:.2f}) the baseline SAE {baseline} (γ = {m.baseline_gamma:.3f}) while the Gated "
+                f"SAE's γ = {m.gated_gamma:.3f} {gated} (γ = 1: no shrinkage).")
+    return Summary(headline, {
+        "l0_baseline": best["l0_relu"], "l0_gated": best["l0_gated"],
+        "gamma_baseline": m.baseline_gamma, "gamma_gated": m.gated_gamma,
+        "mmcs_baseline": best["mmcs_relu"], "mmcs_gated": best["mmcs_gated"],
+        "toy_magnitude_ratio_baseline": toy.loc["relu", "median_magnitude_ratio"],
+        "toy_magnitude_ratio_gated": toy.loc["gated", "median_magnitude_ratio"],
+    })

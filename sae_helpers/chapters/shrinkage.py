@@ -8,10 +8,11 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from . import common
+from .common import Summary
 
 __all__ = ["CLEARLY_LOWER_L0", "RESULT_COLUMNS", "SAME_L0", "UNBIASED_WITHIN", "SiteSweep", "SiteVerdict",
            "equivalence_check", "render_equivalence", "render_verdict", "render_verdicts", "site_verdict",
-           "sweep_configs", "sweep_site"]
+           "summary", "sweep_configs", "sweep_site"]
 
 CLEARLY_LOWER_L0 = 0.8
 """A median Gated/baseline L0 ratio below this is "clearly lower L0"."""
@@ -171,3 +172,20 @@ def render_equivalence(checks: pd.DataFrame) -> str:
         f"{worst:.1e} of the largest activation, and the spliced losses differ by at most "
         f"{(checks['spliced CE, Gated'] - checks['spliced CE, JumpReLU']).abs().max():.1e} nats per token."
     )
+
+
+def summary(verdicts: list[SiteVerdict]) -> Summary:
+    """The chapter's headline and key numbers: per site the median Gated/baseline L0 ratio at equal
+    loss recovered (beside 1, the same L0) and the γ ranges of both (beside 1, no shrinkage)."""
+    clauses = [(f"{v.l0_ratio:.2f}x the baseline's" if v.l0_ratio is not None
+                else "not comparable (no overlap in loss recovered)")
+               + f" at `{v.site}` (baseline γ {v.relu_gamma[0]:.3f}-{v.relu_gamma[1]:.3f}, Gated "
+               f"{v.gated_gamma[0]:.3f}-{v.gated_gamma[1]:.3f})" for v in verdicts]
+    headline = (f"At equal loss recovered the Gated SAEs' median L0 is {', and '.join(clauses)}; a ratio of 1 "
+                f"would be the same L0, and γ = 1 no shrinkage.")
+    numbers: dict = {}
+    for v in verdicts:
+        numbers |= {f"{v.site}: l0_ratio_gated_to_baseline": v.l0_ratio, f"{v.site}: n_matched": v.n_matched,
+                    f"{v.site}: gamma_baseline_min": v.relu_gamma[0], f"{v.site}: gamma_baseline_max": v.relu_gamma[1],
+                    f"{v.site}: gamma_gated_min": v.gated_gamma[0], f"{v.site}: gamma_gated_max": v.gated_gamma[1]}
+    return Summary(headline, numbers)

@@ -7,7 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["LOSS_COLUMNS", "READABLE_DENSITY", "configs", "loss_table", "readable_latents", "render_losses"]
+from .common import Summary
+
+__all__ = ["LOSS_COLUMNS", "READABLE_DENSITY", "configs", "loss_table", "readable_latents", "render_losses",
+           "summary"]
 
 LOSS_COLUMNS = ["arch", "width", "l0", "fvu", "relative_reconstruction_bias", "dead_fraction", "dense_fraction",
                 "ce_clean", "ce_sae", "ce_zero_ablation", "loss_recovered", "delta_lm_loss", "kl"]
@@ -50,3 +53,20 @@ def readable_latents(density: Any, n: int, seed: int) -> list[int]:
     low, high = READABLE_DENSITY
     candidates = density[(density > low) & (density < high)]
     return candidates.sample(min(n, len(candidates)), random_state=seed).index.tolist()
+
+
+def summary(table: pd.DataFrame, hook_name: str) -> Summary:
+    """The chapter's headline and key numbers: each SAE's loss recovered at its L0 (beside the
+    zero-ablation it is measured against) and its γ."""
+    relu_row, gated_row = (table.set_index("arch").loc[a] for a in ("relu", "gated"))
+    headline = (f"At equal compute on `{hook_name}`, the Gated SAE recovers {gated_row['loss_recovered']:.1%} of the "
+                f"language-model loss that zero-ablating the site costs (at L0 {gated_row['l0']:.1f}, γ = "
+                f"{gated_row['relative_reconstruction_bias']:.3f}) and the baseline {relu_row['loss_recovered']:.1%} "
+                f"(at L0 {relu_row['l0']:.1f}, γ = {relu_row['relative_reconstruction_bias']:.3f}).")
+    numbers: dict = {}
+    for arch, row in (("baseline", relu_row), ("gated", gated_row)):
+        numbers |= {f"{name}_{arch}": row[column] for name, column in (
+            ("l0", "l0"), ("loss_recovered", "loss_recovered"), ("delta_lm_loss", "delta_lm_loss"),
+            ("gamma", "relative_reconstruction_bias"))}
+    numbers |= {"ce_clean": relu_row["ce_clean"], "ce_zero_ablation": relu_row["ce_zero_ablation"]}
+    return Summary(headline, numbers)

@@ -67,3 +67,12 @@ def test_meta_widths_default_to_the_paper_ratio_and_a_quarter():
 
     assert ch.meta_widths(4608, None, None) == {"paper ratio": meta.default_width(4608), "d_sae / 4": 1152}
     assert ch.meta_widths(4608, 7, 9) == {"paper ratio": 7, "d_sae / 4": 9}
+
+
+def test_summary_puts_the_null_beside_the_fve():
+    v = ch.fve_comparison(METAS, {"paper ratio": result(0.30, 0.20), "d_sae / 4": result(0.40, 0.35)}, 200, 4)
+    s = ch.summary(v)
+    assert "(10 meta-latents for 200 base latents) explains 30.0% of the variance of the decoder directions, " \
+           "against 20.0% for its null" in s.headline and "with 50 meta-latents: 40.0% against 35.0%" in s.headline
+    assert s.key_numbers["fve_minus_null_paper_ratio"] == pytest.approx(0.1)
+    assert s.key_numbers["fve_null_quarter"] == 0.35

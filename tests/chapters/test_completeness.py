@@ -81,3 +81,10 @@ def test_why_the_walks_rise_compares_the_control():
     unlike = ch.verdict(pair_summary(), CONTROL, FAMILY, rising)
     assert not unlike.control_like and unlike.curves[CONTROL].excess == pytest.approx(0.01)
     assert "The control's rise is much smaller" in ch.render_verdict(unlike)
+
+
+def test_summary_puts_the_control_beside_the_pairs():
+    s = ch.summary(ch.verdict(pair_summary(), CONTROL, FAMILY, curves()))
+    assert "40.0% (8 -> 16), 30.0% (16 -> 32) are novel" in s.headline and "against 5.0% for the control" in s.headline
+    assert s.key_numbers["novel_fraction: control"] == 0.05 and s.key_numbers["novel_fraction: 8 -> 16"] == 0.40
+    assert s.key_numbers["swap_excess_fvu: control"] == pytest.approx(0.2) and s.key_numbers["above_null"] is True

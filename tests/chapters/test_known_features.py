@@ -32,3 +32,13 @@ def test_render_toy():
                         "relative_reconstruction_bias": [0.8, 0.99], "l0": [3.0, 2.5]})
     assert ch.render_toy(toy) == ("On the toy the baseline's matched latents report a median **0.70x** the true "
                                   "coefficient, the Gated SAE's **1.00x** (γ = 0.800 vs 0.990, at L0 3.00 vs 2.50).")
+
+
+def test_summary_gives_both_gammas_beside_one():
+    toy = pd.DataFrame({"arch": ["relu", "gated"], "median_magnitude_ratio": [0.7, 1.0]})
+    s = ch.summary(ch.matched_pair(pairs(0.90, 1.01)), toy)
+    assert "(L0 5.00 vs 5.10) the baseline SAE shrinks its reconstructions (γ = 0.900) while the Gated SAE's " \
+           "γ = 1.010 stays within 0.02 of 1 (γ = 1: no shrinkage)." in s.headline
+    assert s.key_numbers["gamma_baseline"] == 0.90 and s.key_numbers["toy_magnitude_ratio_baseline"] == 0.7
+    off = ch.summary(ch.matched_pair(pairs(ch.SHRINKS_BELOW + 0.01, 1.05)), toy).headline
+    assert "does not clearly shrink" in off and "off by |γ − 1| = 0.050" in off

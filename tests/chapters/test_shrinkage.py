@@ -62,3 +62,16 @@ def test_render_equivalence():
         "On 4,000 held-out activations per site the converted JumpReLU SAE selects the same active latents on "
         "99.90% of tokens; its reconstructions differ from the Gated SAE's by at most 2.0e-07 of the largest "
         "activation, and the spliced losses differ by at most 1.0e-07 nats per token.")
+
+
+def test_summary_gives_the_l0_ratio_and_gamma_ranges_of_every_site():
+    frame = at_site()
+    frame.loc[frame.arch == "gated", "loss_recovered"] = [0.95, 0.99]
+    verdicts = [ch.site_verdict(at_site(0.5), "a"), ch.site_verdict(frame, "b")]
+    s = ch.summary(verdicts)
+    assert s.headline == ("At equal loss recovered the Gated SAEs' median L0 is 0.50x the baseline's at `a` (baseline "
+                          "γ 0.800-0.850, Gated 0.990-1.010), and not comparable (no overlap in loss recovered) at `b` "
+                          "(baseline γ 0.800-0.850, Gated 0.990-1.010); a ratio of 1 would be the same L0, and γ = 1 "
+                          "no shrinkage.")
+    assert s.key_numbers["a: l0_ratio_gated_to_baseline"] == pytest.approx(0.5)
+    assert s.key_numbers["b: l0_ratio_gated_to_baseline"] is None and s.key_numbers["a: gamma_gated_max"] == 1.01

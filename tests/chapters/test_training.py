@@ -23,3 +23,14 @@ def test_render_losses():
     text = ch.render_losses(table, "blocks.6.hook_resid_post")
     assert text.startswith("On 1,000 held-out tokens the clean model's loss is 3.000 nats/token")
     assert "(L0 40.0) recovers 90.0% of that loss (ΔLM loss 0.600)" in text and "Gated γ = 1.000." in text
+
+
+def test_summary_gives_both_saes_loss_recovered():
+    table = pd.DataFrame({"arch": ["relu", "gated"], "ce_clean": [3.0, 3.0], "ce_zero_ablation": [9.0, 9.0],
+                          "l0": [40.0, 20.0], "loss_recovered": [0.9, 0.95], "delta_lm_loss": [0.6, 0.3],
+                          "relative_reconstruction_bias": [0.9, 1.0]})
+    s = ch.summary(table, "blocks.6.hook_resid_post")
+    assert "the Gated SAE recovers 95.0% of the language-model loss that zero-ablating the site costs (at L0 20.0, " \
+           "γ = 1.000) and the baseline 90.0% (at L0 40.0, γ = 0.900)" in s.headline
+    assert s.key_numbers["loss_recovered_gated"] == 0.95 and s.key_numbers["gamma_baseline"] == 0.9
+    assert s.key_numbers["ce_zero_ablation"] == 9.0
