@@ -45,6 +45,9 @@ def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, width
                  n_splice_tokens: int) -> Family:
     """Every width trained in one pass (one init seed per width, the same data order), the
     control (the smallest width again from ``control_seed``), the family spliced into ``model``."""
+    if control_seed == seed:
+        raise ValueError(f"control_seed = seed = {seed}: the control pair would be one SAE compared with itself. "
+                         "Choose another control_seed (the notebook's None means seed + 1).")
     from ..evaluation import health_table
     from ..models import splice_eval
     from ..training import decoder_drift, family_configs, train_saes

@@ -66,4 +66,3 @@ def test_the_book_grids_load():
     seeds = load_grid(root / "seeds.yaml")
     assert seeds.chapters == ("02_shrinkage", "03_completeness", "04_atomicity") and seeds.base == "book"
     assert [p.overrides["seed"] for p in points(seeds)] == [0, 1, 2]
-    assert all(p.overrides["control_seed"] != p.overrides["seed"] for p in points(seeds))

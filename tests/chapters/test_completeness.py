@@ -88,3 +88,9 @@ def test_summary_puts_the_control_beside_the_pairs():
     assert "40.0% (8 -> 16), 30.0% (16 -> 32) are novel" in s.headline and "against 5.0% for the control" in s.headline
     assert s.key_numbers["novel_fraction: control"] == 0.05 and s.key_numbers["novel_fraction: 8 -> 16"] == 0.40
     assert s.key_numbers["swap_excess_fvu: control"] == pytest.approx(0.2) and s.key_numbers["above_null"] is True
+
+
+def test_a_control_seed_equal_to_the_seed_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="control_seed = seed = 3: the control pair would be one SAE"):
+        ch.train_family(None, "blocks.0.hook_resid_post", None, None, [8, 16], k=2, steps=1, batch_size=4,
+                        lr=1e-3, seed=3, control_seed=3, data_root=tmp_path, n_splice_tokens=8)
