@@ -317,7 +317,9 @@ class TrainingRun:
         A latent fired iff its largest activation is positive: one reduction over the
         batch, without a [batch, d_sae] boolean tensor.
         """
-        fired = all_max((latents.reshape(-1, latents.shape[-1]).amax(0) > 0).to(torch.uint8), self.world) > 0
+        fired = latents.reshape(-1, latents.shape[-1]).amax(0) > 0
+        if self.world.distributed:  # fired anywhere in the whole batch
+            fired = all_max(fired.to(torch.uint8), self.world) > 0
         self.steps_since_fired += 1
         self.steps_since_fired.masked_fill_(fired, 0)
 
