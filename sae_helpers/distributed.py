@@ -23,7 +23,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["SINGLE", "World", "all_gather", "all_gather_objects", "all_max", "all_mean_", "all_min", "all_sum",
-           "barrier", "batch_group", "check_same_everywhere", "over_batch_group", "process_group"]
+           "barrier", "batch_group", "broadcast_object", "check_same_everywhere", "gather_objects",
+           "over_batch_group", "process_group"]
 
 
 class World(NamedTuple):
@@ -134,12 +135,31 @@ def barrier(world: World) -> None:
 
 
 def check_same_everywhere(value: object, what: str, world: World) -> None:
-    """Refuse to go on unless every process holds the same ``value`` (e.g. the data's fingerprint)."""
+    """Refuse to go on unless every process holds the same ``value`` (e.g. the data's fingerprint).
+    For dictionaries the error names the entries that differ."""
     values = all_gather_objects(value, world)
-    if any(v != values[0] for v in values):
+    if all(v == values[0] for v in values):
+        return
+    flat = [_flatten(v) for v in values]
+    if all(isinstance(f, dict) for f in flat):
+        keys = sorted({k for f in flat for k in f if any(g.get(k) != f.get(k) for g in flat)})
+        shown = "; ".join(f"{key}: " + ", ".join(f"process {rank} {f.get(key)!r:.80}" for rank, f in enumerate(flat))
+                          for key in keys)
+    else:
         shown = "; ".join(f"process {rank}: {v!r:.120}" for rank, v in enumerate(values))
-        raise ValueError(f"The processes disagree on {what} ({shown}). Launch every process with the same "
-                         "arguments and the same data (the same activation cache, harvested with the same settings).")
+    raise ValueError(f"The processes disagree on {what} ({shown}). Launch every process with the same "
+                     "arguments and the same data (the same activation cache, harvested with the same settings).")
+
+
+def _flatten(value: object, prefix: str = "") -> object:
+    """A nested dictionary as one ``{"a.b": leaf}`` dictionary (anything else as it is)."""
+    if not isinstance(value, dict):
+        return value
+    flat: dict[str, object] = {}
+    for key, item in value.items():
+        inner = _flatten(item, f"{prefix}{key}.")
+        flat.update(inner if isinstance(inner, dict) else {f"{prefix}{key}": inner})
+    return flat
 
 
 def all_gather_objects(value: object, world: World) -> list[object]:
@@ -149,3 +169,23 @@ def all_gather_objects(value: object, world: World) -> list[object]:
     values: list[object] = [None] * world.size
     dist.all_gather_object(values, value)
     return values
+
+
+def broadcast_object(value: object, world: World) -> object:
+    """Process 0's ``value`` (picklable) in every process; the other processes' ``value`` is ignored."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(value: object, world: World) -> list[object]:
+    """Every process's ``value`` (picklable), in rank order, on process 0 only (``[]`` in the others).
+
+    Tensors inside ``value`` travel pickled: keep them on the CPU."""
+    if not world.distributed:
+        return [value]
+    values: list[object] | None = [None] * world.size if world.is_main else None
+    dist.gather_object(value, values, dst=0)
+    return values if values is not None else []

@@ -8,6 +8,10 @@ site. A cache directory is then a valid ``activations`` argument of :func:`train
 :func:`harvest` fills one site's cache; :func:`harvest_sites` fills several from one
 forward pass per batch, each cache identical, row for row, to a :func:`harvest` of that
 site alone.
+
+Under ``torchrun --nproc-per-node N`` every process runs the same call: each computes every
+N-th batch of windows, process 0 writes the shards and manifests, and the caches equal a
+single-process harvest's (see :func:`~sae_helpers.data.cache.build_caches`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .data.cache import build_caches, check_count
 from .data.sources import spaced_indices
 from .data.text import TextSource, as_text_source, cache_tag, iter_token_windows, load_text, split_documents
 from .data.windows import model_name_of
+from .distributed import process_group
 from .models.hooks import activations_at, activations_at_sites, check_hook_name, d_at
 
 
@@ -204,8 +209,15 @@ def _harvest(
     return build_caches(
         {name: dirs[name] for name in names}, windows, activation_fn, n_tokens, infos, filter_site=names[0],
         batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype, exclude_first=exclude_bos,
-        outlier_factor=outlier_factor, progress=progress,
+        outlier_factor=outlier_factor, progress=progress, world=process_group(_device_of(model)),
     )
+
+
+def _device_of(model: Any) -> torch.device:
+    """The device of the model's weights (the CPU for a model without parameters)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    return first.device if first is not None else torch.device("cpu")
 
 
 class SplitCaches(NamedTuple):

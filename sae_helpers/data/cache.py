@@ -22,7 +22,9 @@ dtype cannot hold (float16 above 65504) is an error, never a silent inf.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -40,6 +42,7 @@ from torch import Tensor
 from .._dtypes import dtype_name, resolve_dtype
 from .._io import atomic_write, atomic_write_json, read_json, sha256_file
 from .._progress import tqdm
+from ..distributed import SINGLE, World, broadcast_object, check_same_everywhere, gather_objects
 
 MANIFEST = "manifest.json"
 FORMAT = "sae_helpers.activation_cache/1"
@@ -156,6 +159,7 @@ def build_caches(
     exclude_first: bool = True,
     outlier_factor: float | None = None,
     progress: bool = True,
+    world: World = SINGLE,
 ) -> dict[str, Path]:
     """:func:`build_cache` for several sites from one pass over ``windows``: one cache each.
 
@@ -170,6 +174,12 @@ def build_caches(
     decides once per row, on the norms at ``filter_site`` (default: the first site), and
     drops that row at every site, so the caches stay aligned row for row; the caches of the
     other sites then record ``outlier_site`` in their settings.
+
+    With several processes (``world``, e.g. under ``torchrun``), every process reads the same
+    windows and computes every ``world.size``-th batch; process 0 receives the rows and alone
+    writes the shards and manifests, so the caches are exactly the single-process ones (the
+    same files, byte for byte, when the processes compute as one would) and resume the same way.
+    Every process must pass the same arguments (checked).
     """
     sites = list(out_dirs)
     if not sites:
@@ -201,57 +211,138 @@ def build_caches(
         }
         if outlier_factor is not None and site != filter_site:
             settings[site]["outlier_site"] = infos[filter_site].get("hook_name", filter_site)
-    # Check every existing cache before creating any, so a refused call leaves nothing behind.
-    for site in sites:
-        _open_for_writing(paths[site], settings[site], create=False)
-    writers = {
-        site: _SiteWriter(site, paths[site], settings[site], n_tokens, shard_tokens, batch_size, context_size,
-                          torch_dtype)
-        for site in sites
-    }
-    running = [w for w in writers.values() if not w.manifest["complete"]]
-    if not running:
+    check_same_everywhere({"settings": settings, "out_dirs": {site: str(paths[site]) for site in sites}},
+                          "the harvest's settings (model, sites, text, sizes, cache directories)", world)
+    # Process 0 writes: it checks every existing cache before creating any (so a refused call
+    # leaves nothing behind) and tells the others where to start, or why it cannot.
+    writers: dict[str, _SiteWriter] = {}
+    start_at: object = None
+    if world.is_main:
+        try:
+            for site in sites:
+                _open_for_writing(paths[site], settings[site], create=False)
+            writers = {
+                site: _SiteWriter(site, paths[site], settings[site], n_tokens, shard_tokens, batch_size,
+                                  context_size, torch_dtype)
+                for site in sites
+            }
+        except (CacheError, OSError, ValueError) as err:
+            start_at = err
+        else:
+            running = [w for w in writers.values() if not w.manifest["complete"]]
+            start_at = min(w.batch_start for w in running) if running else None
+    start_at = broadcast_object(start_at, world)
+    if isinstance(start_at, BaseException):
+        raise start_at
+    if start_at is None:  # every cache is complete
         return paths
-
+    running = [w for w in writers.values() if not w.manifest["complete"]]
     first_position = 1 if exclude_first else 0
-    names = ", ".join(str(w.manifest.get("hook_name") or w.site) for w in running)
+
+    def sites_for(start: int) -> list[str]:
+        """The sites to compute for the batch at window ``start`` (none when no cache wants it)."""
+        need = {w.site for w in running if w.wants(start)}
+        if need and outlier_factor is not None:
+            need.add(filter_site)
+        return [site for site in sites if site in need]
+
+    def compute(start: int, tokens: Tensor, need_sites: list[str]) -> tuple[dict[str, Tensor], Tensor | None]:
+        """One batch's float32 rows at ``need_sites`` and, with the outlier filter, the rows to keep."""
+        with torch.no_grad():
+            computed = activation_fn(tokens, need_sites)
+        rows = {site: _batch_rows(site, computed, tokens, start, first_position) for site in need_sites}
+        keep = None
+        if outlier_factor is not None:
+            norms = rows[filter_site].norm(dim=1)
+            keep = norms <= outlier_factor * norms.median()
+        return rows, keep
 
     def slowest() -> int:
-        return min(w.done_rows + w.buf_rows for w in running)
+        return min(w.done_rows + w.buf_rows for w in running) if running else n_tokens
 
+    names = ", ".join(str(w.manifest.get("hook_name") or w.site) for w in running) or ", ".join(sites)
     bar = tqdm(total=n_tokens, initial=slowest(), desc=f"harvest {names}", unit="tok", unit_scale=True,
-               disable=not progress)
-    try:
-        for start, tokens in _window_batches(windows, min(w.batch_start for w in running), batch_size,
-                                             context_size):
-            if all(w.full for w in running):
-                break
-            wanted = [w for w in running if w.wants(start)]
-            if not wanted:
-                continue
-            need = {w.site for w in wanted} | ({filter_site} if outlier_factor is not None else set())
-            need_sites = [site for site in sites if site in need]
-            with torch.no_grad():
-                computed = activation_fn(tokens, need_sites)
+               disable=not progress or not world.is_main)
+    batches = _window_batches(windows, start_at, batch_size, context_size)
+    computed = _computed_batches(batches, sites_for, compute, lambda: all(w.full for w in running), world)
+    with contextlib.closing(computed), bar:
+        for start, tokens, (rows, keep) in computed:
             n_win = len(tokens)
             pos = (torch.arange(start, start + n_win)[:, None] * context_size
                    + torch.arange(first_position, context_size)).reshape(-1)
-            rows = {site: _batch_rows(site, computed, tokens, start, first_position) for site in need_sites}
-            keep = None
-            if outlier_factor is not None:
-                norms = rows[filter_site].norm(dim=1)
-                keep = norms <= outlier_factor * norms.median()
-            for w in wanted:
-                flat = rows[w.site]
-                w.add(tokens, start, flat if keep is None else flat[keep], pos if keep is None else pos[keep])
+            for w in running:
+                if w.wants(start):
+                    flat = rows[w.site]
+                    w.add(tokens, start, flat if keep is None else flat[keep], pos if keep is None else pos[keep])
             bar.update(slowest() - bar.n)
-        for w in running:
-            w.flush(final=True)
-    finally:
-        bar.close()
-    for w in running:
-        w.finish()
+    # Process 0 writes the last shards and the manifests; then the others learn that it is done
+    # (or why not), so no process reads a cache before its manifest is complete.
+    failure: Exception | None = None
+    if world.is_main:
+        try:
+            for w in running:
+                w.flush(final=True)
+            for w in running:
+                w.finish()
+        except Exception as err:
+            failure = err
+    status = broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}", world)
+    if failure is not None:
+        raise failure
+    if status is not None:
+        raise RuntimeError(f"The harvest stopped in process 0: {status}")
     return paths
+
+
+def _computed_batches(
+    batches: Iterator[tuple[int, Tensor]],
+    sites_for: Callable[[int], list[str]],
+    compute: Callable[[int, Tensor, list[str]], tuple[dict[str, Tensor], Tensor | None]],
+    done: Callable[[], bool],
+    world: World,
+) -> Iterator[tuple[int, Tensor, tuple[dict[str, Tensor], Tensor | None]]]:
+    """``(start, tokens, compute(...))`` of every batch a cache still wants, in window order, on process 0.
+
+    The processes take the batches in turns: of every ``world.size`` consecutive batches
+    process ``r`` computes the ``r``-th and sends its rows to process 0, which yields them in
+    order (the others yield nothing). Every process reads the same windows, so each batch holds
+    the windows it holds in a single-process harvest. Process 0 decides before each round,
+    from its caches' state (``done``, ``sites_for``), whether to go on and which sites each
+    batch needs. A failure in any process stops all of them with its message.
+    """
+    try:
+        while True:
+            chunk = list(itertools.islice(batches, world.size))
+            plan = None if (not world.is_main or done() or not chunk) else [sites_for(start) for start, _ in chunk]
+            plan = broadcast_object(plan, world)
+            if isinstance(plan, str):  # process 0 stopped: raise this process's own error, or its message
+                raise RuntimeError(plan)
+            if plan is None:
+                return
+            mine: object = None
+            if world.rank < len(chunk) and plan[world.rank]:
+                start, tokens = chunk[world.rank]
+                try:
+                    mine = compute(start, tokens, plan[world.rank])
+                except Exception as err:  # process 0 learns of it, and stops every process
+                    if not world.distributed:
+                        raise
+                    mine = err
+            results = gather_objects(mine, world)
+            if world.is_main:
+                failed = [(rank, r) for rank, r in enumerate(results) if isinstance(r, BaseException)]
+                if failed:
+                    rank, err = failed[0]
+                    raise err if rank == 0 else RuntimeError(f"Process {rank} of the harvest failed: {err}") from err
+                for (start, tokens), result in zip(chunk, results, strict=False):
+                    if result is not None:
+                        yield start, tokens, result
+            if len(chunk) < world.size:
+                return
+    except BaseException as err:
+        if world.distributed and world.is_main:  # tell the others why, so none waits for ever
+            broadcast_object(f"The harvest stopped in process 0: {type(err).__name__}: {err}", world)
+        raise
 
 
 def _batch_rows(site: str, computed: Mapping[str, Tensor], tokens: Tensor, start: int, first_position: int) -> Tensor:
