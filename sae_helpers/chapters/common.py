@@ -12,6 +12,7 @@ The path convention (all under a chapter's ``data_root``, git-ignored):
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -29,6 +30,10 @@ class Summary(NamedTuple):
     key_numbers: dict[str, float | int | str | bool | None]
 
 
+#: In Colab the chapters' default ``data_root`` ("../data", beside the repository's notebooks/) would be
+#: ``/data``, outside the file browser; there it becomes this folder instead.
+COLAB_DATA_ROOT = "/content/data"
+DEFAULT_DATA_ROOT = "../data"
 _PARAMETER_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython"}
 
@@ -60,13 +65,17 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
     the values of that profile for ``notebook`` (e.g. ``"01_training"``) replace the parameters'
     (:mod:`sae_helpers.profiles`). A ``device`` parameter (``"auto"``, ``"cpu"``, ``"cuda"`` ...) becomes
     the default device of model loading and training, a ``dataset`` parameter (with ``text_column``)
-    the default text of harvesting and evaluation windows.
+    the default text of harvesting and evaluation windows. In Colab the default ``data_root``
+    (``"../data"``) becomes :data:`COLAB_DATA_ROOT` (set another, e.g. a mounted Drive folder, to keep
+    caches and SAEs between sessions).
     """
     from .. import plotting
     from ..data.text import set_default_text
     from ..profiles import apply_profile
     from ..reproducibility import set_default_device, set_seed
 
+    if "google.colab" in sys.modules and namespace.get("data_root") == DEFAULT_DATA_ROOT:
+        namespace["data_root"] = COLAB_DATA_ROOT
     params = parameters(namespace)
     if notebook is not None:
         apply_profile(namespace, params, notebook)

@@ -1,3 +1,4 @@
+import sys
 import types
 
 import sae_helpers as sh
@@ -23,3 +24,16 @@ def test_paths_follow_the_convention(tmp_path):
         "blocks.6.hook_resid_post")
     path = common.results_file(tmp_path, "02_shrinkage", "smollm2-135m")
     assert path == tmp_path / "results" / "02_shrinkage_smollm2-135m.csv" and path.parent.is_dir()
+
+
+def test_in_colab_the_default_data_root_moves_into_the_file_browser(monkeypatch):
+    namespace = {"seed": 0, "data_root": common.DEFAULT_DATA_ROOT}
+    common.setup(namespace)
+    assert namespace["data_root"] == "../data"  # not in Colab: unchanged
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    table = common.setup(namespace)
+    assert namespace["data_root"] == common.COLAB_DATA_ROOT == "/content/data"
+    assert common.COLAB_DATA_ROOT in table.to_string()
+    chosen = {"seed": 0, "data_root": "/content/drive/MyDrive/sae"}
+    common.setup(chosen)
+    assert chosen["data_root"] == "/content/drive/MyDrive/sae"  # a chosen folder is kept
