@@ -113,7 +113,7 @@ def render_verdict(v: SiteVerdict) -> str:
         verdict = ("clearly lower L0" if ratio < CLEARLY_LOWER_L0 else "about the same L0" if ratio < SAME_L0
                    else "higher L0")
         claim_a = (f"(a) at equal loss recovered the Gated SAEs need a median {ratio:.2f}x the baseline's L0 "
-                   f"({v.n_matched} matched points): {verdict}.")
+                   f"({v.n_matched} matched point{'' if v.n_matched == 1 else 's'}): {verdict}.")
     else:
         claim_a = ("(a) the Gated and baseline sweeps do not overlap in loss recovered, so no L0 ratio can be "
                    "read off; widen the sweeps.")
