@@ -14,7 +14,7 @@ its subpackage: :mod:`~sae_helpers.saes`, :mod:`~sae_helpers.training`,
   (SAEs that differ only in width), :class:`TrainConfig`, :func:`decoder_drift`
 * evaluation: :func:`evaluate`, :func:`mmcs`, :func:`max_cosine_similarity`, :func:`match_by_l0`
   (pairs of runs at matched L0), :func:`magnitude_ratios`, :func:`best_matching_latents`
-* training health (is an SAE trained?): :func:`training_health`, :func:`health_table`,
+* training health (is an SAE trained?): :func:`training_health`, :func:`health_table`, :func:`health_display`,
   :func:`health_summary`, :func:`loss_plateau`, :data:`HEALTH_LIMITS`
 * data: :class:`SyntheticFeatures`, :func:`appendix_f_toy`, :func:`zipf_firing_probs`
   (synthetic), :func:`text_dataset` (text to harvest)
@@ -37,6 +37,7 @@ from .evaluation import (
     HEALTH_LIMITS,
     best_matching_latents,
     evaluate,
+    health_display,
     health_summary,
     health_table,
     loss_plateau,
@@ -82,6 +83,7 @@ __all__ = [
     "mmcs",
     # training health
     "HEALTH_LIMITS",
+    "health_display",
     "health_summary",
     "health_table",
     "loss_plateau",

@@ -1,7 +1,15 @@
 """Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons, training health."""
 
 from .frontier import compare_at_equal_fidelity, l0_to_reach, pareto_frontier
-from .health import HEALTH_LIMITS, NEAR_INITIAL_COSINE, health_summary, health_table, loss_plateau, training_health
+from .health import (
+    HEALTH_LIMITS,
+    NEAR_INITIAL_COSINE,
+    health_display,
+    health_summary,
+    health_table,
+    loss_plateau,
+    training_health,
+)
 from .metrics import MetricAccumulator, cosine_blocks, evaluate, log10_density_histogram, max_cosine_similarity, mmcs
 from .recovery import best_matching_latents, magnitude_ratios, match_by_l0
 
@@ -15,6 +23,7 @@ __all__ = [
     "l0_to_reach",
     "pareto_frontier",
     "evaluate",
+    "health_display",
     "health_summary",
     "health_table",
     "loss_plateau",

@@ -20,6 +20,7 @@ judged: how dense a latent may be and how flat a curve must end depend on the ch
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -156,6 +157,26 @@ def health_table(
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns) if rows else pd.DataFrame(columns=columns)
     table.index.name = "sae"
     return table
+
+
+#: The reader's column names of :func:`health_display`, in order.
+DISPLAY_COLUMNS = {"near_initial_fraction": "near-initial %", "dead_fraction": "dead %", "dense_fraction": "dense %",
+                   "loss_plateau": "loss change, last 10% of steps (%)", "fvu_plateau": "FVU change (%)",
+                   "passes": "passes"}
+_RUN_HASH = re.compile(r"-[0-9a-f]{8}$")
+
+
+def health_display(table: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
+    """A :func:`health_table` as a page shows it: fractions and plateaus in percent, short column
+    names (:data:`DISPLAY_COLUMNS`), and SAE names without their run hash (``relu-w1296-l1_1``, not
+    ``relu-w1296-l1_1-4daa78db``). Why an SAE fails is in :func:`health_summary`."""
+    shown = table[list(DISPLAY_COLUMNS)].copy()
+    numeric = [column for column in DISPLAY_COLUMNS if column != "passes"]
+    shown[numeric] = (shown[numeric].astype(float) * 100).round(decimals)
+    shown["passes"] = shown["passes"].map({True: "yes", False: "no"})
+    shown.index = [_RUN_HASH.sub("", str(name)) for name in shown.index]
+    shown.index.name = table.index.name
+    return shown.rename(columns=DISPLAY_COLUMNS)
 
 
 def health_summary(table: pd.DataFrame) -> str:

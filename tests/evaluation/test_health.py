@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import sae_helpers.evaluation.health as health_module
-from sae_helpers import HEALTH_LIMITS, create_sae, health_table, loss_plateau, training_health
+from sae_helpers import HEALTH_LIMITS, create_sae, health_display, health_table, loss_plateau, training_health
+from sae_helpers.evaluation.health import DISPLAY_COLUMNS
 from sae_helpers.training.config import TrainConfig
 
 D_IN, WIDTH, SEED = 16, 40, 7
@@ -208,3 +209,21 @@ def test_health_summary_counts_passes_and_names_the_failures():
     assert "1 of 2 SAEs pass" in text and "`b`: near_initial_fraction=0.3 > 0.05" in text
     assert "1.0%-30.0%" in text and "-5.0% to -1.0%" in text
     assert "All 1 SAEs pass" in health_summary(table.iloc[:1])
+
+
+def test_health_display_shows_percent_short_names_and_yes_no():
+    table = pd.DataFrame(
+        {"near_initial_fraction": [0.0532, 0.0], "dead_fraction": [0.081, 0.0004], "dense_fraction": [0.0012, 1.0],
+         "loss_plateau": [0.0102, -0.0446], "fvu_plateau": [-0.11, math.nan], "passes": [False, True],
+         "failing": ["dead_fraction=0.081 > 0.05", ""]},
+        index=pd.Index(["resid_post: jumprelu-w864-l0_3-7e2cb487", "relu-w1296-l1_0.5"], name="sae"))
+    shown = health_display(table)
+    assert list(shown.index) == ["resid_post: jumprelu-w864-l0_3", "relu-w1296-l1_0.5"]
+    assert shown.index.name == "sae"
+    assert list(shown.columns) == list(DISPLAY_COLUMNS.values())
+    assert shown.loc["resid_post: jumprelu-w864-l0_3", "dead %"] == 8.1
+    assert shown.loc["relu-w1296-l1_0.5", "dense %"] == 100.0
+    assert shown.loc["relu-w1296-l1_0.5", "loss change, last 10% of steps (%)"] == -4.5
+    assert math.isnan(shown.loc["relu-w1296-l1_0.5", "FVU change (%)"])
+    assert list(shown["passes"]) == ["no", "yes"]
+    assert table.loc["relu-w1296-l1_0.5", "dense_fraction"] == 1.0  # the table itself is left as it was
