@@ -10,9 +10,9 @@ import pandas as pd
 from . import common
 from .common import Summary
 
-__all__ = ["CLEARLY_LOWER_L0", "RESULT_COLUMNS", "SAME_L0", "UNBIASED_WITHIN", "SiteSweep", "SiteVerdict",
-           "equivalence_check", "render_equivalence", "render_verdict", "render_verdicts", "site_verdict",
-           "summary", "sweep_configs", "sweep_site"]
+__all__ = ["CLEARLY_LOWER_L0", "RESULT_COLUMNS", "SAME_L0", "SETTINGS", "UNBIASED_WITHIN", "SiteSweep", "SiteVerdict",
+           "equivalence_check", "render_equivalence", "render_verdict", "render_verdicts", "results_display",
+           "site_verdict", "summary", "sweep_configs", "sweep_site"]
 
 CLEARLY_LOWER_L0 = 0.8
 """A median Gated/baseline L0 ratio below this is "clearly lower L0"."""
@@ -23,6 +23,29 @@ UNBIASED_WITHIN = 0.02
 
 RESULT_COLUMNS = ["site", "arch", "l1_coefficient", "k", "l0_coefficient", "l0", "fvu", "relative_reconstruction_bias",
                   "loss_recovered", "delta_lm_loss", "dead_fraction"]
+#: The sparsity setting of each architecture: (column of the results, how the page names it).
+SETTINGS = {"relu": ("l1_coefficient", "L1"), "gated": ("l1_coefficient", "L1"), "topk": ("k", "k"),
+            "batchtopk": ("k", "k"), "jumprelu": ("l0_coefficient", "L0 coef.")}
+
+
+def results_display(results: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:
+    """The sweeps' results as the page shows them: the site's short name, the architecture with its
+    one sparsity setting (``L1 2``, ``k 32``, ``L0 coef. 0.3``) instead of a column per setting,
+    then L0, FVU, gamma, loss recovered, delta LM loss and the dead latents in percent."""
+    def setting(row: pd.Series) -> str:
+        column, label = SETTINGS[row["arch"]]
+        return f"{row['arch']}, {label} {row[column]:g}"
+
+    return pd.DataFrame({
+        "site": results["site"].str.rsplit(".", n=1).str[-1].str.removeprefix("hook_"),
+        "SAE": results.apply(setting, axis=1),
+        "L0": results["l0"].round(1),
+        "FVU": results["fvu"].round(decimals),
+        "γ": results["relative_reconstruction_bias"].round(decimals),
+        "loss recovered": results["loss_recovered"].round(decimals),
+        "ΔLM loss": results["delta_lm_loss"].round(decimals),
+        "dead %": (results["dead_fraction"] * 100).round(1),
+    })
 
 
 def sweep_configs(gated_width: int, relu_width_factor: float, l1_relu: list[float], l1_gated: list[float],

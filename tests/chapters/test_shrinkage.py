@@ -75,3 +75,18 @@ def test_summary_gives_the_l0_ratio_and_gamma_ranges_of_every_site():
                           "no shrinkage.")
     assert s.key_numbers["a: l0_ratio_gated_to_baseline"] == pytest.approx(0.5)
     assert s.key_numbers["b: l0_ratio_gated_to_baseline"] is None and s.key_numbers["a: gamma_gated_max"] == 1.01
+
+
+def test_results_display_names_each_sae_by_its_one_setting():
+    results = pd.DataFrame({
+        "site": ["blocks.6.hook_resid_post", "blocks.6.hook_mlp_out", "blocks.6.hook_mlp_out"],
+        "arch": ["gated", "batchtopk", "jumprelu"], "l1_coefficient": [2.0, float("nan"), float("nan")],
+        "k": [float("nan"), 32.0, float("nan")], "l0_coefficient": [float("nan"), float("nan"), 0.3],
+        "l0": [17.06, 32.0, 61.86], "fvu": [0.12345, 0.2, 0.3], "relative_reconstruction_bias": [1.0061, 0.998, 1.2],
+        "loss_recovered": [0.9891, 0.95, 0.97], "delta_lm_loss": [0.0612, 0.1, 0.2], "dead_fraction": [0.0812, 0, 0]})
+    shown = ch.results_display(results)
+    assert list(shown["site"]) == ["resid_post", "mlp_out", "mlp_out"]
+    assert list(shown["SAE"]) == ["gated, L1 2", "batchtopk, k 32", "jumprelu, L0 coef. 0.3"]
+    assert list(shown.columns) == ["site", "SAE", "L0", "FVU", "γ", "loss recovered", "ΔLM loss", "dead %"]
+    assert shown["L0"].tolist() == [17.1, 32.0, 61.9] and shown["dead %"].tolist()[0] == 8.1
+    assert shown["FVU"].tolist()[0] == 0.123
