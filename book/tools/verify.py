@@ -12,9 +12,11 @@ with the same parameters. nbval does that in strict mode (``--nbval``): a kernel
 (the chapters' working directory) executes a copy of the executed notebook and each cell's
 outputs must equal the stored ones after the sanitizer (``nbval_sanitize.cfg``: timings,
 progress-bar rates, memory addresses, dates, SVG ids; this repository's absolute path is
-added at run time). Progress bars are removed from both sides (:mod:`book.tools.nbval_progress`:
-whether a bar appears depends on what ``data/`` already holds). PNG/JPEG images are not
-compared (nbval's default); SVG figures are, after their random ids and date are replaced.
+added at run time). stderr and progress bars are removed from both sides
+(:mod:`book.tools.nbval_progress`: whether a bar or a one-time warning appears depends on what
+``data/`` already holds, and warnings name the Python environment's path; the book hides stderr).
+PNG/JPEG images are not compared (nbval's default); SVG figures are, after their random ids and
+date are replaced.
 The differing cells are listed at the end.
 
 A chapter re-executed here finds its activation caches and trained SAEs in its ``data_root``

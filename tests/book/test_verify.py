@@ -84,6 +84,19 @@ def test_progress_bars_are_left_out():
     assert BAR.sub("", text) == "UserWarning: kept\nkept [1, 2] too\n"
 
 
+def test_stderr_is_left_out_and_stdout_compared():
+    import nbformat
+
+    from book.tools.nbval_progress import strip_progress
+    outputs = [{"output_type": "stream", "name": "stderr", "text": "UserWarning: recorded once, at /some/venv\n"},
+               {"output_type": "stream", "name": "stdout", "text": "0it [00:00, ?it/s]\nFVU 0.12\n"},
+               {"output_type": "stream", "name": "stdout", "text": "100%|##| 2/2 [00:01<00:00, 2.0it/s]\n"},
+               {"output_type": "execute_result", "data": {"text/plain": "3"}, "metadata": {}, "execution_count": 1}]
+    kept = strip_progress([nbformat.from_dict(output) for output in outputs])
+    assert [o.get("name") for o in kept] == ["stdout", None]
+    assert kept[0]["text"] == "FVU 0.12\n"
+
+
 def test_chapter_paths_and_parameters(tmp_path, executed):
     repo = executed.parents[2]
     assert verify.chapter_paths([], repo) == [executed]
