@@ -229,8 +229,7 @@ def build_caches(
         except (CacheError, OSError, ValueError) as err:
             start_at = err
         else:
-            running = [w for w in writers.values() if not w.manifest["complete"]]
-            start_at = min(w.batch_start for w in running) if running else None
+            start_at = min((w.batch_start for w in writers.values() if not w.manifest["complete"]), default=None)
     start_at = broadcast_object(start_at, world)
     if isinstance(start_at, BaseException):
         raise start_at
