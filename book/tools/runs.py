@@ -19,7 +19,10 @@ Data: a chapter that takes ``data_root`` gets one per grid point,
 04 share their BatchTopK family), whose ``cache`` is a link to the book's activation caches (the
 harvest does not depend on the swept parameters, so runs share it). Trained SAEs and result
 tables stay per point: the chapters' ``results/`` files are not named by seed, and a grid must
-not overwrite the book's own ``data/runs`` and ``data/results``.
+not overwrite the book's own ``data/runs`` and ``data/results`` with other numbers. The one
+exception is a point of a ``base: book`` grid that gives a chapter exactly the book's parameters
+(the seed grid's seed 0): that run is the book's own, so it uses the book's data root and reuses
+the SAEs ``make book`` trained (it rewrites the book's result files with the same numbers).
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def plan(grid: Grid, root: Path = REPO) -> list[Run]:
             directory = batch_dir(grid, root) / chapter / run_id(point, params)
             if "data_root" in declared[chapter] and "data_root" not in params:
                 default = _default(declared[chapter]["data_root"], "../data")
-                params["data_root"] = _point_data_root(grid, point, root, shared=default)
+                book_point = grid.base == "book" and _is_book_point(point, base, declared[chapter])
+                params["data_root"] = default if book_point else _point_data_root(grid, point, root, shared=default)
             runs.append(Run(chapter, root / "notebooks" / f"{chapter}.ipynb", point, params, directory))
     return runs
 
@@ -118,6 +122,19 @@ def _default(parameter: dict[str, Any], fallback: Any) -> Any:
         return ast.literal_eval(parameter["default"])
     except (KeyError, ValueError, SyntaxError):
         return fallback
+
+
+_UNSET = object()
+
+
+def _is_book_point(point: Point, book: dict[str, Any], declared: dict[str, Any]) -> bool:
+    """Whether the point gives the chapter exactly the book's parameters (``book/params`` and the
+    notebook's defaults): then its run is the book's own and uses the book's data root, where
+    ``make book`` already trained its SAEs (results files rewritten with the same numbers)."""
+    for name, value in point.overrides.items():
+        if name in declared and book.get(name, _default(declared[name], _UNSET)) != value:
+            return False
+    return True
 
 
 def _point_data_root(grid: Grid, point: Point, root: Path, shared: str) -> str:

@@ -69,6 +69,23 @@ def test_grid_runs_records_and_table(repo):
     assert sum("finished, skipped" in line for line in log) == 3
 
 
+def test_the_books_own_point_uses_the_books_data_root(repo):
+    """Seed 0 with the book's parameters is the book's run: it reuses the book's data root (its
+    trained SAEs); every other point, and every point of a quick grid, gets its own."""
+    grid = _grid(repo, "chapters: [tiny]\nbase: book\ngrid:\n  seed: [0, 1]\n  scale: [10.0, 5.0]\n")
+    done, failed = runs.run_grid(grid, root=repo, log=lambda _: None)
+    assert not failed and len(done) == 4
+    roots = {(r.params["seed"], r.params["scale"]): (repo / "notebooks" / r.params["data_root"]).resolve()
+             for r in done}
+    assert roots[(0, 10.0)] == (repo / "data").resolve()
+    assert (repo / "data" / "results" / "out.txt").read_text() == "0"
+    others = [roots[(0, 5.0)], roots[(1, 10.0)], roots[(1, 5.0)]]
+    assert len(set(others)) == 3 and all(r.parent.name == "data_root" for r in others)
+    quick = _grid(repo, "chapters: [tiny]\nbase: quick\ngrid:\n  seed: [0]\n")
+    (run,) = runs.plan(runs.load_grid(quick), repo)
+    assert (repo / "notebooks" / run.params["data_root"]).resolve().parent.name == "data_root"
+
+
 def test_failed_run_keeps_its_copy_and_is_retried(repo):
     grid = _grid(repo, "chapters: [tiny]\nbase: quick\ngrid:\n  seed: [0, 1]\n  fail: [false, true]\n")
     done, failed = runs.run_grid(grid, root=repo, log=lambda _: None)
