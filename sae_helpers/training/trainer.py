@@ -102,34 +102,47 @@ def decoder_drift(sae: SAE) -> Tensor:
     return torch.nn.functional.cosine_similarity(sae.W_dec.detach().double().cpu(), initial_decoder(sae), dim=1)
 
 
-def check_same_data(info: dict[str, Any], data: str | None, where: str, warn: bool = True) -> bool:
-    """Refuse a checkpoint ``info`` written on other data than the fingerprint ``data``.
+def check_same_data(info: dict[str, Any], data: str | None, where: str, warn: bool = True,
+                    data_seed: int | None = None) -> bool:
+    """Refuse a checkpoint ``info`` written on other data than the fingerprint ``data``, or in
+    another data order than ``data_seed`` (the same configuration fed other batches is another SAE).
 
     Checkpoints written before data fingerprints existed have none: they are accepted (with a
-    warning unless ``warn`` is false) and ``False`` is returned; otherwise ``True``.
+    warning unless ``warn`` is false) and ``False`` is returned; otherwise ``True``. The same for
+    a checkpoint written before data orders were recorded (no warning: the order is recorded next).
     """
+    saved_order = info.get("data_seed")
+    if saved_order is not None and data_seed is not None and saved_order != data_seed:
+        raise ValueError(
+            f"The {where} was trained in data order data_seed={saved_order}; this call asks for data_seed="
+            f"{data_seed}. The same configuration fed other batches is another SAE (for instance a family's "
+            "control, trained in the family's data order, and the same width from another seed). Use a new "
+            "checkpoint_dir / out_dir (data_root) for this one, or delete that directory to train it again."
+        )
+    order_checked = saved_order is not None or data_seed is None
     saved = info.get("data")
     if saved is None or data is None:
         if saved is None and data is not None and warn:
             warnings.warn(f"The {where} has no data fingerprint (written before they were recorded): cannot check "
                           "that it was trained on these activations; using it as it is.", stacklevel=3)
-        return saved is not None
+        return saved is not None and order_checked
     if saved != data:
         raise ValueError(
             f"The {where} was trained on other data ({saved}; now {data}). Use a new checkpoint_dir / out_dir "
             "for this data, or delete that directory to train again on it."
         )
-    return True
+    return order_checked
 
 
 class TrainingRun:
     """The state of one SAE's training. Build with :meth:`start` or :meth:`restore`."""
 
     def __init__(self, cfg: TrainConfig, sae: SAE, scale: float, device: torch.device, data: str | None = None,
-                 world: World = SINGLE) -> None:
+                 world: World = SINGLE, data_seed: int | None = None) -> None:
         self.cfg = cfg
         self.world = world  # the processes that share each batch (torchrun); one by default
         self.data = data  # the data fingerprint (ActivationSource.fingerprint), checked on resume
+        self.data_seed = data_seed  # the data order (drive's data_seed), checked on resume and reuse
         self.sae = sae
         self.scale = scale
         self.device = device
@@ -153,10 +166,11 @@ class TrainingRun:
     @classmethod
     def start(
         cls, cfg: TrainConfig, sample: Tensor, device: torch.device, metadata: dict[str, Any] | None = None,
-        data: str | None = None, world: World = SINGLE,
+        data: str | None = None, world: World = SINGLE, data_seed: int | None = None,
     ) -> TrainingRun:
         """A fresh run, initialised from a data ``sample`` (``b_dec``, activation scale); ``data``
-        is the fingerprint of the data it trains on. Every process of ``world`` must pass the same sample."""
+        is the fingerprint of the data it trains on, ``data_seed`` the order it is fed in. Every
+        process of ``world`` must pass the same sample."""
         d_in = sample.shape[1]
         sae = build_training_sae(cfg, d_in, device, metadata)
         sae.init_weights(torch.Generator().manual_seed(cfg.seed))
@@ -164,11 +178,11 @@ class TrainingRun:
         scale = activation_scale(sample) if cfg.normalize_activations else 1.0
         with torch.no_grad():
             sae.b_dec.copy_(initial_b_dec(sample * scale, cfg.b_dec_init))
-        return cls(cfg, sae, scale, device, data, world)
+        return cls(cfg, sae, scale, device, data, world, data_seed)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(), "d_in": self.sae.d_in,
-                "data": self.data}
+                "data": self.data, "data_seed": self.data_seed}
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Tensors and JSON info that describe this run completely."""
@@ -194,10 +208,10 @@ class TrainingRun:
     @classmethod
     def restore(
         cls, cfg: TrainConfig, d_in: int, tensors: dict[str, Tensor], info: dict[str, Any], device: torch.device,
-        where: str = "checkpoint", data: str | None = None, world: World = SINGLE,
+        where: str = "checkpoint", data: str | None = None, world: World = SINGLE, data_seed: int | None = None,
     ) -> TrainingRun:
-        """Rebuild a run from :meth:`state` output, refusing another configuration or other data
-        (``data``: the fingerprint of the data now, see :func:`check_same_data`), and a damaged or
+        """Rebuild a run from :meth:`state` output, refusing another configuration, other data or
+        another data order (``data``, ``data_seed``: see :func:`check_same_data`), and a damaged or
         edited checkpoint (a missing tensor, a wrong shape, Adam steps that disagree with ``step``)."""
         if info.get("fingerprint") != cfg.fingerprint() or info.get("d_in") != d_in:
             saved = info.get("config", {})
@@ -212,7 +226,7 @@ class TrainingRun:
                 f"The {where} was written by a run with a different configuration ({'; '.join(diffs) or 'unknown'}). "
                 "Pass the same settings to resume it, or use a new checkpoint_dir (or resume=False) to start over."
             )
-        check_same_data(info, data, where)
+        check_same_data(info, data, where, data_seed=data_seed)
         saved_world = info.get("world_size", 1)
         if saved_world != world.size:
             raise ValueError(
@@ -221,7 +235,7 @@ class TrainingRun:
                 "python for 1), or use a new checkpoint_dir to start over. batch_size is the global batch either way."
             )
         sae = build_training_sae(cfg, d_in, device, info.get("metadata"))
-        run = cls(cfg, sae, 1.0, device, data, world)
+        run = cls(cfg, sae, 1.0, device, data, world, data_seed)
         run._check_state(tensors, info, where)
         run.scale = float(info["scale"])
         params = dict(sae.named_parameters())
@@ -494,9 +508,11 @@ def write_run(run_dir: Path, run: TrainingRun) -> None:
 def open_run(
     cfg: TrainConfig, source: ActivationSource, device: torch.device, run_dir: Path | None,
     data: str | None, metadata: dict[str, Any] | None, resume: bool = True, world: World = SINGLE,
+    data_seed: int | None = None,
 ) -> TrainingRun:
     """``cfg``'s run: resumed from the checkpoint in ``run_dir`` (refused unless ``resume``), else
-    started from a sample of ``source``; ``data`` is the source's fingerprint (``None`` without ``run_dir``)."""
+    started from a sample of ``source``; ``data`` is the source's fingerprint (``None`` without
+    ``run_dir``), ``data_seed`` the order the run is fed in."""
     if run_dir is not None:
         if world.is_main:
             clean_checkpoint_dir(run_dir)
@@ -509,15 +525,16 @@ def open_run(
                 )
             tensors, info = read_checkpoint(run_dir)
             return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}",
-                                       data=data, world=world)
-    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data, world)
+                                       data=data, world=world, data_seed=data_seed)
+    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data, world,
+                             data_seed)
 
 
 def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: list[Path],
-                 record: bool = True) -> SAE | None:
+                 record: bool = True, data_seed: int | None = None) -> SAE | None:
     """The run's saved SAE if it is finished with ``cfg``, after checking it was trained on ``data``
-    (runs written before data fingerprints are appended to ``unchecked``, and given ``data``'s
-    fingerprint if ``record``)."""
+    in the order ``data_seed`` (runs written before these were recorded are appended to
+    ``unchecked``, and given ``data``'s fingerprint and ``data_seed`` if ``record``)."""
     sae_dir = recover_dir(run_dir / SAE_SUBDIR)
     config_file = sae_dir / TRAINING_CONFIG_FILENAME
     saved = read_json(config_file, what="Training config") if config_file.is_file() else None
@@ -525,10 +542,10 @@ def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: l
         return None
     trainer_file = recover_dir(run_dir / CHECKPOINT_SUBDIR) / TRAINER_FILE
     info = read_json(trainer_file, what="Checkpoint file") if trainer_file.is_file() else {}
-    if not check_same_data(info, data, f"finished run in {run_dir}", warn=False):
+    if not check_same_data(info, data, f"finished run in {run_dir}", warn=False, data_seed=data_seed):
         unchecked.append(run_dir)
         if record and data is not None and trainer_file.is_file():  # trusted on first use, like an old checkpoint
-            atomic_write_json(trainer_file, {**info, "data": data})
+            atomic_write_json(trainer_file, {**info, "data": data, "data_seed": data_seed})
     return load_sae(sae_dir)  # with its provenance: this configuration and the saved log
 
 
@@ -573,20 +590,20 @@ def train_runs(
     runs: list[TrainingRun] = []
     slots: list[int] = []
     for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        done = (finished_sae(run_dir, cfg, data, unchecked, record=world.is_main)
+        done = (finished_sae(run_dir, cfg, data, unchecked, record=world.is_main, data_seed=data_seed)
                 if reuse_finished and run_dir is not None else None)
         if done is not None:
             saes[i] = done
             continue
-        runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume, world))
+        runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume, world, data_seed))
         slots.append(i)
     if unchecked:
         shown = ", ".join(str(d) for d in unchecked[:3])
         shown += f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
-        warnings.warn(f"{len(unchecked)} finished run(s) have no data fingerprint (written before they were "
-                      f"recorded): {shown}. Cannot check that they were trained on these activations; using them "
-                      "as they are and recording these activations' fingerprint in them, so that later calls "
-                      "check it.", stacklevel=3)
+        warnings.warn(f"{len(unchecked)} finished run(s) have no data fingerprint or data order (written before "
+                      f"they were recorded): {shown}. Cannot check that they were trained on these activations in "
+                      f"the order data_seed={data_seed}; using them as they are and recording both in them, so that "
+                      "later calls check them.", stacklevel=3)
 
     def checkpoint(index: int) -> None:
         run_dir = run_dirs[slots[index]]

@@ -164,3 +164,47 @@ def test_finished_runs_on_other_data_are_refused_and_old_runs_still_reused(tmp_p
         train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="was trained on other data"):
         train_saes(other, CONFIGS[:2], out_dir=tmp_path, progress=False)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_another_data_order_is_another_sae_and_is_refused(tmp_path, monkeypatch):
+    """A run directory holds one (configuration, data, data order): the same configuration fed the
+    batches in another order (a family's control beside the same width from another seed) is
+    refused, finished or not, instead of being returned or continued as if it were that SAE."""
+    cfg = [CONFIGS[0]]
+    first = train_saes(X, cfg, out_dir=tmp_path / "done", data_seed=0, progress=False).saes[0]
+    other_order = train_saes(X, cfg, data_seed=1, progress=False).saes[0]
+    assert not torch.equal(first.W_dec, other_order.W_dec)  # another SAE indeed
+    with pytest.raises(ValueError, match="finished run in .*trained in data order data_seed=0; this call asks for "
+                                         "data_seed=1.*new checkpoint_dir / out_dir"):
+        train_saes(X, cfg, out_dir=tmp_path / "done", data_seed=1, progress=False)
+
+    original = TrainingRun.step
+
+    def crashing_step(self, batch, pool=None):
+        if self.step_count == 12:
+            raise _Crash
+        return original(self, batch, pool)
+
+    monkeypatch.setattr(TrainingRun, "step", crashing_step)
+    with pytest.raises(_Crash):
+        train_saes(X, cfg, out_dir=tmp_path / "part", data_seed=0, checkpoint_every=5, progress=False)
+    monkeypatch.setattr(TrainingRun, "step", original)
+    with pytest.raises(ValueError, match="checkpoint in .*part.* data_seed=0; this call asks for data_seed=1"):
+        train_saes(X, cfg, out_dir=tmp_path / "part", data_seed=1, progress=False)
+    resumed = train_saes(X, cfg, out_dir=tmp_path / "part", data_seed=0, progress=False).saes[0]
+    assert torch.equal(resumed.W_dec, first.W_dec)
+
+    # Runs written before data orders were recorded: reused with one warning, the order recorded then.
+    (trainer,) = (tmp_path / "done").glob("*/checkpoint/trainer.json")
+    info = json.loads(trainer.read_text())
+    del info["data_seed"]
+    trainer.write_text(json.dumps(info))
+    with pytest.warns(UserWarning, match="1 finished run\\(s\\) have no data fingerprint or data order"):
+        train_saes(X, cfg, out_dir=tmp_path / "done", data_seed=0, progress=False)
+    assert json.loads(trainer.read_text())["data_seed"] == 0
+    with pytest.raises(ValueError, match="data_seed=0; this call asks for data_seed=1"):
+        train_saes(X, cfg, out_dir=tmp_path / "done", data_seed=1, progress=False)
