@@ -7,11 +7,16 @@ The path convention (all under a chapter's ``data_root``, git-ignored):
   agree (:func:`harvest`);
 * ``<data_root>/runs/<group>/<site>``: trained SAEs, checkpointed (:func:`run_dir`); chapters
   03 and 04 share ``runs/family``;
-* ``<data_root>/results/<name>_<model_name>.csv``: tables a chapter writes (:func:`results_file`).
+* ``<data_root>/results/<name>_<model_name>-<hash>.csv``: tables a chapter writes, named by the
+  parameters in effect, which ``<name>_<model_name>-<hash>.parameters.json`` lists (:func:`write_results`):
+  a run with other parameters (``make test``'s quick defaults, another seed) never overwrites the
+  book's tables.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +25,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 __all__ = ["Summary", "cache_dir", "family_settings", "harvest", "parameters", "parameters_table", "results_file",
-           "run_dir", "setup", "train_family"]
+           "run_dir", "setup", "train_family", "write_results"]
 
 class Summary(NamedTuple):
     """A chapter's result for :mod:`~sae_helpers.chapters.record`: its one-sentence headline (with its
@@ -36,6 +41,9 @@ COLAB_DATA_ROOT = "/content/data"
 DEFAULT_DATA_ROOT = "../data"
 _PARAMETER_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython"}
+#: The parameters :func:`setup` last put in effect in this process (a chapter's kernel): they name
+#: the chapter's results files (:func:`write_results`).
+_in_effect: dict[str, Any] | None = None
 
 
 def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +92,8 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
     set_default_text(params.get("dataset"), params.get("text_column", "text"))
     set_seed(params["seed"])
     plotting.use_book_style()
+    global _in_effect
+    _in_effect = dict(params)
     return parameters_table(params)
 
 
@@ -97,11 +107,36 @@ def run_dir(data_root: str | Path, group: str, site: str) -> Path:
     return Path(data_root) / "runs" / group / site
 
 
-def results_file(data_root: str | Path, name: str, model_name: str) -> Path:
-    """``<data_root>/results/<name>_<model_name>.csv``, its directory created."""
+def _naming_parameters(parameters: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """The parameters that name a results file: ``parameters`` or those in effect, ``data_root`` aside."""
+    if parameters is None:
+        if _in_effect is None:
+            raise ValueError(f"results file {name!r}: no parameters. Call common.setup(globals(), ...) first (a "
+                             "chapter's first cell does), or pass parameters={...}")
+        parameters = _in_effect
+    return {k: v for k, v in parameters.items() if k != "data_root"}
+
+
+def results_file(data_root: str | Path, name: str, model_name: str, parameters: dict[str, Any] | None = None) -> Path:
+    """``<data_root>/results/<name>_<model_name>-<hash>.csv``, its directory created: ``<hash>``
+    covers ``parameters`` (default: those :func:`setup` put in effect), ``data_root`` aside."""
+    shown = _naming_parameters(parameters, name)
+    digest = hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
     directory = Path(data_root) / "results"
     directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{name}_{model_name}.csv"
+    return directory / f"{name}_{model_name}-{digest}.csv"
+
+
+def write_results(table: pd.DataFrame, data_root: str | Path, name: str, model_name: str,
+                  parameters: dict[str, Any] | None = None, *, index: bool = True) -> Path:
+    """Write ``table`` atomically to :func:`results_file` and, beside it, the parameters that name
+    it (``<same name>.parameters.json``); returns the CSV's path."""
+    from .._io import atomic_write, atomic_write_json
+
+    path = results_file(data_root, name, model_name, parameters)
+    atomic_write_json(path.with_suffix(".parameters.json"), _naming_parameters(parameters, name))
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=index))
+    return path
 
 
 def harvest(model_name: str, sites: list[str], n_train_tokens: int, n_eval_tokens: int, data_root: str | Path, *,

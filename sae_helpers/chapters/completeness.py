@@ -120,11 +120,11 @@ def curves(pairs: dict[str, tuple[Any, Any]], analyses: dict, eval_cache: Any, m
 
 def save_results(curves_by_pair: dict, pair_summary: pd.DataFrame, data_root: str, model_name: str) -> pd.DataFrame:
     """Write every curve's points (one table, a ``pair`` column) and the pairs' summary to
-    ``<data_root>/results``; returns the points."""
+    ``<data_root>/results`` (:func:`~.common.write_results`); returns the points."""
     all_curves = pd.concat({name: c.points for name, c in curves_by_pair.items()}, names=["pair", "row"])
     all_curves = all_curves.reset_index(level="row", drop=True).reset_index()
-    all_curves.to_csv(common.results_file(data_root, "03_completeness_curves", model_name), index=False)
-    pair_summary.to_csv(common.results_file(data_root, "03_completeness_pairs", model_name))
+    common.write_results(all_curves, data_root, "03_completeness_curves", model_name, index=False)
+    common.write_results(pair_summary, data_root, "03_completeness_pairs", model_name)
     return all_curves
 
 

@@ -1,5 +1,10 @@
+import json
+import re
 import sys
 import types
+
+import pandas as pd
+import pytest
 
 import sae_helpers as sh
 from sae_helpers.chapters import common
@@ -22,8 +27,29 @@ def test_paths_follow_the_convention(tmp_path):
     assert common.cache_dir(tmp_path) == tmp_path / "cache"
     assert common.run_dir(tmp_path, "family", "blocks.6.hook_resid_post") == tmp_path / "runs" / "family" / (
         "blocks.6.hook_resid_post")
-    path = common.results_file(tmp_path, "02_shrinkage", "smollm2-135m")
-    assert path == tmp_path / "results" / "02_shrinkage_smollm2-135m.csv" and path.parent.is_dir()
+    path = common.results_file(tmp_path, "02_shrinkage", "smollm2-135m", {"seed": 0, "data_root": str(tmp_path)})
+    assert path.parent == tmp_path / "results" and path.parent.is_dir()
+    assert re.fullmatch(r"02_shrinkage_smollm2-135m-[0-9a-f]{8}\.csv", path.name)
+
+
+def test_results_are_named_by_their_parameters_and_never_overwrite_another_runs(tmp_path, monkeypatch):
+    """The book's tables and make test's quick ones (other parameters) land in different files;
+    the same parameters elsewhere (another data_root) get the same name; each file says what made it."""
+    monkeypatch.setattr(common, "_in_effect", None)
+    with pytest.raises(ValueError, match="no parameters. Call common.setup"):
+        common.results_file(tmp_path, "02_shrinkage", "m")
+    common.setup({"seed": 0, "steps": 2000, "data_root": str(tmp_path)})
+    book_path = common.write_results(pd.DataFrame({"a": [1]}), tmp_path, "02_shrinkage", "m", index=False)
+    quick = {"seed": 0, "steps": 200}
+    quick_path = common.write_results(pd.DataFrame({"a": [2]}), tmp_path, "02_shrinkage", "m", quick, index=False)
+    assert book_path != quick_path
+    assert pd.read_csv(book_path)["a"].tolist() == [1] and pd.read_csv(quick_path)["a"].tolist() == [2]
+    assert json.loads(book_path.with_suffix(".parameters.json").read_text()) == {"seed": 0, "steps": 2000}
+    assert json.loads(quick_path.with_suffix(".parameters.json").read_text()) == {"seed": 0, "steps": 200}
+    moved = {"seed": 0, "steps": 2000, "data_root": "x"}
+    elsewhere = common.results_file(tmp_path / "other", "02_shrinkage", "m", moved)
+    assert elsewhere.name == book_path.name
+    assert sorted(p.name for p in (tmp_path / "results").iterdir() if p.name.startswith(".")) == []  # no temp files
 
 
 def test_in_colab_the_default_data_root_moves_into_the_file_browser(monkeypatch):
