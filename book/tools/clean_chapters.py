@@ -12,10 +12,10 @@ notebook is rewritten atomically, and only when something changed.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from sae_helpers._io import atomic_write
 
 __all__ = ["HIDDEN_TAGS", "REMOVE", "clean_notebook", "main"]
 
@@ -38,15 +38,8 @@ def clean_notebook(path: Path) -> int:
             tags.append(REMOVE)
             changed += 1
     if changed:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(notebook, handle, indent=1, ensure_ascii=False, sort_keys=True)
-                handle.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = json.dumps(notebook, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return changed
 
 

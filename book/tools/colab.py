@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from sae_helpers._io import atomic_write
 
 ROOT = Path(__file__).resolve().parents[2]
 BADGE_ID = "colab-badge"
@@ -99,9 +99,7 @@ def generated(path: Path, repo: str, branch: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def drifting(notebooks: list[Path], repo: str, branch: str) -> list[Path]:
