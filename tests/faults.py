@@ -16,8 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = """
-import os, sys
+import gc, os, sys
 {setup}
+gc.collect()
+gc.freeze()  # a worker's first collection would otherwise touch (copy) the whole inherited heap: a long pause
 print('ready', flush=True)
 for _ in sys.stdin:
     pid = os.fork()
