@@ -13,6 +13,11 @@ A grid is a YAML file, ``book/grids/NAME.yaml``::
         - {seed: 0, control_seed: 1}
         - {seed: 1, control_seed: 2}
     over: seed        # optional: the axis the table summarises (default: the axis named seed)
+    nulls:            # optional: what key numbers are compared with, for the table of effects
+      02_shrinkage:   # (each value minus its null, at every point, and the spread of that)
+        l0_ratio: 1                           # a fixed value
+      03_completeness:
+        "novel: 1152 -> 2304": "novel: control"   # or another key number of the same run
 
 A scalar axis ``name: [v1, v2]`` sets the parameter ``name``. Each run's id is built from the
 values of its axes (readable) and a hash of every parameter it is given (stable: the same
@@ -25,7 +30,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,7 @@ __all__ = ["BASES", "Grid", "Point", "load_grid", "params_hash", "points", "run_
 
 #: Where a grid's base parameters come from.
 BASES = ("book", "quick")
-_KEYS = {"chapters", "base", "set", "grid", "over"}
+_KEYS = {"chapters", "base", "set", "grid", "over", "nulls"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Grid:
     fixed: dict[str, Any]
     axes: dict[str, list[dict[str, Any]]]
     over: str | None
+    nulls: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    """``{chapter: {key number: its null}}``: a fixed value or the name of another key number."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,24 @@ def load_grid(path: str | Path) -> Grid:
     over = raw.get("over", "seed" if "seed" in axes else None)
     if over is not None and over not in axes:
         raise _fail(path, "over", f"{over!r} is not an axis of grid", f"Use one of {sorted(axes)} or leave it out")
-    return Grid(path.stem, path, tuple(chapters), base, dict(fixed), axes, over)
+    return Grid(path.stem, path, tuple(chapters), base, dict(fixed), axes, over,
+                _nulls(path, raw.get("nulls") or {}, chapters))
+
+
+def _nulls(path: Path, nulls: Any, chapters: list[str]) -> dict[str, dict[str, float | str]]:
+    if not isinstance(nulls, dict):
+        raise _fail(path, "nulls", f"got {nulls!r}", "Give a mapping {chapter: {key number: null}}")
+    for chapter, numbers in nulls.items():
+        if chapter not in chapters:
+            raise _fail(path, f"nulls.{chapter}", "is not one of the grid's chapters", f"Use one of {chapters}")
+        if not isinstance(numbers, dict) or not numbers:
+            raise _fail(path, f"nulls.{chapter}", f"got {numbers!r}", "Give a mapping {key number: null}")
+        for number, null in numbers.items():
+            if isinstance(null, bool) or not isinstance(null, int | float | str) or null == number:
+                raise _fail(path, f"nulls.{chapter}.{number}", f"got {null!r}",
+                            "Give a number, or the name of another key number of the same chapter")
+    return {chapter: {str(k): (float(v) if not isinstance(v, str) else v) for k, v in numbers.items()}
+            for chapter, numbers in nulls.items()}
 
 
 def _axes(path: Path, grid: Any) -> dict[str, list[dict[str, Any]]]:

@@ -43,7 +43,7 @@ import yaml
 from book.tools import keynumbers
 from book.tools.grids import Grid, Point, load_grid, params_hash, points, run_id
 
-__all__ = ["REPO", "Run", "execute", "main", "plan", "run_grid"]
+__all__ = ["REPO", "Run", "execute", "main", "plan", "prepare", "run_grid"]
 
 #: The repository root (this file is book/tools/runs.py).
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +59,8 @@ class Run:
     point: Point
     params: dict[str, Any]
     directory: Path
+    shared_cache: Path | None = None
+    """The cache the run's own data root links to (made by :func:`prepare`); ``None``: no own root."""
 
     @property
     def notebook(self) -> Path:
@@ -79,7 +81,8 @@ def batch_dir(grid: Grid, root: Path = REPO) -> Path:
 
 
 def plan(grid: Grid, root: Path = REPO) -> list[Run]:
-    """Every run of ``grid``: for each chapter, each grid point (checks the chapters and parameters)."""
+    """Every run of ``grid``: for each chapter, each grid point (checks the chapters and parameters).
+    Reads only: a run's data root is made by :func:`prepare`, just before it is executed."""
     import papermill
 
     declared = {}
@@ -99,11 +102,15 @@ def plan(grid: Grid, root: Path = REPO) -> list[Run]:
         for point in points(grid):
             params = {**base, **{k: v for k, v in point.overrides.items() if k in declared[chapter]}}
             directory = batch_dir(grid, root) / chapter / run_id(point, params)
+            shared_cache = None
             if "data_root" in declared[chapter] and "data_root" not in params:
                 default = _default(declared[chapter]["data_root"], "../data")
-                book_point = grid.base == "book" and _is_book_point(point, base, declared[chapter])
-                params["data_root"] = default if book_point else _point_data_root(grid, point, root, shared=default)
-            runs.append(Run(chapter, root / "notebooks" / f"{chapter}.ipynb", point, params, directory))
+                if grid.base == "book" and _is_book_point(point, base, declared[chapter]):
+                    params["data_root"] = default
+                else:
+                    params["data_root"] = os.path.relpath(_point_data_root(grid, point, root), root / "notebooks")
+                    shared_cache = (root / "notebooks" / default / "cache").resolve()
+            runs.append(Run(chapter, root / "notebooks" / f"{chapter}.ipynb", point, params, directory, shared_cache))
     return runs
 
 
@@ -137,13 +144,18 @@ def _is_book_point(point: Point, book: dict[str, Any], declared: dict[str, Any])
     return True
 
 
-def _point_data_root(grid: Grid, point: Point, root: Path, shared: str) -> str:
-    """The point's data root (relative to notebooks/, the chapters' working directory), its
-    ``cache`` linked to ``<shared>/cache``."""
-    notebooks = root / "notebooks"
-    directory = batch_dir(grid, root) / "data_root" / f"{point.label}-{params_hash(point.overrides)}"
+def _point_data_root(grid: Grid, point: Point, root: Path) -> Path:
+    """The point's own data root."""
+    return batch_dir(grid, root) / "data_root" / f"{point.label}-{params_hash(point.overrides)}"
+
+
+def prepare(run: Run) -> None:
+    """Make the run's own data root (if it has one), its ``cache`` a link to the shared cache."""
+    if run.shared_cache is None:
+        return
+    directory = (run.source.parent / run.params["data_root"]).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    cache, target = directory / "cache", (notebooks / shared / "cache").resolve()
+    cache, target = directory / "cache", run.shared_cache
     target.mkdir(parents=True, exist_ok=True)
     link = os.path.relpath(target, directory)
     if cache.is_symlink() and os.readlink(cache) != link and cache.resolve() != target:
@@ -152,7 +164,6 @@ def _point_data_root(grid: Grid, point: Point, root: Path, shared: str) -> str:
         if cache.exists():
             raise ValueError(f"{cache} exists and is not a link to the shared cache {target}: move it away")
         cache.symlink_to(link, target_is_directory=True)
-    return os.path.relpath(directory, notebooks)
 
 
 def execute(run: Run, kernel: str = "python3") -> bool:
@@ -201,6 +212,7 @@ def run_grid(path: str | Path, *, root: Path = REPO, force: bool = False, kernel
         (run.directory / MARKER).unlink(missing_ok=True)
         log(f"[{i}/{len(runs)}] {where}: executing {run.chapter} with {run.point.labels}")
         try:
+            prepare(run)
             execute(run, kernel)
         except KeyboardInterrupt:
             raise
@@ -208,9 +220,9 @@ def run_grid(path: str | Path, *, root: Path = REPO, force: bool = False, kernel
             failed.append(run)
             first = str(error).strip().splitlines()[:1] or [type(error).__name__]
             log(f"FAILED {where}: {first[0]} (executed copy: {run.failed_notebook.name})")
-    csv, md = keynumbers.write_tables([r for r in runs if r.finished], grid, batch_dir(grid, root))
-    log(f"key numbers of {sum(r.finished for r in runs)} finished runs: {csv.relative_to(root)}, "
-        f"{md.relative_to(root)}")
+    written = keynumbers.write_tables([r for r in runs if r.finished], grid, batch_dir(grid, root))
+    log(f"key numbers of {sum(r.finished for r in runs)} finished runs: "
+        + ", ".join(str(path.relative_to(root)) for path in written))
     return runs, failed
 
 

@@ -4,7 +4,8 @@ At ``config-inited`` it
 
 * derives ``html_baseurl`` from ``repository.url`` when html.baseurl is not set
   (:func:`book.tools.site_url.pages_url`), so the address is written in one place only;
-* fills the front page's MyST substitutions ``headline_NAME`` (:mod:`book.tools.front_page`);
+* fills the front page's MyST substitutions ``headline_NAME`` (:mod:`book.tools.front_page`)
+  and the seed-spread page's ``seed_spread`` (:mod:`book.tools.seed_page`);
 * checks that MathJax was installed into book/_static/mathjax (``make mathjax``);
 
 and at ``html-page-context`` drops repeated script tags: Jupyter Book 1.x makes sphinx-thebe
@@ -27,10 +28,13 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from book.tools.front_page import headlines  # noqa: E402
+from book.tools.seed_page import seed_spread  # noqa: E402
 from book.tools.site_url import pages_url  # noqa: E402
 
 #: The site's own static files (html_static_path in _config.yml); mathjax_path is relative to it.
 STATIC_DIR = Path("book/_static")
+#: The page that shows the seed grid's tables (``{{ seed_spread }}``).
+SEED_PAGE = Path("book/seed_spread.md")
 
 
 def _configure(app: Sphinx, config: Config) -> None:
@@ -43,6 +47,11 @@ def _configure(app: Sphinx, config: Config) -> None:
             raise ConfigError(str(error)) from error
     substitutions = dict(config.myst_substitutions or {})
     substitutions.update(headlines(root))
+    if (root / SEED_PAGE).is_file():
+        try:
+            substitutions["seed_spread"] = seed_spread(root)
+        except ValueError as error:
+            raise ConfigError(f"{SEED_PAGE}: {error}") from error
     config.myst_substitutions = substitutions
     entry = root / STATIC_DIR / str(config.mathjax_path)
     if not str(config.mathjax_path).startswith(("http://", "https://")) and not entry.is_file():

@@ -51,11 +51,23 @@ def test_run_id_is_stable_and_follows_every_parameter(tmp_path):
     ("chapters: a\ngrid: {seed: [1]}\nover: l1\n", "over"),
     ("chapters: a\nseeds: [1]\n", "seeds"),
     ("- a\n", "top level"),
+    ("chapters: a\nnulls: [1]\n", "nulls"),
+    ("chapters: a\nnulls: {b: {x: 1}}\n", "nulls.b"),
+    ("chapters: a\nnulls: {a: {}}\n", "nulls.a"),
+    ("chapters: a\nnulls: {a: {x: true}}\n", "nulls.a.x"),
+    ("chapters: a\nnulls: {a: {x: x}}\n", "nulls.a.x"),
+    ("chapters: a\nnulls: {a: {x: [1]}}\n", "nulls.a.x"),
 ])
 def test_errors_name_the_file_and_field(tmp_path, text, field):
     path = _grid(tmp_path, text)
     with pytest.raises(ValueError, match=f"{path}: {field}"):
         load_grid(path)
+
+
+def test_nulls_are_values_or_other_numbers(tmp_path):
+    grid = load_grid(_grid(tmp_path, "chapters: [a, b]\nnulls:\n  a: {ratio: 1, 'x: one': 'x: control'}\n"))
+    assert grid.nulls == {"a": {"ratio": 1.0, "x: one": "x: control"}}
+    assert load_grid(_grid(tmp_path, "chapters: a\n")).nulls == {}
 
 
 def test_the_book_grids_load():

@@ -123,3 +123,35 @@ def test_summary_without_runs_or_with_missing_values():
     row = keynumbers.summarise(long, "seed", [0, 1, 2]).iloc[0]
     assert row["n"] == 2 and row["mean"] == 2.0 and row["min"] == 1.0 and row["max"] == 3.0
     assert "| c | x | 1 |  | 3 | 2 | 2 | 1.414 | 1 | 3 |" in keynumbers.to_markdown(keynumbers.summarise(long, "seed"))
+
+
+def test_effects_are_each_number_minus_its_null_run_by_run():
+    from book.tools import keynumbers
+    long = pd.DataFrame({"chapter": "c", "seed": [0, 0, 0, 1, 1, 1, 2, 2],
+                         "number": ["ratio", "novel", "control"] * 2 + ["ratio", "novel"],
+                         "value": [1.5, 0.10, 0.01, 0.8, 0.12, 0.02, 1.1, 0.09]})
+    table = keynumbers.effects(long, {"c": {"ratio": 1, "novel": "control", "absent": 0}}, "seed", [0, 1, 2])
+    rows = table.set_index("number")
+    assert list(rows.index) == ["ratio − 1", "novel − control"]
+    ratio, novel = rows.loc["ratio − 1"], rows.loc["novel − control"]
+    assert [ratio[f"seed {s}"] for s in (0, 1, 2)] == pytest.approx([0.5, -0.2, 0.1])
+    assert not ratio["same sign"]  # the spread crosses the null: the sign is not settled
+    assert ratio["|mean| / std"] == pytest.approx(abs(0.4 / 3) / pd.Series([0.5, -0.2, 0.1]).std())
+    # seed 2 recorded no control: that run is left out, the other two agree in sign
+    assert novel["n"] == 2 and pd.isna(novel["seed 2"]) and novel["same sign"]
+    assert novel["mean"] == pytest.approx(0.095)
+    # one run cannot show a sign is settled
+    single = keynumbers.effects(long[long["seed"] == 0], {"c": {"ratio": 1}}, "seed", [0])
+    assert not single.iloc[0]["same sign"] and pd.isna(single.iloc[0]["|mean| / std"])
+    assert keynumbers.effects(long, {}, "seed").empty
+    assert "| same sign | \\|mean\\| / std |" in keynumbers.to_markdown(table)  # a pipe in a header is escaped
+
+
+def test_grid_with_nulls_writes_the_effects_table(repo):
+    grid = _grid(repo, "chapters: [tiny]\nbase: book\ngrid:\n  seed: [1, 2]\nnulls:\n  tiny: {value: 15}\n")
+    runs.run_grid(grid, root=repo, log=lambda _: None)
+    batch = repo / "data" / "runs" / "batch" / "g"
+    effect = pd.read_csv(batch / "effects.csv").set_index("number").loc["value − 15"]
+    assert (effect["seed 1"], effect["seed 2"], bool(effect["same sign"])) == (-5.0, 5.0, False)
+    markdown = (batch / "key_numbers.md").read_text()
+    assert "Effects: each key number minus its null" in markdown and "| tiny | value − 15 | -5 | 5 |" in markdown

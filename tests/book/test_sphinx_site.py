@@ -6,6 +6,7 @@ from sphinx.builders.html._assets import _JavaScript
 from sphinx.errors import ConfigError
 
 from book.tools import sphinx_site
+from tests.book.notebooks import write_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,3 +66,16 @@ def test_the_book_config_points_at_the_installed_mathjax() -> None:
     assert sphinx["config"]["mathjax_path"] == "mathjax/tex-mml-chtml.js"
     assert sphinx["config"]["html_static_path"] == [str(sphinx_site.STATIC_DIR)]
     assert sphinx["local_extensions"] == {"sphinx_site": "book/tools/"}
+
+
+def test_configure_fills_the_seed_page_when_the_book_has_one(tmp_path: Path) -> None:
+    app = _book(tmp_path)
+    (tmp_path / sphinx_site.SEED_PAGE).write_text("{{ seed_spread }}\n")
+    with pytest.raises(ConfigError, match="seed_spread.md: .*seeds.yaml: cannot read the grid file"):
+        sphinx_site._configure(app, _config(tmp_path))
+    (tmp_path / "book" / "grids").mkdir()
+    (tmp_path / "book" / "grids" / "seeds.yaml").write_text("chapters: [00_a]\ngrid:\n  seed: [0, 1]\n")
+    write_notebook(tmp_path / "notebooks" / "00_a.ipynb", "seed = 0\n", "pass\n")
+    config = _config(tmp_path)
+    sphinx_site._configure(app, config)
+    assert config.myst_substitutions["seed_spread"].startswith("*(Not yet measured in this build")
