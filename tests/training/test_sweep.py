@@ -10,7 +10,7 @@ import torch
 from sae_helpers import SyntheticFeatures, train_sae
 from sae_helpers.training import TrainingRun
 from sae_helpers.training.sweep import family_configs, train_saes
-from tests.training.test_trainer import Crash
+from tests.training.crashes import crashes_at
 
 X = SyntheticFeatures(d=12, n_features=24, firing_prob=0.1).sample(3000, seed=0).x
 COMMON = {"steps": 40, "batch_size": 128, "lr": 3e-3, "init_sample_size": 512, "resample_every": 15,
@@ -167,7 +167,7 @@ def test_finished_runs_on_other_data_are_refused_and_old_runs_still_reused(tmp_p
         train_saes(other, CONFIGS[:2], out_dir=tmp_path, progress=False)
 
 
-def test_another_data_order_is_another_sae_and_is_refused(tmp_path, monkeypatch):
+def test_another_data_order_is_another_sae_and_is_refused(tmp_path):
     """A run directory holds one (configuration, data, data order): the same configuration fed the
     batches in another order (a family's control beside the same width from another seed) is
     refused, finished or not, instead of being returned or continued as if it were that SAE."""
@@ -179,17 +179,8 @@ def test_another_data_order_is_another_sae_and_is_refused(tmp_path, monkeypatch)
                                          "data_seed=1.*new checkpoint_dir / out_dir"):
         train_saes(X, cfg, out_dir=tmp_path / "done", data_seed=1, progress=False)
 
-    original = TrainingRun.step
-
-    def crashing_step(self, batch, pool=None):
-        if self.step_count == 12:
-            raise Crash
-        return original(self, batch, pool)
-
-    monkeypatch.setattr(TrainingRun, "step", crashing_step)
-    with pytest.raises(Crash):
+    with crashes_at(12):
         train_saes(X, cfg, out_dir=tmp_path / "part", data_seed=0, checkpoint_every=5, progress=False)
-    monkeypatch.setattr(TrainingRun, "step", original)
     with pytest.raises(ValueError, match="checkpoint in .*part.* data_seed=0; this call asks for data_seed=1"):
         train_saes(X, cfg, out_dir=tmp_path / "part", data_seed=1, progress=False)
     resumed = train_saes(X, cfg, out_dir=tmp_path / "part", data_seed=0, progress=False).saes[0]

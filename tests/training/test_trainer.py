@@ -8,6 +8,7 @@ import torch
 
 from sae_helpers import SyntheticFeatures, train_sae
 from sae_helpers.training import TrainingRun
+from tests.training.crashes import crashes_at
 
 SYN = SyntheticFeatures(d=16, n_features=32, firing_prob=0.08)
 X = SYN.sample(4000, seed=0).x
@@ -36,29 +37,16 @@ def test_same_seed_same_sae_and_different_seed_differs(arch):
     assert a.training_log == b.training_log
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("arch", ["relu", "gated"])
-def test_resume_equals_an_uninterrupted_run(arch, tmp_path, monkeypatch):
+def test_resume_equals_an_uninterrupted_run(arch, tmp_path):
     # Resampling every 10 steps with a 5-step dead window exercises the RNG and Adam resets.
     opts = {**FAST, "lr": 0.03, "resample_every": 10, "dead_after": 5, "resample_lr_warmup_steps": 8}
     whole = train_sae(X, arch, 48, L1, 60, checkpoint_dir=tmp_path / "whole", **opts)
 
-    original = TrainingRun.step
-
-    def crashing_step(self, batch, pool=None):
-        if self.step_count == 37:
-            raise Crash
-        return original(self, batch, pool)
-
-    monkeypatch.setattr(TrainingRun, "step", crashing_step)
-    with pytest.raises(Crash):
+    with crashes_at(37):
         train_sae(X, arch, 48, L1, 60, checkpoint_dir=tmp_path / "run", checkpoint_every=15, **opts)
     info = json.loads((tmp_path / "run" / "checkpoint" / "trainer.json").read_text())
     assert info["step"] == 30  # the last complete checkpoint survived the crash
-    monkeypatch.setattr(TrainingRun, "step", original)
     resumed = train_sae(X, arch, 48, L1, 60, checkpoint_dir=tmp_path / "run", resume=True, **opts)
     assert whole.training_log[-1]["n_resampled"] > 0
     assert_same(whole, resumed)
@@ -68,20 +56,13 @@ def test_resume_equals_an_uninterrupted_run(arch, tmp_path, monkeypatch):
     assert_same(whole, again)
 
 
-def test_resume_recovers_the_checkpoint_a_crashed_swap_left_aside(tmp_path, monkeypatch):
+def test_resume_recovers_the_checkpoint_a_crashed_swap_left_aside(tmp_path):
     opts = {**FAST, "resample_every": 10, "dead_after": 5}
     whole = train_sae(X, "relu", 32, 1.0, 40, **opts)
     original = TrainingRun.step
-
-    def crashing_step(self, batch, pool=None):
-        if self.step_count == 25:
-            raise Crash
-        return original(self, batch, pool)
-
-    monkeypatch.setattr(TrainingRun, "step", crashing_step)
     for state in ("between the renames", "before deleting the old copy"):
         run = tmp_path / state.replace(" ", "_")
-        with pytest.raises(Crash):
+        with crashes_at(25):
             train_sae(X, "relu", 32, 1.0, 40, checkpoint_dir=run, checkpoint_every=10, **opts)
         # What a kill -9 in atomic_replace_dir leaves: the complete step-20 checkpoint moved aside,
         # a half-built new one, a temporary log file.
@@ -93,10 +74,10 @@ def test_resume_recovers_the_checkpoint_a_crashed_swap_left_aside(tmp_path, monk
         (run / ".checkpoint.x1y2.tmp" / "state.safetensors").write_bytes(b"half")
         (run / ".training_log.json.abc.tmp").write_text("[")
         steps = []
-        monkeypatch.setattr(TrainingRun, "step",
-                            lambda self, *a, steps=steps: steps.append(self.step_count) or original(self, *a))
-        resumed = train_sae(X, "relu", 32, 1.0, 40, checkpoint_dir=run, resume=True, **opts)
-        monkeypatch.setattr(TrainingRun, "step", crashing_step)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(TrainingRun, "step",
+                          lambda self, *a, steps=steps: steps.append(self.step_count) or original(self, *a))
+            resumed = train_sae(X, "relu", 32, 1.0, 40, checkpoint_dir=run, resume=True, **opts)
         assert steps[0] == 20, state  # continued from the saved step, not from 0
         assert_same(whole, resumed)
         assert resumed.training_log == whole.training_log
@@ -113,19 +94,10 @@ def test_resume_refuses_another_configuration(tmp_path):
         train_sae(X, "gated", 32, 1.0, 10, checkpoint_dir=tmp_path, **FAST)
 
 
-def test_resume_refuses_other_data_of_the_same_width(tmp_path, monkeypatch):
+def test_resume_refuses_other_data_of_the_same_width(tmp_path):
     other = SYN.sample(4000, seed=1).x
-    original = TrainingRun.step
-
-    def crashing_step(self, batch, pool=None):
-        if self.step_count == 12:
-            raise Crash
-        return original(self, batch, pool)
-
-    monkeypatch.setattr(TrainingRun, "step", crashing_step)
-    with pytest.raises(Crash):
+    with crashes_at(12):
         train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / "part", checkpoint_every=5, **FAST)
-    monkeypatch.setattr(TrainingRun, "step", original)
     train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / "done", **FAST)
     for run in ("part", "done"):  # an unfinished run, and a finished one (which used to return the old SAE)
         with pytest.raises(ValueError, match=f"checkpoint in .*{run} was trained on other data .*new checkpoint_dir"):
@@ -294,22 +266,13 @@ def _set(name, value):
     (_set("sae.b_dec", lambda v: v.index_fill(0, torch.tensor([0]), float("nan"))), "'sae.b_dec' is not a finite"),
     (lambda t, i: (t, {**i, "scale": -1.0}), "the activation scale is -1.0"),
 ])
-def test_a_tampered_checkpoint_is_refused(tmp_path, monkeypatch, tamper, message):
+def test_a_tampered_checkpoint_is_refused(tmp_path, tamper, message):
     """A checkpoint whose Adam state was removed, whose step was changed, or that lacks a tensor or
     has a wrong shape does not resume silently."""
     from safetensors.torch import load_file, save_file
 
-    original = TrainingRun.step
-
-    def crashing_step(self, batch, pool=None):
-        if self.step_count == 12:
-            raise Crash
-        return original(self, batch, pool)
-
-    monkeypatch.setattr(TrainingRun, "step", crashing_step)
-    with pytest.raises(Crash):
+    with crashes_at(12):
         train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path, checkpoint_every=10, **FAST)
-    monkeypatch.setattr(TrainingRun, "step", original)
     state, trainer = tmp_path / "checkpoint" / "state.safetensors", tmp_path / "checkpoint" / "trainer.json"
     tensors, info = tamper(load_file(str(state)), json.loads(trainer.read_text()))
     save_file(tensors, str(state))
@@ -380,19 +343,10 @@ def test_kill_9_during_checkpoint_writes_leaves_a_complete_checkpoint_and_resume
 @pytest.mark.parametrize("arch, sparsity", [("relu", {"l1_coefficient": 1.0}), ("gated", {"l1_coefficient": 1.0}),
                                             ("topk", {"k": 4}), ("batchtopk", {"k": 4}),
                                             ("jumprelu", {"l0_coefficient": 1.0})])
-def test_every_architecture_resumes_past_the_checkpoint_checks(tmp_path, monkeypatch, arch, sparsity):
+def test_every_architecture_resumes_past_the_checkpoint_checks(tmp_path, arch, sparsity):
     """The consistency checks accept every architecture's genuine checkpoints (BatchTopK's threshold has
     no Adam state: it is a running estimate, not trained)."""
     whole = train_sae(X, arch, 32, steps=20, **sparsity, **FAST)
-    original = TrainingRun.step
-
-    def crashing_step(self, batch, pool=None):
-        if self.step_count == 12:
-            raise Crash
-        return original(self, batch, pool)
-
-    monkeypatch.setattr(TrainingRun, "step", crashing_step)
-    with pytest.raises(Crash):
+    with crashes_at(12):
         train_sae(X, arch, 32, steps=20, checkpoint_dir=tmp_path, checkpoint_every=5, **sparsity, **FAST)
-    monkeypatch.setattr(TrainingRun, "step", original)
     assert_same(whole, train_sae(X, arch, 32, steps=20, checkpoint_dir=tmp_path, resume=True, **sparsity, **FAST))
