@@ -80,10 +80,10 @@ test: install
 
 # A chapter is executed again only when its inputs changed since its last successful run:
 # the source notebook, book/params/NAME.yaml (or its absence), every sae_helpers/**/*.py (paths
-# included, so renames count), requirements.txt and pyproject.toml. Their combined sha256 is
-# recorded in book/chapters/NAME.inputs.sha256 after papermill succeeded, and removed before a
-# run, so an interrupted or failed run is never mistaken for a finished one. The hash is taken
-# before papermill starts: a source edited during the run makes the next `make book` run it again.
+# included, so renames count), requirements.txt and pyproject.toml. Their combined sha256
+# (book/tools/inputs.py) is recorded in book/chapters/NAME.inputs.sha256 after papermill
+# succeeded, and removed before a run, so an interrupted or failed run is never mistaken for
+# a finished one. The hash is taken before papermill starts: a source edited during the run makes the next `make book` run it again.
 mathjax: $(MATHJAX)/.installed
 
 $(MATHJAX)/.installed: $(MATHJAX_PKG)/package.json $(MATHJAX_PKG)/package-lock.json
@@ -98,18 +98,13 @@ $(MATHJAX)/.installed: $(MATHJAX_PKG)/package.json $(MATHJAX_PKG)/package-lock.j
 
 book: install mathjax
 	@mkdir -p $(CHAPTERS)
-	@shared=$$( { sha256sum requirements.txt pyproject.toml; \
-	  find sae_helpers -type f -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } ); \
-	for nb in $(NOTEBOOKS); do \
+	@for nb in $(NOTEBOOKS); do \
 	  name=$$(basename "$$nb" .ipynb); \
 	  out="$(CHAPTERS)/$$name.ipynb"; \
 	  record="$(CHAPTERS)/$$name.inputs.sha256"; \
 	  params=(); \
 	  if [ -f "$(PARAMS)/$$name.yaml" ]; then params=(-f "$(PARAMS)/$$name.yaml"); fi; \
-	  hash=$$( { echo "notebook $$name $$(sha256sum < "$$nb" | cut -c1-64)"; \
-	    if [ -f "$(PARAMS)/$$name.yaml" ]; then echo "params $$(sha256sum < "$(PARAMS)/$$name.yaml" | cut -c1-64)"; \
-	    else echo "params none"; fi; \
-	    echo "$$shared"; } | sha256sum | cut -c1-64 ); \
+	  hash=$$($(PY) -m book.tools.inputs "$$name"); \
 	  if [ -n "$(FORCE)" ] && [ "$(FORCE)" != 0 ]; then why="FORCE=$(FORCE)"; \
 	  elif [ ! -f "$$record" ]; then why="no record of a previous successful run"; \
 	  elif [ ! -f "$$out" ]; then why="executed notebook $$out missing"; \

@@ -22,7 +22,10 @@ tables stay per point: the chapters' ``results/`` files are not named by seed, a
 not overwrite the book's own ``data/runs`` and ``data/results`` with other numbers. The one
 exception is a point of a ``base: book`` grid that gives a chapter exactly the book's parameters
 (the seed grid's seed 0): that run is the book's own, so it uses the book's data root and reuses
-the SAEs ``make book`` trained (it rewrites the book's result files with the same numbers).
+the SAEs ``make book`` trained (it rewrites the book's result files with the same numbers). When
+``make book`` executed that chapter from today's inputs (its recorded inputs hash is current, see
+:mod:`book.tools.inputs`), the run is not executed again: the book's executed chapter is copied in
+(:func:`adopt`; ``finished.json`` says ``adopted_from``). ``--force`` executes it anyway.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -42,8 +47,9 @@ import yaml
 
 from book.tools import keynumbers
 from book.tools.grids import Grid, Point, load_grid, params_hash, points, run_id
+from book.tools.inputs import current_chapter
 
-__all__ = ["REPO", "Run", "execute", "main", "plan", "prepare", "run_grid"]
+__all__ = ["REPO", "Run", "adopt", "book_execution", "execute", "main", "plan", "prepare", "run_grid"]
 
 #: The repository root (this file is book/tools/runs.py).
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +67,8 @@ class Run:
     directory: Path
     shared_cache: Path | None = None
     """The cache the run's own data root links to (made by :func:`prepare`); ``None``: no own root."""
+    book_point: bool = False
+    """Whether the run gives its chapter exactly the book's parameters (see :func:`book_execution`)."""
 
     @property
     def notebook(self) -> Path:
@@ -103,14 +111,16 @@ def plan(grid: Grid, root: Path = REPO) -> list[Run]:
             params = {**base, **{k: v for k, v in point.overrides.items() if k in declared[chapter]}}
             directory = batch_dir(grid, root) / chapter / run_id(point, params)
             shared_cache = None
+            book_point = grid.base == "book" and _is_book_point(point, base, declared[chapter])
             if "data_root" in declared[chapter] and "data_root" not in params:
                 default = _default(declared[chapter]["data_root"], "../data")
-                if grid.base == "book" and _is_book_point(point, base, declared[chapter]):
+                if book_point:
                     params["data_root"] = default
                 else:
                     params["data_root"] = os.path.relpath(_point_data_root(grid, point, root), root / "notebooks")
                     shared_cache = (root / "notebooks" / default / "cache").resolve()
-            runs.append(Run(chapter, root / "notebooks" / f"{chapter}.ipynb", point, params, directory, shared_cache))
+            runs.append(Run(chapter, root / "notebooks" / f"{chapter}.ipynb", point, params, directory, shared_cache,
+                            book_point))
     return runs
 
 
@@ -170,16 +180,7 @@ def execute(run: Run, kernel: str = "python3") -> bool:
     """Execute one run with papermill (working directory notebooks/); True if it succeeded."""
     import papermill
 
-    from sae_helpers import environment_report
-    from sae_helpers._io import atomic_write, atomic_write_json
-    from sae_helpers.chapters.record import read_record
-
-    run.directory.mkdir(parents=True, exist_ok=True)
-    for stale in (run.notebook, run.failed_notebook):
-        stale.unlink(missing_ok=True)
-    text = yaml.safe_dump(run.params, sort_keys=False)
-    atomic_write(run.directory / "parameters.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    atomic_write_json(run.directory / "environment.json", environment_report(run.params))
+    _start(run)
     start = time.monotonic()
     try:
         papermill.execute_notebook(str(run.source), str(run.notebook), parameters=run.params, kernel_name=kernel,
@@ -188,13 +189,62 @@ def execute(run: Run, kernel: str = "python3") -> bool:
         if run.notebook.exists():
             os.replace(run.notebook, run.failed_notebook)
         raise
-    record = read_record(run.notebook)
-    atomic_write_json(run.directory / "record.json", record._asdict())
+    _finish(run, seconds=round(time.monotonic() - start, 1))
+    return True
+
+
+def _start(run: Run) -> None:
+    """The run's folder with its parameters and environment, without an old executed copy."""
+    from sae_helpers import environment_report
+    from sae_helpers._io import atomic_write, atomic_write_json
+
+    run.directory.mkdir(parents=True, exist_ok=True)
+    for stale in (run.notebook, run.failed_notebook):
+        stale.unlink(missing_ok=True)
+    text = yaml.safe_dump(run.params, sort_keys=False)
+    atomic_write(run.directory / "parameters.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_json(run.directory / "environment.json", environment_report(run.params))
+
+
+def _finish(run: Run, **facts: Any) -> None:
+    """Record what the executed notebook recorded, then the marker that the run finished (last)."""
+    from sae_helpers._io import atomic_write_json
+    from sae_helpers.chapters.record import read_record
+
+    atomic_write_json(run.directory / "record.json", read_record(run.notebook)._asdict())
     atomic_write_json(run.directory / MARKER, {
-        "chapter": run.chapter, "point": run.point.labels, "seconds": round(time.monotonic() - start, 1),
+        "chapter": run.chapter, "point": run.point.labels, "seconds": None, **facts,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_sha256": hashlib.sha256(run.source.read_bytes()).hexdigest()})
-    return True
+
+
+def book_execution(run: Run, root: Path = REPO) -> Path | None:
+    """The book's executed chapter (``book/chapters/NAME.ipynb``) when it is this run: the run gives
+    the chapter exactly the book's parameters, ``make book`` executed it from today's inputs
+    (:func:`book.tools.inputs.current_chapter`) and papermill's record of its parameters agrees."""
+    import papermill
+
+    if not run.book_point or (executed := current_chapter(run.chapter, root)) is None:
+        return None
+    try:
+        recorded = json.loads(executed.read_text(encoding="utf-8"))["metadata"]["papermill"]["parameters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    declared = papermill.inspect_notebook(str(run.source))
+    names = set(recorded) | set(run.params)
+    book, wanted = ({n: p[n] if n in p else _default(declared.get(n, {}), _UNSET) for n in names}
+                    for p in (recorded, run.params))
+    return executed if book == wanted else None
+
+
+def adopt(run: Run, executed: Path) -> None:
+    """Make ``executed`` (:func:`book_execution`) the run's notebook instead of executing it again."""
+    from sae_helpers._io import atomic_write
+
+    _start(run)
+    atomic_write(run.notebook, lambda tmp: shutil.copyfile(executed, tmp))
+    _finish(run, adopted_from=f"{executed.relative_to(run.source.parents[1]).as_posix()}: make book's execution "
+                              "of these parameters from today's inputs (book/tools/inputs.py), copied")
 
 
 def run_grid(path: str | Path, *, root: Path = REPO, force: bool = False, kernel: str = "python3",
@@ -210,6 +260,10 @@ def run_grid(path: str | Path, *, root: Path = REPO, force: bool = False, kernel
             log(f"[{i}/{len(runs)}] {where}: finished, skipped")
             continue
         (run.directory / MARKER).unlink(missing_ok=True)
+        if not force and (executed := book_execution(run, root)) is not None:
+            adopt(run, executed)
+            log(f"[{i}/{len(runs)}] {where}: the book's own run, {executed.relative_to(root)} (current), copied")
+            continue
         log(f"[{i}/{len(runs)}] {where}: executing {run.chapter} with {run.point.labels}")
         try:
             prepare(run)

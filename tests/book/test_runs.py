@@ -86,6 +86,47 @@ def test_the_books_own_point_uses_the_books_data_root(repo):
     assert (repo / "notebooks" / run.params["data_root"]).resolve().parent.name == "data_root"
 
 
+def test_the_books_current_execution_is_copied_not_executed_again(repo):
+    import papermill
+
+    from book.tools.inputs import inputs_hash
+
+    for name in ("requirements.txt", "pyproject.toml"):
+        (repo / name).write_text("")
+    chapters = repo / "book" / "chapters"
+    chapters.mkdir()
+    # what make book does: papermill with book/params/tiny.yaml, then the inputs hash
+    papermill.execute_notebook(str(repo / "notebooks" / "tiny.ipynb"), str(chapters / "tiny.ipynb"),
+                               parameters={"scale": 10.0}, cwd=str(repo / "notebooks"), progress_bar=False)
+    (chapters / "tiny.inputs.sha256").write_text(inputs_hash("tiny", repo) + "\n")
+    grid = _grid(repo, "chapters: [tiny]\nbase: book\ngrid:\n  seed: [0, 1]\n")
+    log: list[str] = []
+    book_run, other = runs.run_grid(grid, root=repo, log=log.append)[0]
+    assert "the book's own run, book/chapters/tiny.ipynb (current), copied" in log[0] and "executing" in log[1]
+    marker = json.loads((book_run.directory / "finished.json").read_text())
+    assert marker["adopted_from"].startswith("book/chapters/tiny.ipynb: make book's execution")
+    assert "adopted_from" not in json.loads((other.directory / "finished.json").read_text())
+    assert json.loads((book_run.directory / "record.json").read_text())["key_numbers"]["value"] == 0.0
+    assert (book_run.directory / "parameters.yaml").is_file() and (book_run.directory / "environment.json").is_file()
+    # a stale record (the inputs changed since make book), or --force: executed again
+    (chapters / "tiny.inputs.sha256").write_text("0" * 64 + "\n")
+    assert runs.book_execution(book_run, repo) is None
+    (chapters / "tiny.inputs.sha256").write_text(inputs_hash("tiny", repo) + "\n")
+    assert runs.book_execution(book_run, repo) == chapters / "tiny.ipynb"
+    assert runs.book_execution(other, repo) is None  # another seed is never the book's run
+    executed = json.loads((chapters / "tiny.ipynb").read_text())
+    executed["metadata"]["papermill"]["parameters"]["scale"] = 9.0  # executed with other parameters
+    (chapters / "other.ipynb").write_text(json.dumps(executed))
+    (chapters / "tiny.ipynb").rename(chapters / "kept.ipynb")
+    (chapters / "other.ipynb").rename(chapters / "tiny.ipynb")
+    assert runs.book_execution(book_run, repo) is None
+    (chapters / "kept.ipynb").replace(chapters / "tiny.ipynb")
+    log.clear()
+    runs.run_grid(grid, root=repo, force=True, log=log.append)
+    assert all("executing" in line for line in log[:2])
+    assert "adopted_from" not in json.loads((book_run.directory / "finished.json").read_text())
+
+
 def test_failed_run_keeps_its_copy_and_is_retried(repo):
     grid = _grid(repo, "chapters: [tiny]\nbase: quick\ngrid:\n  seed: [0, 1]\n  fail: [false, true]\n")
     done, failed = runs.run_grid(grid, root=repo, log=lambda _: None)
