@@ -58,6 +58,7 @@ from .config import EXECUTION_FIELDS, TrainConfig
 from .init import activation_scale, initial_b_dec
 from .resampling import resample_dead_latents
 from .schedules import lr_multiplier, sparsity_multiplier
+from .threads import step_work, threads_for
 
 
 def build_training_sae(
@@ -469,8 +470,10 @@ def drive(
         raise ValueError(f"{source.description} can be read only once; with {world.size} processes every one reads "
                          "each batch: pass a tensor, a .safetensors file or an activation cache instead.")
     total = max(r.cfg.steps for r in runs)
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not (progress and world.is_main), unit="step")
-    try:
+    # Small steps run on one thread (threads.py); the choice follows the shapes, never the load.
+    work = step_work(share, [(r.sae.d_in, r.sae.d_sae) for r in pending])
+    with (threads_for(work, pending[0].device),
+          tqdm(total=total, initial=start, desc=desc, disable=not (progress and world.is_main), unit="step") as bar):
         for step, batch in enumerate(source.batches(batch_size, data_seed, start_step=start), start=start):
             if world.distributed:
                 batch = batch[world.rank * share: (world.rank + 1) * share]
@@ -488,8 +491,6 @@ def drive(
             bar.update(1)
             if all(r.finished for r in runs):
                 break
-    finally:
-        bar.close()
     unfinished = [r for r in runs if not r.finished]
     if unfinished:
         done = min(r.step_count for r in unfinished)
