@@ -82,6 +82,18 @@ class Run:
     def finished(self) -> bool:
         return (self.directory / MARKER).is_file()
 
+    def marker(self) -> dict[str, Any]:
+        """What ``finished.json`` says ({} when the run has not finished or the file is unreadable)."""
+        try:
+            facts = json.loads((self.directory / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return facts if isinstance(facts, dict) else {}
+
+    def source_sha256(self) -> str:
+        """The sha256 of the source notebook as it is now."""
+        return hashlib.sha256(self.source.read_bytes()).hexdigest()
+
 
 def batch_dir(grid: Grid, root: Path = REPO) -> Path:
     """``data/runs/batch/<grid>``: every run of the grid and its key-number tables."""
@@ -215,7 +227,7 @@ def _finish(run: Run, **facts: Any) -> None:
     atomic_write_json(run.directory / MARKER, {
         "chapter": run.chapter, "point": run.point.labels, "seconds": None, **facts,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source_sha256": hashlib.sha256(run.source.read_bytes()).hexdigest()})
+        "source_sha256": run.source_sha256()})
 
 
 def book_execution(run: Run, root: Path = REPO) -> Path | None:

@@ -13,14 +13,12 @@ Run ``python -m book.tools.seed_page`` to print what the page will show.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 
 from book.tools import keynumbers
 from book.tools.grids import load_grid
-from book.tools.runs import MARKER, Run, plan
+from book.tools.runs import Run, plan
 
 __all__ = ["SEED_GRID", "seed_spread"]
 
@@ -37,37 +35,25 @@ def seed_spread(root: Path) -> str:
     if not finished:
         return (f"*(Not yet measured in this build: {command} executes the grid's {len(runs)} runs, "
                 "then `make html` shows them here.)*")
-    dates = sorted(_finished_at(run) for run in finished)
+    markers = [(run, run.marker()) for run in finished]
+    sources = {run.chapter: run.source_sha256() for run in finished}
+    dates = sorted(str(m.get("finished_at", "?")).replace("T", " ").removesuffix("Z")[:16] for _, m in markers)
     lines = [f"{len(finished)} of {len(runs)} runs finished, between {dates[0]} and {dates[-1]} (UTC)."]
-    missing = [f"{run.chapter} {_label(run)}" for run in runs if not run.finished]
+    missing = [_name(run) for run in runs if not run.finished]
     if missing:
         lines.append(f"Not yet run: {', '.join(missing)} ({command} runs them).")
-    other = [f"{run.chapter} {_label(run)}" for run in finished if not _same_notebook(run)]
+    other = [_name(run) for run, m in markers if m.get("source_sha256") != sources[run.chapter]]
     if other:
         lines.append(f"Executed from another version of its notebook than `notebooks/` holds now: {', '.join(other)}.")
-    adopted = [f"{run.chapter} {_label(run)}" for run in finished if _marker(run).get("adopted_from")]
+    adopted = [_name(run) for run, m in markers if m.get("adopted_from")]
     if adopted:
         lines.append(f"Copied from the book's own execution with the same parameters: {', '.join(adopted)}.")
     return " ".join(lines) + "\n\n" + keynumbers.render(finished, grid)
 
 
-def _marker(run: Run) -> dict:
-    try:
-        return json.loads((run.directory / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _finished_at(run: Run) -> str:
-    return str(_marker(run).get("finished_at", "?")).replace("T", " ").removesuffix("Z")[:16]
-
-
-def _label(run: Run) -> str:
-    return ", ".join(f"{axis} {value}" for axis, value in run.point.labels.items())
-
-
-def _same_notebook(run: Run) -> bool:
-    return _marker(run).get("source_sha256") == hashlib.sha256(run.source.read_bytes()).hexdigest()
+def _name(run: Run) -> str:
+    """``02_shrinkage seed 1``."""
+    return " ".join([run.chapter, *(f"{axis} {value}" for axis, value in run.point.labels.items())])
 
 
 def main(argv: list[str] | None = None) -> int:
