@@ -26,6 +26,10 @@ for _ in sys.stdin:
     if pid == 0:
         try:
             work()
+        except BaseException:
+            import traceback
+            traceback.print_exc()  # the reason a worker stopped by itself, for the assertion below
+            sys.stderr.flush()
         finally:
             os._exit(3)
     print(pid, flush=True)
