@@ -1,5 +1,6 @@
 """Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons, training health."""
 
+from .agreement import Agreement, agreement_nulls, agreement_table, dictionary_agreement
 from .frontier import compare_at_equal_fidelity, l0_to_reach, pareto_frontier
 from .health import (
     HEALTH_LIMITS,
@@ -14,6 +15,10 @@ from .metrics import MetricAccumulator, cosine_blocks, evaluate, log10_density_h
 from .recovery import best_matching_latents, magnitude_ratios, match_by_l0
 
 __all__ = [
+    "Agreement",
+    "agreement_nulls",
+    "agreement_table",
+    "dictionary_agreement",
     "HEALTH_LIMITS",
     "NEAR_INITIAL_COSINE",
     "MetricAccumulator",
