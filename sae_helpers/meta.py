@@ -45,6 +45,13 @@ from the paper by default (the paper's values stay in :data:`PAPER`):
   a meta-SAE of a few hundred latents explains a sizeable share of the variance of *any*
   set of directions, and only the difference is the base decoder's shared structure.
 
+Two more nulls ask what of that structure is more than the rows' geometry:
+:func:`covariance_matched_rows` (random rows with the decoder rows' mean and covariance: their
+anisotropy without their sparse structure) and :func:`initial_decoder_rows` (the base SAE's
+decoder at initialisation, where training has not yet put any structure).
+:func:`train_null_meta_sae` trains the meta-SAE configuration on any of them
+(``null=..., rows=null_rows(base, null, seed)``).
+
 The returned meta-SAE is an ordinary SAE (a BatchTopK SAE is saved as the JumpReLU SAE with
 its threshold), so ``save`` / ``load_sae`` work on it, and so do the training-health checks
 (``sh.training_health(meta_sae, decoder_directions(base))``: near-initial and dead
@@ -69,12 +76,16 @@ from .kernels.sparse import Support, embedding_decode
 from .saes.base import SAE
 from .training.checkpoint import has_checkpoint, read_checkpoint
 from .training.config import TrainConfig
-from .training.trainer import train_sae
+from .training.trainer import initial_decoder, train_sae
 
 #: Added to ``seed`` to seed the meta-SAE's training (see :func:`meta_config`).
 SEED_OFFSET = 1_000_000
 #: Added to ``seed`` to seed the random rows of the null (see :func:`random_unit_rows`).
 NULL_SEED_OFFSET = 2_000_000
+#: Added to ``seed`` to seed the covariance-matched null (see :func:`covariance_matched_rows`).
+COVARIANCE_SEED_OFFSET = 3_000_000
+#: The nulls :func:`null_rows` draws.
+NULLS = ("random", "covariance", "initial")
 
 #: The paper's meta-SAE settings (Bussmann et al. 2025): 2,000 epochs over 49,152 rows in
 #: batches of 4,096 are 24,000 optimiser steps.
@@ -138,6 +149,66 @@ def random_unit_rows(n: int, d: int, seed: int = 0) -> Tensor:
     generator = torch.Generator().manual_seed(NULL_SEED_OFFSET + int(seed))
     rows = torch.randn(int(n), int(d), generator=generator, dtype=torch.float32)
     return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def gaussian_like(rows: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` draws (float64, CPU) from the Gaussian with the empirical mean and covariance of ``rows``.
+
+    ``mean + z @ L.T`` with ``z`` standard normal and ``L = V diag(sqrt(w))`` from the
+    eigendecomposition ``V diag(w) V.T`` of the float64 covariance (divisor ``n - 1``), negative
+    eigenvalues (rounding, rank deficiency) clipped at 0: draws stay in the rows' affine span.
+    """
+    x = rows.detach().to("cpu", torch.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"Expected a non-empty 2-D [rows, d] tensor, got shape {tuple(x.shape)}.")
+    mean = x.mean(0)
+    centred = x - mean
+    cov = centred.T @ centred / max(x.shape[0] - 1, 1)
+    w, v = torch.linalg.eigh(cov)
+    factor = v * w.clamp_min(0).sqrt()
+    z = torch.randn(int(n), x.shape[1], generator=generator, dtype=torch.float64)
+    return mean + z @ factor.T
+
+
+def covariance_matched_rows(rows: SAE | Tensor, seed: int = 0) -> Tensor:
+    """The covariance null's rows: as many random unit rows as ``rows`` (float32, CPU), drawn from the
+    Gaussian with the mean and covariance of the unit-norm decoder rows (:func:`gaussian_like`) and
+    scaled to unit norm like them.
+
+    They keep the rows' anisotropy (a meta-SAE explains more of anisotropic than of isotropic
+    directions) but not their sparse structure. Deterministic given ``seed``: the generator is
+    ``torch.Generator().manual_seed(COVARIANCE_SEED_OFFSET + seed)``, apart from the trainer's
+    and :func:`random_unit_rows`'s.
+    """
+    directions = decoder_directions(rows)
+    generator = torch.Generator().manual_seed(COVARIANCE_SEED_OFFSET + int(seed))
+    draws = gaussian_like(directions, directions.shape[0], generator)
+    return (draws / draws.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
+
+
+def initial_decoder_rows(sae: SAE | Tensor) -> Tensor:
+    """The initial null's rows: the base SAE's decoder rows at initialisation, unit norm (float32, CPU).
+
+    Redrawn from the SAE's ``training_config`` (:func:`~sae_helpers.training.trainer.initial_decoder`).
+    """
+    if not isinstance(sae, SAE) or not sae.training_config:
+        raise ValueError("initial_decoder_rows needs the base SAE with its training_config (its initial decoder is "
+                         "redrawn from the training seed): pass an SAE trained with train_sae/train_saes, or loaded "
+                         "with load_sae from a directory that holds its training_config.json, not bare decoder rows.")
+    return decoder_directions(initial_decoder(sae))
+
+
+def null_rows(sae: SAE | Tensor, null: str = "random", seed: int = 0) -> Tensor:
+    """The rows of the null ``null`` (one of :data:`NULLS`) for the base SAE ``sae``: ``"random"``
+    (:func:`random_unit_rows` of its shape), ``"covariance"`` (:func:`covariance_matched_rows`)
+    or ``"initial"`` (:func:`initial_decoder_rows`; needs an SAE with a ``training_config``)."""
+    if null == "random":
+        return random_unit_rows(*decoder_directions(sae).shape, seed=seed)
+    if null == "covariance":
+        return covariance_matched_rows(sae, seed)
+    if null == "initial":
+        return initial_decoder_rows(sae)
+    raise ValueError(f"Unknown null {null!r}; the nulls are {', '.join(NULLS)}.")
 
 
 def _sha256(rows: Tensor) -> str:
@@ -293,23 +364,46 @@ def train_null_meta_sae(
     lr: float = DEFAULT_LR,
     batch_size: int = 4_096,
     *,
+    null: str = "random",
+    rows: Tensor | None = None,
     min_steps: int = MIN_STEPS,
     checkpoint_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
     **options: Any,
 ) -> tuple[SAE, float]:
-    """The null of :func:`train_meta_sae`: the same meta-SAE configuration (``meta_config``
-    of ``n_rows`` rows with these arguments) trained on ``random_unit_rows(n_rows, d_in, seed)``.
+    """A null of :func:`train_meta_sae`: the same meta-SAE configuration (``meta_config``
+    of ``n_rows`` rows with these arguments) trained on ``n_rows`` null rows of width ``d_in``.
+
+    By default the null is ``"random"``: ``random_unit_rows(n_rows, d_in, seed)``, drawn here.
+    Otherwise ``rows`` are the null's rows (``[n_rows, d_in]``, unit norm, used as they are), and
+    ``null`` names them; the nulls that depend on the base SAE come from :func:`null_rows`, e.g.
+    ``null="covariance", rows=null_rows(base, "covariance", seed)``. The name is kept in the
+    meta-SAE's metadata (``meta_sae.null_kind``).
 
     Returns the null meta-SAE and its FVE on those rows (:func:`analyse_meta_sae`).
-    ``train_meta_sae(..., checkpoint_dir=D)`` keeps it in ``D / "null"``; calling this with
-    that directory and the same arguments returns the finished run at once.
+    ``train_meta_sae(..., checkpoint_dir=D)`` keeps the random null in ``D / "null"``; calling this
+    with that directory and the same arguments returns the finished run at once. A checkpoint
+    directory of other rows (another null, seed or base) is refused.
     """
-    rows = random_unit_rows(n_rows, d_in, seed)
+    if rows is None:
+        if null != "random":
+            raise ValueError(f"The {null!r} null depends on the base SAE: pass its rows, "
+                             f"rows=null_rows(base, {null!r}, seed).")
+        rows = random_unit_rows(n_rows, d_in, seed)
+        seeds = {"null_seed": NULL_SEED_OFFSET + seed}
+    else:
+        rows = rows.detach().to("cpu", torch.float32)
+        if tuple(rows.shape) != (n_rows, d_in):
+            raise ValueError(f"The null's rows have shape {tuple(rows.shape)}; expected [n_rows, d_in] = "
+                             f"[{n_rows}, {d_in}].")
+        if not torch.allclose(rows.norm(dim=1), torch.ones(n_rows), rtol=0, atol=1e-4):
+            raise ValueError("The null's rows must have unit norm, like the decoder rows the meta-SAE is trained on "
+                             "(scale them with decoder_directions).")
+        seeds = {}
     cfg = meta_config(n_rows, width, k, epochs, seed, lr, batch_size, min_steps=min_steps, **options)
     metadata = {"model_name": None, "hook_name": None, "context_size": None,
-                "meta_sae": {"base_d_sae": n_rows, "null": True, "null_seed": NULL_SEED_OFFSET + seed,
+                "meta_sae": {"base_d_sae": n_rows, "null": True, "null_kind": null, **seeds,
                              "epochs": epochs, "k": k}}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     meta = _train_on_rows(rows, cfg, metadata, ckpt, device, progress, desc="null meta-SAE")
