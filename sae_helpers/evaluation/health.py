@@ -1,6 +1,6 @@
 """Training health: is an SAE trained, or does it still carry its random start?
 
-Four symptoms of an undertrained or broken SAE, per SAE:
+The symptoms of an undertrained or broken SAE, per SAE:
 
 * ``near_initial_fraction``: the fraction of latents whose decoder row keeps a cosine above
   ``near_initial_cosine`` (0.9) to its own initial row (:func:`decoder_drift`, which redraws
@@ -8,13 +8,17 @@ Four symptoms of an undertrained or broken SAE, per SAE:
   directions describe the initialisation, not the data.
 * ``dead_fraction``: latents that never fire on held-out activations; ``dense_fraction``:
   latents that fire on more than 10% of them (both exactly as :func:`evaluate` defines them).
+* ``plateaued``: the held-out FVU and L0 each changed by at most the tolerance (the run's
+  ``plateau_tolerance``, else 2%) over the last quarter of the steps taken at constant
+  learning rate (:func:`~sae_helpers.training.plateau.run_plateau`), with those changes as
+  ``heldout_fvu_change`` and ``heldout_l0_change`` and the ``steps`` taken. A decaying rate
+  flattens any curve, so the window ends where a decay begins.
 * ``loss_plateau`` and ``fvu_plateau``: the relative change of the training loss and of the
-  training FVU over the last tenth of the run (:func:`loss_plateau`); near 0 when training
-  has converged, clearly negative while it is still improving.
+  training FVU over the last tenth of the run (:func:`loss_plateau`), reported only.
 
 An SAE *passes* when every check in :data:`HEALTH_LIMITS` holds (at most 5% of latents near
-their initial row, at most 5% dead). The dense fraction and the plateaus are reported, not
-judged: how dense a latent may be and how flat a curve must end depend on the chapter.
+their initial row, at most 5% dead) and it plateaued. The dense fraction is reported, not
+judged: how dense a latent may be depends on the chapter.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 import pandas as pd
 
 from ..saes.base import SAE
+from ..training.config import TrainConfig
+from ..training.plateau import run_plateau
 from ..training.trainer import decoder_drift
 from .metrics import evaluate
 
@@ -79,6 +85,27 @@ def loss_plateau(
     return (end - start) / abs(start) if start != 0 else math.nan
 
 
+def plateau_health(sae: SAE) -> dict[str, Any]:
+    """Steps taken and the plateau at constant learning rate (:func:`~sae_helpers.training.plateau.run_plateau`):
+    ``steps``, ``steps_cap``, ``heldout_fvu_change`` and ``heldout_l0_change`` (relative change over
+    the window), ``plateaued`` and ``plateau_reason`` (why not)."""
+    log = sae.training_log or []
+    steps = int(log[-1]["step"]) if log else 0
+    config = sae.training_config
+    if not config:
+        return {"steps": steps, "steps_cap": math.nan, "heldout_fvu_change": math.nan, "heldout_l0_change": math.nan,
+                "plateaued": False, "plateau_reason": "no training_config"}
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    check = run_plateau(cfg, log)
+    reason = check.reason
+    if reason.startswith("no evaluations"):
+        reason = "no held-out curve: train with eval_activations"
+    return {"steps": steps, "steps_cap": cfg.steps,
+            "heldout_fvu_change": check.changes.get("heldout_fvu", math.nan),
+            "heldout_l0_change": check.changes.get("heldout_l0", math.nan),
+            "plateaued": check.plateaued, "plateau_reason": reason}
+
+
 def _near_initial_fraction(sae: SAE, near_initial_cosine: float) -> float:
     if not sae.training_config:
         return math.nan
@@ -115,6 +142,7 @@ def training_health(
         evaluation = evaluate(sae, eval_activations)
     log = sae.training_log or []
     health: dict[str, Any] = {
+        **plateau_health(sae),
         "near_initial_fraction": _near_initial_fraction(sae, near_initial_cosine),
         "dead_fraction": math.nan if evaluation is None else float(evaluation["dead_fraction"]),
         "dense_fraction": math.nan if evaluation is None else float(evaluation["dense_fraction"]),
@@ -129,6 +157,8 @@ def training_health(
             failing.append(f"{name}=nan ({why})")
         elif value > limit:
             failing.append(f"{name}={value:.3g} > {limit:g}")
+    if not health["plateaued"]:
+        failing.append(f"not plateaued ({health['plateau_reason']})")
     health["passes"] = not failing
     health["failing"] = "; ".join(failing)
     return health
@@ -152,17 +182,19 @@ def health_table(
                               evaluation=evaluations.get(name))
         for name, sae in saes.items()
     }
-    columns = ["near_initial_fraction", "dead_fraction", "dense_fraction", "loss_plateau", "fvu_plateau",
-               "passes", "failing"]
+    columns = ["steps", "steps_cap", "near_initial_fraction", "dead_fraction", "dense_fraction", "loss_plateau",
+               "fvu_plateau", "heldout_fvu_change", "heldout_l0_change", "plateaued", "passes", "failing"]
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns) if rows else pd.DataFrame(columns=columns)
     table.index.name = "sae"
     return table
 
 
 #: The reader's column names of :func:`health_display`, in order.
-DISPLAY_COLUMNS = {"near_initial_fraction": "near-initial %", "dead_fraction": "dead %", "dense_fraction": "dense %",
-                   "loss_plateau": "loss change, last 10% of steps (%)", "fvu_plateau": "FVU change (%)",
-                   "passes": "passes"}
+DISPLAY_COLUMNS = {"steps": "steps", "near_initial_fraction": "near-initial %", "dead_fraction": "dead %",
+                   "dense_fraction": "dense %",
+                   "heldout_fvu_change": "held-out FVU change, last quarter at constant lr (%)",
+                   "heldout_l0_change": "held-out L0 change (%)", "plateaued": "plateaued", "passes": "passes"}
+_YES_NO = ("plateaued", "passes")
 _RUN_HASH = re.compile(r"-[0-9a-f]{8}$")
 
 
@@ -171,9 +203,11 @@ def health_display(table: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
     names (:data:`DISPLAY_COLUMNS`), and SAE names without their run hash (``relu-w1296-l1_1``, not
     ``relu-w1296-l1_1-4daa78db``). Why an SAE fails is in :func:`health_summary`."""
     shown = table[list(DISPLAY_COLUMNS)].copy()
-    numeric = [column for column in DISPLAY_COLUMNS if column != "passes"]
+    numeric = [column for column in DISPLAY_COLUMNS if column not in (*_YES_NO, "steps")]
     shown[numeric] = (shown[numeric].astype(float) * 100).round(decimals)
-    shown["passes"] = shown["passes"].map({True: "yes", False: "no"})
+    shown["steps"] = shown["steps"].map(lambda s: f"{int(s):,}")
+    for column in _YES_NO:
+        shown[column] = shown[column].map({True: "yes", False: "no"})
     shown.index = [_RUN_HASH.sub("", str(name)) for name in shown.index]
     shown.index.name = table.index.name
     return shown.rename(columns=DISPLAY_COLUMNS)
@@ -197,8 +231,9 @@ def health_summary(table: pd.DataFrame) -> str:
     text += (f" Near-initial latents range over {table['near_initial_fraction'].min():.1%}-"
              f"{table['near_initial_fraction'].max():.1%}, dead latents over {table['dead_fraction'].min():.1%}-"
              f"{table['dead_fraction'].max():.1%}.")
-    plateau = table["loss_plateau"].dropna()
-    if len(plateau):
-        text += (f" Over the last tenth of training the loss changed by "
-                 f"{plateau.min():+.1%} to {plateau.max():+.1%}.")
+    fvu, l0 = table["heldout_fvu_change"].dropna(), table["heldout_l0_change"].dropna()
+    if len(fvu) and len(l0):
+        text += (f" Over the last quarter of the steps at constant learning rate, held-out FVU changed by "
+                 f"{fvu.min():+.1%} to {fvu.max():+.1%} and L0 by {l0.min():+.1%} to {l0.max():+.1%}; "
+                 f"{int(table['plateaued'].sum())} of {n} SAEs plateaued.")
     return text

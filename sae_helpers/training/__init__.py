@@ -2,10 +2,12 @@
 
 from .config import TrainConfig
 from .init import activation_scale, geometric_median
+from .plateau import PlateauCheck, geometric_steps, plateau_check
 from .sweep import SweepResult, family_configs, train_saes
-from .trainer import TrainingRun, decoder_drift, train_sae
+from .trainer import TrainingRun, decoder_drift, load_snapshots, train_sae
 
 __all__ = [
+    "PlateauCheck",
     "SweepResult",
     "TrainConfig",
     "TrainingRun",
@@ -13,6 +15,9 @@ __all__ = [
     "decoder_drift",
     "family_configs",
     "geometric_median",
+    "geometric_steps",
+    "load_snapshots",
+    "plateau_check",
     "train_sae",
     "train_saes",
 ]

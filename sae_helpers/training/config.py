@@ -16,7 +16,7 @@ B_DEC_INITS = ("geometric_median", "mean", "zeros")
 #: The fields that set an architecture's sparsity (exactly one applies to each).
 SPARSITY_OPTIONS = ("l1_coefficient", "k", "l0_coefficient")
 #: Fields omitted from :meth:`TrainConfig.to_dict` while ``None``.
-OPTIONAL_FIELDS = (*SPARSITY_OPTIONS, "sae_options")
+OPTIONAL_FIELDS = (*SPARSITY_OPTIONS, "sae_options", "plateau_tolerance", "plateau_window", "eval_every")
 #: How a run was executed rather than what it trains: recorded beside the fields in a saved training
 #: config (``world_size``: the processes it ran on), ignored when the configuration is read back.
 EXECUTION_FIELDS = ("world_size",)
@@ -28,8 +28,13 @@ STEP_COUNTS = (
     ("dead_after", 1, "steps without firing before a latent counts as dead; None: the default"),
     ("lr_warmup_steps", 0, "steps of learning-rate warm-up; 0: none, None: the default"),
     ("l1_warmup_steps", 0, "steps of sparsity-coefficient warm-up; 0: none, None: the default"),
-    ("resample_lr_warmup_steps", 0, "steps of learning-rate warm-up after a resampling; 0: none"),
+    ("resample_lr_warmup_steps", 0, "steps of learning-rate warm-up after a resampling; 0: none, None: the default"),
+    ("eval_every", 1, "steps between held-out evaluations; None: the default"),
 )
+#: The window of :attr:`TrainConfig.plateau_window` when it is left at ``None``: the last quarter of the run so far.
+DEFAULT_PLATEAU_WINDOW = 0.25
+#: Held-out evaluations per run when :attr:`TrainConfig.eval_every` is left at ``None``.
+DEFAULT_EVALUATIONS = 50
 #: Gao et al.: a latent is dead for the aux-k loss after 10M tokens without firing.
 AUX_K_DEAD_TOKENS = 10_000_000
 
@@ -84,7 +89,9 @@ class TrainConfig:
         never after ``lr_decay_start``); ``None`` means ``steps // 4`` for ``relu`` and
         ``gated`` and 0 (off) for the others; 0 disables.
     resample_lr_warmup_steps : after a resampling the learning rate drops to 0.1x
-        and warms back up linearly over this many steps.
+        and warms back up linearly over this many steps; ``None`` means a tenth of the
+        resampling interval, at most 1,000 (so a run that resamples every quarter spends
+        a tenth of it, not half, at a reduced rate).
     resample_pool_size : inputs (sampled afresh from the training data at each
         resampling) among which dead latents find badly reconstructed ones; Anthropic's
         recipe draws from a pool far larger than one batch.
@@ -92,6 +99,16 @@ class TrainConfig:
         (logged, resampled at the next resampling, fed to TopK's aux-k loss); ``None``
         means ``resample_every``, or for architectures with an aux-k loss the steps
         of 10M tokens (Gao et al.) but at most ``steps // 10``, else ``steps // 4``.
+    eval_every : steps between evaluations on held-out activations (when the trainer is
+        given them: ``train_saes(eval_activations=...)``); each adds ``heldout_fvu`` and
+        ``heldout_l0`` to the training log. ``None`` means ``steps // 50`` (at least 1).
+    plateau_tolerance : train until a plateau: stop once the held-out FVU and L0 each
+        changed by at most this fraction over the last ``plateau_window`` of the steps so
+        far, a window held at constant learning rate (:func:`~.plateau.plateau_check`);
+        ``steps`` is then a cap. Needs ``lr_decay_start=None`` and held-out activations.
+        ``None``: train exactly ``steps``.
+    plateau_window : the fraction of the steps so far over which a plateau is measured;
+        ``None`` means 0.25 (the last quarter).
     seed : seeds initialisation, data order and resampling.
     dtype : parameter dtype (``"float32"``; ``"bfloat16"`` on GPUs that support it).
     """
@@ -114,9 +131,12 @@ class TrainConfig:
     init_sample_size: int = 16384
     normalize_activations: bool = True
     resample_every: int | None = None
-    resample_lr_warmup_steps: int = 1000
+    resample_lr_warmup_steps: int | None = None
     resample_pool_size: int = 65536
     dead_after: int | None = None
+    eval_every: int | None = None
+    plateau_tolerance: float | None = None
+    plateau_window: float | None = None
     seed: int = 0
     dtype: str = "float32"
 
@@ -126,7 +146,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        for name in ("lr", "l1_coefficient", "l0_coefficient", "adam_beta1", "adam_beta2", "lr_decay_start"):
+        for name in ("lr", "l1_coefficient", "l0_coefficient", "adam_beta1", "adam_beta2", "lr_decay_start",
+                     "plateau_tolerance", "plateau_window"):
             _check_number(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer (e.g. seed=0), got {self.seed!r} "
@@ -143,12 +164,26 @@ class TrainConfig:
                                  f"to the run), got {value!r}.")
         for name, least, meaning in STEP_COUNTS:
             value = getattr(self, name)
-            if value is None and name != "resample_lr_warmup_steps":
+            if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least} ({meaning}), got {value!r}.")
         if self.lr_decay_start is not None and not 0 <= self.lr_decay_start <= 1:
             raise ValueError(f"lr_decay_start must be a fraction in [0, 1] or None, got {self.lr_decay_start!r}.")
+        self._check_plateau()
+
+    def _check_plateau(self) -> None:
+        """A plateau is measured at constant learning rate, over a window that is a fraction of the run."""
+        if self.plateau_window is not None and not 0 < self.plateau_window <= 1:
+            raise ValueError(f"plateau_window must be a fraction in (0, 1] or None, got {self.plateau_window!r}.")
+        if self.plateau_tolerance is None:
+            return
+        if not self.plateau_tolerance > 0:
+            raise ValueError(f"plateau_tolerance must be > 0 (a relative change, e.g. 0.01), got "
+                             f"{self.plateau_tolerance!r}.")
+        if self.lr_decay_start is not None:
+            raise ValueError("plateau_tolerance trains until a plateau at constant learning rate: set "
+                             f"lr_decay_start=None (got {self.lr_decay_start!r}; a decaying rate flattens any curve).")
 
     def _check_sparsity_options(self, cls) -> None:
         """Each architecture takes exactly its own sparsity setting."""
@@ -201,6 +236,44 @@ class TrainConfig:
     @property
     def decay_start_step(self) -> int:
         return self.steps if self.lr_decay_start is None else int(self.lr_decay_start * self.steps)
+
+    @property
+    def resample_warmup_steps(self) -> int:
+        """Steps of learning-rate warm-up after a resampling."""
+        if self.resample_lr_warmup_steps is not None:
+            return self.resample_lr_warmup_steps
+        return min(1000, self.resample_interval // 10)
+
+    @property
+    def evaluation_interval(self) -> int:
+        """Steps between held-out evaluations."""
+        return self.eval_every if self.eval_every is not None else max(1, self.steps // DEFAULT_EVALUATIONS)
+
+    @property
+    def window(self) -> float:
+        """The plateau window, as a fraction of the steps so far."""
+        return self.plateau_window if self.plateau_window is not None else DEFAULT_PLATEAU_WINDOW
+
+    def resolved(self) -> TrainConfig:
+        """The same training with every default that depends on ``steps`` written out.
+
+        ``resolved().replace(steps=s)`` (:meth:`truncated`) trains, step for step, what this
+        configuration trains in its first ``s`` steps, when the learning rate is constant
+        (``lr_decay_start=None``): that is why a snapshot equals a shorter run.
+        """
+        return dataclasses.replace(
+            self, adam_beta2=self.beta2, lr_warmup_steps=self.warmup_steps, l1_warmup_steps=self.sparsity_warmup_steps,
+            resample_every=self.resample_interval, dead_after=self.dead_window,
+            resample_lr_warmup_steps=self.resample_warmup_steps, eval_every=self.evaluation_interval)
+
+    def truncated(self, steps: int) -> TrainConfig:
+        """The configuration of a run that stops after ``steps`` with this one's schedule (see
+        :meth:`resolved`), without a plateau rule. Needs a constant learning rate."""
+        if self.lr_decay_start is not None:
+            raise ValueError("A shorter run equals the start of this one only at constant learning rate: the decay "
+                             f"starts at a fraction of steps (lr_decay_start={self.lr_decay_start!r}); use "
+                             "lr_decay_start=None.")
+        return dataclasses.replace(self.resolved(), steps=steps, plateau_tolerance=None, plateau_window=None)
 
     @property
     def resample_interval(self) -> int:

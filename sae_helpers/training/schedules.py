@@ -14,11 +14,21 @@ def lr_multiplier(cfg: TrainConfig, step: int, last_resample_step: int | None = 
     if step >= cfg.decay_start_step:
         remaining = cfg.steps - cfg.decay_start_step
         factor *= max(0.0, (cfg.steps - step) / remaining) if remaining else 0.0
-    if last_resample_step is not None and cfg.resample_lr_warmup_steps:
+    warmup = cfg.resample_warmup_steps
+    if last_resample_step is not None and warmup:
         since = step - last_resample_step
-        if 0 <= since < cfg.resample_lr_warmup_steps:
-            factor *= 0.1 + 0.9 * since / cfg.resample_lr_warmup_steps
+        if 0 <= since < warmup:
+            factor *= 0.1 + 0.9 * since / warmup
     return factor
+
+
+def constant_from(cfg: TrainConfig, last_resample_step: int | None = None) -> int:
+    """The first step from which the learning rate and the sparsity coefficient stay constant
+    (until the next resampling or the decay): after both warm-ups and the last resampling's."""
+    start = max(cfg.warmup_steps, cfg.sparsity_warmup_steps)
+    if last_resample_step is not None:
+        start = max(start, last_resample_step + cfg.resample_warmup_steps)
+    return start
 
 
 def sparsity_multiplier(cfg: TrainConfig, step: int) -> float:

@@ -25,7 +25,7 @@ from ..formats import load_sae
 from ..saes.base import SAE
 from .checkpoint import SAE_SUBDIR
 from .config import TrainConfig
-from .trainer import resolve_device, train_runs
+from .trainer import heldout_rows, resolve_device, train_runs
 
 
 class SweepResult(NamedTuple):
@@ -78,6 +78,7 @@ def train_saes(
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
     parallel: str = "data",
+    snapshots: Sequence[int] = (),
 ) -> SweepResult:
     """Train every configuration in ``configs`` in one pass over ``activations``.
 
@@ -91,8 +92,11 @@ def train_saes(
         resumes unfinished ones from their checkpoints; either is refused when the run was
         trained on other data (its checkpoint's data fingerprint). Runs written before data
         fingerprints are reused with one warning.
-    eval_activations : if given, each SAE is evaluated on them (:func:`evaluate`) and the
-        metrics join its results row, with ``passes_health`` (:func:`training_health`).
+    eval_activations : if given, each run is evaluated during training on a fixed sample of
+        them (:data:`~.trainer.HELDOUT_ROWS` rows; ``heldout_fvu`` and ``heldout_l0`` in its log,
+        the curve ``plateau_tolerance`` judges), and each finished SAE on all of them
+        (:func:`evaluate`): the metrics join its results row, with ``passes_health``
+        (:func:`training_health`).
         Every row holds ``near_initial_fraction``, ``loss_plateau`` and ``fvu_plateau``
         (training health from the decoder and the training log) either way.
     results_csv : where to write the results table (atomically).
@@ -101,6 +105,8 @@ def train_saes(
         through :func:`~sae_helpers.training.trainer.train_runs`, and a run directory holds the
         same files either way).
     device, metadata, progress, checkpoint_every : as for :func:`train_sae`.
+    snapshots : steps at which every run saves its SAE in its directory
+        (:func:`~.trainer.load_snapshots`); needs ``out_dir``.
     parallel : how processes launched by ``torchrun`` share the work (one process: no
         difference). ``"data"``: every process trains every configuration on its share of each
         batch (:func:`~sae_helpers.training.trainer.train_runs`). ``"configs"``: process ``r`` of
@@ -124,6 +130,9 @@ def train_saes(
     run_dirs = [root / name if root is not None else None for name in names]
     if parallel not in ("data", "configs"):
         raise ValueError(f"parallel must be 'data' or 'configs', got {parallel!r}.")
+    if snapshots and root is None:
+        raise ValueError("snapshots are saved in the runs' directories: pass out_dir=... as well.")
+    heldout = heldout_rows(eval_activations)
     world = process_group(device)
     mine = range(world.rank, len(cfgs), world.size) if parallel == "configs" else range(len(cfgs))
     if parallel == "configs" and world.distributed:
@@ -133,10 +142,11 @@ def train_saes(
                               "the data, the configurations and the data order", world)
         trained = train_runs(source, [cfgs[i] for i in mine], [run_dirs[i] for i in mine], data_seed=data_seed,
                              device=device, metadata=metadata, reuse_finished=True, checkpoint_every=checkpoint_every,
-                             progress=progress, world=SINGLE)
+                             progress=progress, world=SINGLE, heldout=heldout, snapshots=snapshots)
     else:
         trained = train_runs(source, cfgs, run_dirs, data_seed=data_seed, device=device, metadata=metadata,
-                             reuse_finished=True, checkpoint_every=checkpoint_every, progress=progress)
+                             reuse_finished=True, checkpoint_every=checkpoint_every, progress=progress, heldout=heldout,
+                             snapshots=snapshots)
 
     rows = {}
     for i, sae in zip(mine, trained, strict=True):

@@ -14,6 +14,7 @@ counters, resampling RNG), which makes a resumed run equal an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import warnings
@@ -56,8 +57,9 @@ from .checkpoint import (
 )
 from .config import EXECUTION_FIELDS, TrainConfig
 from .init import activation_scale, initial_b_dec
+from .plateau import plateau_check
 from .resampling import resample_dead_latents
-from .schedules import lr_multiplier, sparsity_multiplier
+from .schedules import constant_from, lr_multiplier, sparsity_multiplier
 from .threads import step_work, threads_for
 
 
@@ -135,11 +137,46 @@ def check_same_data(info: dict[str, Any], data: str | None, where: str, warn: bo
     return order_checked
 
 
+#: Subdirectory of a run directory holding its snapshots, one ``step_NNNNNNN/`` SAE each.
+SNAPSHOT_SUBDIR = "snapshots"
+
+
+#: Held-out rows a run evaluates on during training (a sample of the evaluation activations).
+HELDOUT_ROWS = 4096
+
+
+def heldout_rows(activations, n: int = HELDOUT_ROWS, seed: int = 0) -> Tensor | None:
+    """Up to ``n`` rows of ``activations`` (anything :func:`as_source` takes; ``None`` passes
+    through), sampled with ``seed``: the fixed held-out set of a training run."""
+    if activations is None:
+        return None
+    return as_source(activations).sample(n, seed).to(torch.float32)
+
+
+def heldout_fingerprint(heldout: Tensor | None) -> str | None:
+    """A hash of the held-out rows a run evaluates on (its plateau verdict depends on them)."""
+    if heldout is None:
+        return None
+    return hashlib.sha256(heldout.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 class TrainingRun:
-    """The state of one SAE's training. Build with :meth:`start` or :meth:`restore`."""
+    """The state of one SAE's training. Build with :meth:`start` or :meth:`restore`.
+
+    With ``heldout`` activations (raw, ``[n, d_in]``) the run evaluates its SAE on them every
+    ``cfg.evaluation_interval`` steps (``heldout_fvu``, ``heldout_l0`` in the log) and, with
+    ``cfg.plateau_tolerance``, finishes at the first plateau (:func:`~.plateau.plateau_check`).
+    """
 
     def __init__(self, cfg: TrainConfig, sae: SAE, scale: float, device: torch.device, data: str | None = None,
-                 world: World = SINGLE, data_seed: int | None = None) -> None:
+                 world: World = SINGLE, data_seed: int | None = None, heldout: Tensor | None = None) -> None:
+        if cfg.plateau_tolerance is not None and heldout is None:
+            raise ValueError("plateau_tolerance needs held-out activations to judge the plateau on: pass "
+                             "eval_activations=... to train_saes (or heldout=... to train_sae), or set "
+                             "plateau_tolerance=None to train exactly steps.")
+        if heldout is not None and (heldout.ndim != 2 or heldout.shape[1] != sae.d_in or not len(heldout)):
+            raise ValueError(f"heldout must be a non-empty [n, d_in={sae.d_in}] tensor, got shape "
+                             f"{tuple(heldout.shape)}.")
         self.cfg = cfg
         self.world = world  # the processes that share each batch (torchrun); one by default
         self.data = data  # the data fingerprint (ActivationSource.fingerprint), checked on resume
@@ -152,6 +189,9 @@ class TrainingRun:
         self.n_resampled = 0
         self.log: list[dict[str, Any]] = []
         self.steps_since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
+        self.heldout = None if heldout is None else heldout.to(device=device, dtype=sae.dtype)
+        self.heldout_id = heldout_fingerprint(heldout)
+        self.plateau_step: int | None = None
         self.resample_generator = torch.Generator().manual_seed(cfg.seed + 12_345)
         scales = sae.lr_scales()
         groups = [
@@ -167,11 +207,12 @@ class TrainingRun:
     @classmethod
     def start(
         cls, cfg: TrainConfig, sample: Tensor, device: torch.device, metadata: dict[str, Any] | None = None,
-        data: str | None = None, world: World = SINGLE, data_seed: int | None = None,
+        data: str | None = None, world: World = SINGLE, data_seed: int | None = None, heldout: Tensor | None = None,
     ) -> TrainingRun:
         """A fresh run, initialised from a data ``sample`` (``b_dec``, activation scale); ``data``
-        is the fingerprint of the data it trains on, ``data_seed`` the order it is fed in. Every
-        process of ``world`` must pass the same sample."""
+        is the fingerprint of the data it trains on, ``data_seed`` the order it is fed in,
+        ``heldout`` the rows it is evaluated on. Every process of ``world`` must pass the same
+        sample and held-out rows."""
         d_in = sample.shape[1]
         sae = build_training_sae(cfg, d_in, device, metadata)
         sae.init_weights(torch.Generator().manual_seed(cfg.seed))
@@ -179,7 +220,7 @@ class TrainingRun:
         scale = activation_scale(sample) if cfg.normalize_activations else 1.0
         with torch.no_grad():
             sae.b_dec.copy_(initial_b_dec(sample * scale, cfg.b_dec_init))
-        return cls(cfg, sae, scale, device, data, world, data_seed)
+        return cls(cfg, sae, scale, device, data, world, data_seed, heldout)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(), "d_in": self.sae.d_in,
@@ -201,6 +242,8 @@ class TrainingRun:
             "scale": self.scale,
             "last_resample_step": self.last_resample_step,
             "n_resampled": self.n_resampled,
+            "plateau_step": self.plateau_step,
+            "heldout": self.heldout_id,
             "metadata": self.sae.metadata,
             "log": self.log,
         }
@@ -210,6 +253,7 @@ class TrainingRun:
     def restore(
         cls, cfg: TrainConfig, d_in: int, tensors: dict[str, Tensor], info: dict[str, Any], device: torch.device,
         where: str = "checkpoint", data: str | None = None, world: World = SINGLE, data_seed: int | None = None,
+        heldout: Tensor | None = None,
     ) -> TrainingRun:
         """Rebuild a run from :meth:`state` output, refusing another configuration, other data or
         another data order (``data``, ``data_seed``: see :func:`check_same_data`), and a damaged or
@@ -236,7 +280,12 @@ class TrainingRun:
                 "python for 1), or use a new checkpoint_dir to start over. batch_size is the global batch either way."
             )
         sae = build_training_sae(cfg, d_in, device, info.get("metadata"))
-        run = cls(cfg, sae, 1.0, device, data, world, data_seed)
+        run = cls(cfg, sae, 1.0, device, data, world, data_seed, heldout)
+        if info.get("heldout") != run.heldout_id and (info.get("step") or 0) > 0 and info.get("heldout") is not None:
+            raise ValueError(
+                f"The {where} was evaluated on other held-out activations (hash {info.get('heldout')}; now "
+                f"{run.heldout_id}): its held-out curve, and the plateau judged on it, would mix two data sets. Pass "
+                "the same eval_activations to resume it, or use a new checkpoint_dir to start over.")
         run._check_state(tensors, info, where)
         run.scale = float(info["scale"])
         params = dict(sae.named_parameters())
@@ -254,6 +303,7 @@ class TrainingRun:
         run.step_count = int(info["step"])
         run.last_resample_step = info.get("last_resample_step")
         run.n_resampled = int(info.get("n_resampled", 0))
+        run.plateau_step = info.get("plateau_step")
         run.log = list(info.get("log", []))
         return run
 
@@ -300,7 +350,29 @@ class TrainingRun:
     # ------------------------------------------------------------------ training
     @property
     def finished(self) -> bool:
-        return self.step_count >= self.cfg.steps
+        """At the step cap, or at a plateau (with ``plateau_tolerance``)."""
+        return self.step_count >= self.cfg.steps or self.plateau_step is not None
+
+    @torch.no_grad()
+    def evaluate_heldout(self) -> dict[str, float]:
+        """FVU and L0 of the SAE as it will be used (its inference encoder) on the held-out rows."""
+        assert self.heldout is not None
+        squared = variance = torch.zeros((), dtype=torch.float64, device=self.device)
+        active = torch.zeros((), dtype=torch.long, device=self.device)
+        x_all = self.heldout * self.scale if self.scale != 1.0 else self.heldout
+        mean = x_all.double().mean(0)
+        for x in x_all.split(self.cfg.batch_size):
+            latents = self.sae.encode(x)
+            squared = squared + (x - self.sae.decode(latents)).double().pow(2).sum()
+            variance = variance + (x.double() - mean).pow(2).sum()
+            active = active + (latents != 0).sum()
+        n = x_all.shape[0]
+        return {"heldout_fvu": float(squared / variance), "heldout_l0": float(active) / n}
+
+    def plateau(self):
+        """The plateau verdict of the log so far (:func:`~.plateau.plateau_check`)."""
+        return plateau_check(self.log, tolerance=self.cfg.plateau_tolerance or math.inf, window=self.cfg.window,
+                             constant_from=constant_from(self.cfg, self.last_resample_step))
 
     @property
     def resamples_now(self) -> bool:
@@ -381,7 +453,9 @@ class TrainingRun:
         self._record_firing(out.latents)
         self.step_count += 1
 
-        if self.step_count % self.log_every and not self.finished:
+        evaluates = self.heldout is not None and (
+            self.step_count % self.cfg.evaluation_interval == 0 or self.step_count >= self.cfg.steps)
+        if self.step_count % self.log_every and not self.finished and not evaluates:
             return None
         with torch.no_grad(), over_batch_group(self.world):
             variance = batch_variance(x)  # of the whole batch, as every value below
@@ -402,12 +476,16 @@ class TrainingRun:
                 "sparsity_coefficient": sparsity_coefficient,
                 "n_resampled": self.n_resampled,
             }
+            if evaluates:
+                record.update(self.evaluate_heldout())
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(
                 f"Training diverged at step {self.step_count} (loss {record['loss']}). Lower lr "
                 f"(now {cfg.lr}) or the sparsity coefficient, or check the activations for outliers."
             )
         self.log.append(record)
+        if evaluates and self.cfg.plateau_tolerance is not None and self.plateau().plateaued:
+            self.plateau_step = self.step_count
         return record
 
     def final_sae(self) -> SAE:
@@ -439,8 +517,13 @@ def drive(
     checkpoint_every: int | None = None,
     progress: bool = True,
     desc: str = "SAEs",
+    snapshot_steps: Sequence[int] = (),
+    on_snapshot: Callable[[int], None] | None = None,
 ) -> None:
     """Advance every run to its last step, feeding batch ``t`` to each run at step ``t``.
+
+    ``on_checkpoint(i)`` is called when run ``i`` is due a checkpoint, ``on_snapshot(i)`` when it
+    has just taken one of ``snapshot_steps`` steps.
 
     Runs may start at different steps (after a partial resume): the data stream starts
     at the earliest, and each run joins when the stream reaches its step. With several
@@ -470,6 +553,7 @@ def drive(
         raise ValueError(f"{source.description} can be read only once; with {world.size} processes every one reads "
                          "each batch: pass a tensor, a .safetensors file or an activation cache instead.")
     total = max(r.cfg.steps for r in runs)
+    snapshots = frozenset(snapshot_steps)
     # Small steps run on one thread (threads.py); the choice follows the shapes, never the load.
     work = step_work(share, [(r.sae.d_in, r.sae.d_sae) for r in pending])
     with (threads_for(work, pending[0].device),
@@ -482,6 +566,8 @@ def drive(
                 if run.finished or run.step_count != step:
                     continue
                 record = run.step(batch, None if one_shot else pool)
+                if on_snapshot is not None and run.step_count in snapshots:
+                    on_snapshot(index)
                 every = checkpoint_every or max(1, run.cfg.steps // 10)
                 if on_checkpoint is not None and (run.finished or run.step_count % every == 0):
                     on_checkpoint(index)
@@ -509,11 +595,11 @@ def write_run(run_dir: Path, run: TrainingRun) -> None:
 def open_run(
     cfg: TrainConfig, source: ActivationSource, device: torch.device, run_dir: Path | None,
     data: str | None, metadata: dict[str, Any] | None, resume: bool = True, world: World = SINGLE,
-    data_seed: int | None = None,
+    data_seed: int | None = None, heldout: Tensor | None = None,
 ) -> TrainingRun:
     """``cfg``'s run: resumed from the checkpoint in ``run_dir`` (refused unless ``resume``), else
     started from a sample of ``source``; ``data`` is the source's fingerprint (``None`` without
-    ``run_dir``), ``data_seed`` the order the run is fed in."""
+    ``run_dir``), ``data_seed`` the order the run is fed in, ``heldout`` the rows it is evaluated on."""
     if run_dir is not None:
         if world.is_main:
             clean_checkpoint_dir(run_dir)
@@ -526,9 +612,9 @@ def open_run(
                 )
             tensors, info = read_checkpoint(run_dir)
             return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}",
-                                       data=data, world=world, data_seed=data_seed)
+                                       data=data, world=world, data_seed=data_seed, heldout=heldout)
     return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data, world,
-                             data_seed)
+                             data_seed, heldout)
 
 
 def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: list[Path],
@@ -564,6 +650,8 @@ def train_runs(
     progress: bool = True,
     desc: str | None = None,
     world: World | None = None,
+    heldout: Tensor | None = None,
+    snapshots: Sequence[int] = (),
 ) -> list[SAE]:
     """The lifecycle of training runs, one per configuration: open -> one pass -> finish.
 
@@ -579,6 +667,11 @@ def train_runs(
     process runs this with the same arguments and trains on its share of each batch; only
     process 0 writes files (each process returns the same SAEs, once process 0 has saved them).
     ``world=SINGLE`` trains in this process alone, whatever the launcher.
+
+    ``heldout``: raw activations every run is evaluated on (see :class:`TrainingRun`).
+    ``snapshots``: steps at which each run with a directory saves its SAE as it is then, to
+    ``snapshots/step_NNNNNNN/`` (:func:`load_snapshots`); at constant learning rate a snapshot is
+    what a shorter run would have given (:meth:`TrainConfig.truncated`).
     """
     world = process_group(device) if world is None else world
     data = data_fingerprint(source) if world.distributed or any(d is not None for d in run_dirs) else None
@@ -596,7 +689,7 @@ def train_runs(
         if done is not None:
             saes[i] = done
             continue
-        runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume, world, data_seed))
+        runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume, world, data_seed, heldout))
         slots.append(i)
     if unchecked:
         shown = ", ".join(str(d) for d in unchecked[:3])
@@ -611,8 +704,14 @@ def train_runs(
         if run_dir is not None and world.is_main:
             write_run(run_dir, runs[index])
 
+    def snapshot(index: int) -> None:
+        run_dir = run_dirs[slots[index]]
+        if run_dir is not None and world.is_main:
+            save_sae(runs[index].final_sae(), snapshot_dir(run_dir, runs[index].step_count))
+
     opened_at = [run.step_count for run in runs]
-    drive(runs, source, data_seed, checkpoint, checkpoint_every, progress, desc=desc or f"{len(runs)} SAEs, one pass")
+    drive(runs, source, data_seed, checkpoint, checkpoint_every, progress, desc=desc or f"{len(runs)} SAEs, one pass",
+          snapshot_steps=snapshots, on_snapshot=snapshot)
     for index, (run, slot) in enumerate(zip(runs, slots, strict=True)):
         run_dir = run_dirs[slot]
         writes = run_dir is not None and world.is_main
@@ -624,6 +723,20 @@ def train_runs(
         saes[slot] = sae
     barrier(world)  # every process returns once the files are written
     return [sae for sae in saes if sae is not None]
+
+
+def snapshot_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where a run keeps its SAE as it was after ``step`` steps."""
+    return Path(run_dir) / SNAPSHOT_SUBDIR / f"step_{int(step):07d}"
+
+
+def load_snapshots(run_dir: str | os.PathLike) -> dict[int, SAE]:
+    """A run directory's snapshots by step (in step order), each with its provenance (the
+    configuration and the log up to that step); empty when it has none."""
+    root = Path(run_dir) / SNAPSHOT_SUBDIR
+    found = sorted((int(p.name.removeprefix("step_")), p) for p in root.glob("step_*")
+                   if p.is_dir() and p.name.removeprefix("step_").isdigit()) if root.is_dir() else []
+    return {step: load_sae(path) for step, path in found}
 
 
 def train_sae(
@@ -640,6 +753,8 @@ def train_sae(
     device: str | torch.device | None = None,
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
+    heldout=None,
+    snapshots: Sequence[int] = (),
     **options: Any,
 ) -> SAE:
     """Train one SAE and return it, ready for raw activations: ``train_saes`` with one configuration,
@@ -667,6 +782,9 @@ def train_sae(
     metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``);
         an activation cache supplies the ones not given here.
     progress : show a progress bar with loss, L0 and dead fraction.
+    heldout : held-out activations (anything ``activations`` accepts; up to :data:`HELDOUT_ROWS`
+        rows are used) to evaluate on every ``eval_every`` steps; needed by ``plateau_tolerance``.
+    snapshots : steps at which to save the SAE in ``checkpoint_dir/snapshots/`` (:func:`load_snapshots`).
 
     The returned SAE carries its :attr:`~SAE.provenance` (the configuration and the training
     log, also as ``sae.training_config`` and ``sae.training_log``); ``sae.save(path)`` stores it
@@ -682,6 +800,9 @@ def train_sae(
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and ckpt is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from.")
+    if snapshots and ckpt is None:
+        raise ValueError("snapshots are saved in the run's directory: pass checkpoint_dir=... as well.")
     (sae,) = train_runs(source, [cfg], [ckpt], data_seed=cfg.seed, device=device, metadata=metadata, resume=resume,
-                        checkpoint_every=checkpoint_every, progress=progress, desc=f"{arch} SAE")
+                        checkpoint_every=checkpoint_every, progress=progress, desc=f"{arch} SAE",
+                        heldout=heldout_rows(heldout), snapshots=snapshots)
     return sae

@@ -39,8 +39,14 @@ def _rotated_sae(arch: str, degrees: dict[int, float]):
             theta = math.radians(angle)
             sae.W_dec[row] = (math.cos(theta) * w + math.sin(theta) * u).to(sae.W_dec.dtype)
     sparsity = options or {"l1_coefficient": 1.0}
-    sae.training_config = TrainConfig(arch=arch, width=WIDTH, steps=10, seed=SEED, **sparsity).to_dict()
+    sae.training_config = TrainConfig(arch=arch, width=WIDTH, steps=100, seed=SEED, **sparsity).to_dict()
+    sae.training_log = _flat_heldout_log(100)
     return sae
+
+
+def _flat_heldout_log(steps: int, fvu=lambda s: 0.2, l0=lambda s: 10.0):
+    """A training log with held-out FVU and L0 at every step (flat by default: plateaued)."""
+    return [{"step": s, "heldout_fvu": fvu(s), "heldout_l0": l0(s)} for s in range(1, steps + 1)]
 
 
 # 6 rows untouched, 4 turned by less than arccos(0.9) = 25.8 degrees: 10 of 40 latents near their start.
@@ -101,7 +107,8 @@ def test_dead_and_dense_fractions_match_a_hand_count():
     assert math.isnan(result["near_initial_fraction"])
     assert math.isnan(result["loss_plateau"]) and math.isnan(result["fvu_plateau"])
     assert result["passes"] is False
-    assert result["failing"] == "near_initial_fraction=nan (no training_config); dead_fraction=0.333 > 0.05"
+    assert result["failing"] == ("near_initial_fraction=nan (no training_config); dead_fraction=0.333 > 0.05; "
+                                 "not plateaued (no training_config)")
 
 
 def test_a_precomputed_evaluation_is_used_instead_of_a_second_pass(monkeypatch):
@@ -178,7 +185,42 @@ def test_training_health_reads_the_plateaus_from_the_training_log():
     result = training_health(sae, evaluation={"dead_fraction": 0.0, "dense_fraction": 0.0})
     assert result["loss_plateau"] == 0.0
     assert result["fvu_plateau"] == pytest.approx((0.505 - 0.545) / 0.545, rel=1e-12)
-    assert result["passes"]  # the plateaus are reported, not judged
+    # The training-loss plateaus are reported, not judged; without a held-out curve there is no verdict.
+    assert not result["passes"] and "no held-out curve" in result["failing"]
+    sae.training_log = [{**r, "heldout_fvu": 0.3, "heldout_l0": 12.0} for r in sae.training_log]
+    assert training_health(sae, evaluation={"dead_fraction": 0.0, "dense_fraction": 0.0})["passes"]
+
+
+def test_the_plateau_is_judged_at_constant_learning_rate_before_any_decay():
+    """A run that falls 10% over the last quarter of its constant-rate steps and then flattens under a
+    decay has not plateaued; the window is the last quarter of the 800 steps before the decay."""
+    sae = _rotated_sae("relu", ALMOST_ALL_MOVED)
+    sae.training_config = {**sae.training_config, "steps": 1000, "lr_decay_start": 0.8, "resample_every": 0}
+    falling = lambda s: 0.2 * (1 - 0.1 * (min(s, 800) - 600) / 200) if s > 600 else 0.2  # noqa: E731
+    sae.training_log = _flat_heldout_log(1000, fvu=falling)
+    result = training_health(sae, evaluation={"dead_fraction": 0.0, "dense_fraction": 0.0})
+    assert not result["plateaued"] and result["steps"] == 1000 and result["steps_cap"] == 1000
+    # The least-squares line over [600, 800] of a 10% fall, divided by its mean (0.19).
+    assert result["heldout_fvu_change"] == pytest.approx(-0.02 / 0.19, rel=1e-3)
+    assert abs(result["heldout_l0_change"]) < 1e-12
+    assert "not plateaued (heldout_fvu changed -10.53%)" in result["failing"]
+    sae.training_log = _flat_heldout_log(1000)
+    assert training_health(sae, evaluation={"dead_fraction": 0.0, "dense_fraction": 0.0})["plateaued"]
+
+
+def test_the_window_starts_after_the_last_resampling_recovers():
+    """A resampling at step 500 (n_resampled grows in the next record) with a 50-step recovery: a
+    plateau over the last quarter of 600 steps, [450, 600], would start before the rate is constant."""
+    sae = _rotated_sae("relu", ALMOST_ALL_MOVED)
+    sae.training_config = {**sae.training_config, "steps": 2000, "lr_decay_start": None}
+    log = _flat_heldout_log(600)
+    for record in log:
+        record["n_resampled"] = 3 if record["step"] > 500 else 0
+    sae.training_log = log
+    result = training_health(sae, evaluation={"dead_fraction": 0.0, "dense_fraction": 0.0})
+    assert not result["plateaued"] and "before the learning rate is constant (step 550)" in result["failing"]
+    sae.training_log = [{**r, "n_resampled": 3 if r["step"] > 500 else 0} for r in _flat_heldout_log(800)]
+    assert training_health(sae, evaluation={"dead_fraction": 0.0, "dense_fraction": 0.0})["plateaued"]
 
 
 def test_health_table_has_one_row_per_sae():
@@ -186,8 +228,9 @@ def test_health_table_has_one_row_per_sae():
     x = torch.randn(500, D_IN, generator=torch.Generator().manual_seed(2))
     table = health_table(saes, x)
     assert isinstance(table, pd.DataFrame) and list(table.index) == ["moved", "fresh"]
-    assert list(table.columns) == ["near_initial_fraction", "dead_fraction", "dense_fraction", "loss_plateau",
-                                   "fvu_plateau", "passes", "failing"]
+    assert list(table.columns) == ["steps", "steps_cap", "near_initial_fraction", "dead_fraction", "dense_fraction",
+                                   "loss_plateau", "fvu_plateau", "heldout_fvu_change", "heldout_l0_change",
+                                   "plateaued", "passes", "failing"]
     for name, sae in saes.items():
         expected = training_health(sae, x)
         row = table.loc[name]
@@ -203,18 +246,22 @@ def test_health_summary_counts_passes_and_names_the_failures():
 
     table = pd.DataFrame(
         {"near_initial_fraction": [0.01, 0.30], "dead_fraction": [0.0, 0.02], "dense_fraction": [0.0, 0.0],
-         "loss_plateau": [-0.01, -0.05], "fvu_plateau": [0.0, 0.0], "passes": [True, False],
+         "loss_plateau": [-0.01, -0.05], "fvu_plateau": [0.0, 0.0], "heldout_fvu_change": [-0.004, -0.03],
+         "heldout_l0_change": [0.001, 0.012], "plateaued": [True, False], "passes": [True, False],
          "failing": ["", "near_initial_fraction=0.3 > 0.05"]}, index=pd.Index(["a", "b"], name="sae"))
     text = health_summary(table)
     assert "1 of 2 SAEs pass" in text and "`b`: near_initial_fraction=0.3 > 0.05" in text
-    assert "1.0%-30.0%" in text and "-5.0% to -1.0%" in text
+    assert "1.0%-30.0%" in text and "FVU changed by -3.0% to -0.4% and L0 by +0.1% to +1.2%" in text
+    assert "1 of 2 SAEs plateaued" in text
     assert "All 1 SAEs pass" in health_summary(table.iloc[:1])
 
 
 def test_health_display_shows_percent_short_names_and_yes_no():
     table = pd.DataFrame(
         {"near_initial_fraction": [0.0532, 0.0], "dead_fraction": [0.081, 0.0004], "dense_fraction": [0.0012, 1.0],
-         "loss_plateau": [0.0102, -0.0446], "fvu_plateau": [-0.11, math.nan], "passes": [False, True],
+         "loss_plateau": [0.0102, -0.0446], "fvu_plateau": [-0.11, math.nan], "steps": [2000, 1500],
+         "heldout_fvu_change": [-0.0446, math.nan], "heldout_l0_change": [0.001, 0.0], "plateaued": [False, True],
+         "passes": [False, True],
          "failing": ["dead_fraction=0.081 > 0.05", ""]},
         index=pd.Index(["resid_post: jumprelu-w864-l0_3-7e2cb487", "relu-w1296-l1_0.5"], name="sae"))
     shown = health_display(table)
@@ -223,7 +270,9 @@ def test_health_display_shows_percent_short_names_and_yes_no():
     assert list(shown.columns) == list(DISPLAY_COLUMNS.values())
     assert shown.loc["resid_post: jumprelu-w864-l0_3", "dead %"] == 8.1
     assert shown.loc["relu-w1296-l1_0.5", "dense %"] == 100.0
-    assert shown.loc["relu-w1296-l1_0.5", "loss change, last 10% of steps (%)"] == -4.5
-    assert math.isnan(shown.loc["relu-w1296-l1_0.5", "FVU change (%)"])
-    assert list(shown["passes"]) == ["no", "yes"]
+    fvu_change = DISPLAY_COLUMNS["heldout_fvu_change"]
+    assert shown.loc["resid_post: jumprelu-w864-l0_3", fvu_change] == -4.5
+    assert math.isnan(shown.loc["relu-w1296-l1_0.5", fvu_change])
+    assert list(shown["steps"]) == ["2,000", "1,500"]
+    assert list(shown["passes"]) == ["no", "yes"] and list(shown["plateaued"]) == ["no", "yes"]
     assert table.loc["relu-w1296-l1_0.5", "dense_fraction"] == 1.0  # the table itself is left as it was

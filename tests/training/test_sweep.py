@@ -27,10 +27,12 @@ def test_one_pass_equals_training_each_alone(tmp_path):
                        progress=False)
     for cfg, sae in zip(CONFIGS, sweep.saes, strict=True):
         opts = {k: v for k, v in cfg.items() if k not in ("arch", "width", "l1_coefficient", "steps")}
-        alone = train_sae(X, cfg["arch"], cfg["width"], cfg["l1_coefficient"], cfg["steps"], progress=False, **opts)
+        alone = train_sae(X, cfg["arch"], cfg["width"], cfg["l1_coefficient"], cfg["steps"], progress=False,
+                          heldout=X[:500], **opts)
         for name, p in alone.named_parameters():
             assert torch.equal(getattr(sae, name), p), (cfg, name)
         assert alone.training_log == sae.training_log
+        assert "heldout_fvu" in sae.training_log[-1]
     table = pd.read_csv(tmp_path / "r.csv")
     assert len(table) == 3 and {"name", "arch", "l1_coefficient", "l0", "fvu", "train_loss"} <= set(table.columns)
 

@@ -166,7 +166,6 @@ def test_iterables_and_files_train(tmp_path):
     ({"lr_warmup_steps": -5}, ValueError, "lr_warmup_steps must be an integer >= 0"),
     ({"l1_warmup_steps": -1}, ValueError, "l1_warmup_steps must be an integer >= 0"),
     ({"resample_lr_warmup_steps": -1}, ValueError, "resample_lr_warmup_steps must be an integer >= 0"),
-    ({"resample_lr_warmup_steps": None}, ValueError, "resample_lr_warmup_steps must be an integer >= 0"),
     ({"dead_after": 2.5}, ValueError, "dead_after must be an integer >= 1"),
     ({"lr": "3e-4"}, ValueError, "lr must be a finite number, got '3e-4' \\(str\\); pass e.g. lr=float"),
     ({"l1_coefficient": "1.0"}, ValueError, "l1_coefficient must be a finite number, got '1.0' \\(str\\)"),
