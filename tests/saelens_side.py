@@ -1,28 +1,41 @@
 """The SAELens half of tests/test_saelens_roundtrip.py, run by the SAELens environment's python
 (bench/saelens_env.sh), not ours: SAELens needs transformer-lens < 4.
 
-    python tests/saelens_side.py INPUTS.safetensors OUT_DIR SAE_DIR [SAE_DIR ...]
+    python -I tests/saelens_side.py INPUTS.safetensors OUT_DIR SAE_DIR [SAE_DIR ...]
 
 Loads each SAE directory with ``sae_lens.SAE.load_from_disk`` (SAELens's own cfg.json parsing),
 encodes and decodes the activations ``x`` of INPUTS, and writes to OUT_DIR: ``NAME.safetensors``
 (``latents``, ``reconstruction``), ``NAME/`` (the SAE as SAELens's ``save_model`` writes it) and
 ``summary.json`` (per SAE: SAELens's architecture, its class, its config's metadata and ``k``).
 Imports nothing from sae_helpers.
+
+    python -I tests/saelens_side.py --sys-path
+
+prints, as JSON, this interpreter's ``sys.path`` and the file ``import kernels`` would load, importing
+nothing else: the check that ``tests/`` (whose ``kernels/`` package would shadow the one transformers
+imports) is not on the path. The round-trip test runs this script isolated (``python -I``) for that reason.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
-import sae_lens
-import torch
-from sae_lens import SAE
-from safetensors.torch import load_file, save_file
+
+def search_path() -> dict:
+    """This interpreter's sys.path, and where ``import kernels`` would come from (None: nowhere)."""
+    spec = importlib.util.find_spec("kernels")
+    return {"sys_path": sys.path, "kernels": spec.origin if spec else None}
 
 
 def main(inputs: str, out_dir: str, *sae_dirs: str) -> None:
+    import sae_lens  # here, not above: --sys-path must import nothing that imports kernels
+    import torch
+    from sae_lens import SAE
+    from safetensors.torch import load_file, save_file
+
     x = load_file(inputs)["x"]
     out = Path(out_dir)
     summary = {"sae_lens": sae_lens.__version__}
@@ -41,4 +54,7 @@ def main(inputs: str, out_dir: str, *sae_dirs: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1:] == ["--sys-path"]:
+        print(json.dumps(search_path()))
+    else:
+        main(*sys.argv[1:])

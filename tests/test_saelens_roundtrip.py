@@ -8,6 +8,7 @@ the tests skip, saying how to build it; under CI (``CI`` set) they fail instead 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from sae_helpers import create_sae, load_sae
 from sae_helpers.saelens_metadata import SAELENS_FORMAT_VERSION, dataset_path_of
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDE = ROOT / "tests" / "saelens_side.py"
 D_IN, D_SAE, K, N = 16, 48, 6, 64
 OURS = {"model_name": "smollm2-135m", "hook_name": "blocks.6.hook_resid_post", "context_size": 128,
         "dataset_path": dataset_path_of("sotu:train")}
@@ -43,6 +45,41 @@ def saelens_python() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return python
+
+
+def side_command(python, *args) -> list[str]:
+    """How tests/saelens_side.py runs: isolated (``-I``), so its own folder, tests/, is not on sys.path
+    (nor PYTHONPATH, nor the user's site-packages). Else tests/kernels/ shadows the ``kernels`` package
+    that transformers imports, and SAELens fails to import."""
+    return [str(python), "-I", str(SIDE), *map(str, args)]
+
+
+@pytest.mark.parametrize("which", ["ours", "saelens"])
+def test_the_side_script_does_not_see_the_tests_folder(which):
+    """Run as the round trip runs it, by this interpreter (always there) and by SAELens's, where the
+    ``kernels`` package is installed and must be the one found. Imports nothing: cheap."""
+    python = sys.executable if which == "ours" else saelens_python()
+    tests = ROOT / "tests"
+    env = {**os.environ, "PYTHONPATH": str(tests)}
+    done = subprocess.run(side_command(python, "--sys-path"), cwd=tests, env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    found = json.loads(done.stdout)
+    assert tests not in [(tests / entry).resolve() for entry in found["sys_path"]], found["sys_path"]
+    assert found["kernels"] is None or tests not in Path(found["kernels"]).resolve().parents, found["kernels"]
+
+
+def test_the_environment_is_pinned_exactly():
+    """bench/saelens-constraints.txt pins every package (no range, no editable or URL line), including the
+    torch and sae-lens that bench/saelens_env.sh asks for."""
+    script = (ROOT / "bench" / "saelens_env.sh").read_text()
+    lines = [line for line in (ROOT / "bench" / "saelens-constraints.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    pins = dict(line.split("==") for line in lines)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.]+", line) for line in lines), lines
+    for name, variable in (("torch", "TORCH_VERSION"), ("sae-lens", "SAELENS_VERSION")):
+        (version,) = re.findall(rf"^{variable}=(\S+)$", script, flags=re.M)
+        assert pins[name] == version, name
+    assert pins["sae-lens"] == SAELENS_FORMAT_VERSION
 
 
 def build(name: str, gen: torch.Generator, x: torch.Tensor):
@@ -81,11 +118,10 @@ def roundtrip(tmp_path_factory):
     save_file({"x": x}, str(root / "inputs.safetensors"))
     out = root / "out"
     out.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": ""}
-    dirs = [str(root / name) for name in (*SAELENS_ARCH, "no_version")]
-    done = subprocess.run([str(python), str(ROOT / "tests" / "saelens_side.py"), str(root / "inputs.safetensors"),
-                           str(out), *dirs], env=env, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    dirs = [root / name for name in (*SAELENS_ARCH, "no_version")]
+    done = subprocess.run(side_command(python, root / "inputs.safetensors", out, *dirs), env=env,
+                          capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         pytest.fail(f"SAELens ({python}) could not load our SAEs:\n{done.stderr[-4000:]}")
     summary = json.loads((out / "summary.json").read_text())
