@@ -43,6 +43,9 @@ METRIC_LABELS = {
     "mse": "MSE (per element)",
     "n_latents": "Latents",
     "loss": "Training loss",
+    "heldout_fvu": "Held-out FVU",
+    "heldout_l0": "Held-out L0",
+    "tokens": "Training activations (tokens)",
     "width": "Width (latents)",
     "max_cos": "Max cosine to the smaller SAE",
     "delta_mse": r"$\Delta$ MSE when inserted",
@@ -263,13 +266,41 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]],
     fig, axes = figure(nrows, ncols, height=ROW_HEIGHT[2] if len(metrics) > 1 else None, squeeze=False)
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for name, log in logs.items():
-            steps = [r["step"] for r in log]
-            ax.plot(steps, [r[metric] for r in log], label=ARCH_LABELS.get(name, name),
+            records = [r for r in log if r.get(metric) is not None]  # held-out metrics: evaluation steps only
+            ax.plot([r["step"] for r in records], [r[metric] for r in records], label=ARCH_LABELS.get(name, name),
                     color=ARCH_COLORS.get(name.split()[0]))
         ax.set_xlabel("Step")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         if metric == "loss":
             log_y(ax)
+    shared_legend(fig, slot=axes.flat[-1] if len(metrics) < axes.size else None)
+    return fig
+
+
+def plot_dose_response(table: pd.DataFrame, metrics: Sequence[str], *, paper_tokens: float | None = None,
+                       paper_values: Mapping[str, float] | None = None, hue: str = "name") -> plt.Figure:
+    """Each metric against the training activations a run had seen (its snapshots,
+    :func:`~sae_helpers.evaluation.dose_response.snapshot_table`; log x axis), one line per run.
+    ``paper_tokens`` draws the papers' training budget as a dotted line, and ``paper_values``
+    (by metric) the papers' value at it as a star: the gap between the data and the star is how far
+    this book's budget is from the papers' regime."""
+    ncols = min(len(metrics), MAX_COLUMNS)
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = figure(nrows, ncols, height=ROW_HEIGHT[2] if len(metrics) > 1 else None, squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for name, group in table.sort_values("tokens").groupby(hue, sort=False):
+            key = str(name).split()[0]
+            ax.plot(group["tokens"], group[metric], "o-", label=ARCH_LABELS.get(str(name), str(name)),
+                    color=ARCH_COLORS.get(key))
+        if paper_tokens is not None:
+            ax.axvline(paper_tokens, color="0.4", lw=1, ls=":", label="the papers' budget")
+            if paper_values and metric in paper_values:
+                ax.plot([paper_tokens], [paper_values[metric]], "*", color="0.2", ms=12, label="the papers' value")
+        log_x(ax)
+        ax.set_xlabel(METRIC_LABELS["tokens"])
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
     shared_legend(fig, slot=axes.flat[-1] if len(metrics) < axes.size else None)
     return fig
 

@@ -24,8 +24,55 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-__all__ = ["Summary", "cache_dir", "family_settings", "harvest", "parameters", "parameters_table", "results_file",
-           "run_dir", "setup", "train_family", "write_results"]
+__all__ = ["PAPER_TOKENS", "Summary", "cache_dir", "family_settings", "harvest", "parameters", "parameters_table",
+           "plateau_settings", "render_trend", "results_file", "run_dir", "setup", "snapshot_steps", "train_family",
+           "trend_display", "write_results"]
+
+#: The papers' training budgets: Rajamanoharan et al. 2024 and Leask et al. 2025 trained on 1.2-1.6B tokens.
+PAPER_TOKENS = 1.2e9
+
+
+def plateau_settings(plateau_tolerance: float | None) -> dict[str, Any]:
+    """The book's schedule: a constant learning rate after warm-up, and with ``plateau_tolerance`` each
+    SAE stops at its first plateau of held-out FVU and L0 (``steps`` is then a cap)."""
+    return {"lr_decay_start": None, "plateau_tolerance": plateau_tolerance}
+
+
+def snapshot_steps(steps: int, n_snapshots: int) -> list[int]:
+    """The steps at which a run of at most ``steps`` keeps snapshots: ``steps / 2, steps / 4, ...``,
+    ``n_snapshots`` of them (the final SAE is the last point of every dose-response)."""
+    from ..training import geometric_steps
+
+    if n_snapshots < 1:
+        return []
+    return geometric_steps(max(1, steps >> n_snapshots), steps)[:-1][-n_snapshots:]
+
+
+def trend_display(trends: dict[str, pd.DataFrame], labels: dict[str, str]) -> pd.DataFrame:
+    """The trends of :func:`~sae_helpers.evaluation.training_trend` (``{metric: table}``) as one table:
+    a row per SAE and number, its value at the last two snapshots and the relative change (%)."""
+    rows = [{"SAE": row.name, "number": labels.get(metric, metric), "activations before": f"{row.previous_tokens:,}",
+             "activations": f"{row.tokens:,}", "before": row.previous, "last": row.last,
+             "change %": round(100 * row.change, 1)}
+            for metric, table in trends.items() for row in table.itertuples()]
+    return pd.DataFrame(rows).set_index(["SAE", "number"]) if rows else pd.DataFrame()
+
+
+def render_trend(trends: dict[str, pd.DataFrame], labels: dict[str, str], tokens_seen: int,
+                 tolerance: float | None = 0.02) -> str:
+    """One paragraph: which numbers still moved by more than ``tolerance`` between each run's last two
+    snapshots, and which way, and how far ``tokens_seen`` is from the papers' budget (:data:`PAPER_TOKENS`)."""
+    tolerance = 0.02 if tolerance is None else tolerance
+    moving = [f"{labels.get(metric, metric)} of `{row.name}` ({'up' if row.change > 0 else 'down'} "
+              f"{abs(row.change):.1%})" for metric, table in trends.items() for row in table.itertuples()
+              if abs(row.change) > tolerance]
+    steady = ("every number changed by at most " f"{tolerance:.0%}" if not moving
+              else "still moving by more than " f"{tolerance:.0%}: " + ", ".join(moving))
+    return (f"Between each run's last two snapshots (the last doubling of its training), {steady}. The runs saw "
+            f"at most {tokens_seen:,} training activations, {PAPER_TOKENS / max(tokens_seen, 1):,.0f} times fewer "
+            f"than the papers' {PAPER_TOKENS / 1e9:.1f} billion tokens: a number still moving here may move "
+            "further in their regime.")
+
 
 class Summary(NamedTuple):
     """A chapter's result for :mod:`~sae_helpers.chapters.record`: its one-sentence headline (with its
@@ -168,6 +215,7 @@ def train_family(site: str, train_cache: Any, eval_cache: Any, widths: list[int]
                       data_seed=seed, out_dir=run_dir(data_root, "family", site), eval_activations=eval_cache)
 
 
-def family_settings(k: int, steps: int, batch_size: int, lr: float) -> dict[str, Any]:
+def family_settings(k: int, steps: int, batch_size: int, lr: float,
+                    plateau_tolerance: float | None = None) -> dict[str, Any]:
     """The family's training settings (BatchTopK with ``k``), the same for every width."""
-    return dict(arch="batchtopk", k=k, steps=steps, batch_size=batch_size, lr=lr)
+    return dict(arch="batchtopk", k=k, steps=steps, batch_size=batch_size, lr=lr, **plateau_settings(plateau_tolerance))

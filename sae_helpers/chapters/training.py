@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from .common import Summary
+from .common import Summary, plateau_settings
 
-__all__ = ["LOSS_COLUMNS", "READABLE_DENSITY", "configs", "loss_table", "readable_latents", "render_losses",
-           "summary"]
+__all__ = ["LOSS_COLUMNS", "READABLE_DENSITY", "TREND_METRICS", "configs", "loss_table", "readable_latents",
+           "render_losses", "snapshot_runs", "summary"]
 
 LOSS_COLUMNS = ["arch", "width", "l0", "fvu", "relative_reconstruction_bias", "dead_fraction", "dense_fraction",
                 "ce_clean", "ce_sae", "ce_zero_ablation", "loss_recovered", "delta_lm_loss", "kl"]
@@ -18,12 +18,26 @@ READABLE_DENSITY = (1e-3, 3e-2)
 """Latents read through their contexts fire on more than 0.1% and fewer than 3% of the held-out tokens."""
 
 
-def configs(gated_width: int, relu_width_factor: float, l1_relu: float, l1_gated: float, **common: Any) -> list[dict]:
+#: The numbers whose trend with training length the chapter reports, with their names in the text.
+TREND_METRICS = {"l0": "L0", "fvu": "FVU", "delta_lm_loss": "ΔLM loss", "relative_reconstruction_bias": "γ"}
+
+
+def configs(gated_width: int, relu_width_factor: float, l1_relu: float, l1_gated: float,
+            plateau_tolerance: float | None = None, **common: Any) -> list[dict]:
     """A baseline (``relu_width_factor`` times wider: equal compute) and a Gated SAE; ``common``
-    (steps, batch size, lr, seed) for both."""
+    (steps, batch size, lr, seed) for both, at constant learning rate, each stopping at its plateau
+    with ``plateau_tolerance`` (:func:`~.common.plateau_settings`)."""
     relu_width = int(round(relu_width_factor * gated_width))
-    return [dict(arch="relu", width=relu_width, l1_coefficient=l1_relu, **common),
-            dict(arch="gated", width=gated_width, l1_coefficient=l1_gated, **common)]
+    schedule = plateau_settings(plateau_tolerance)
+    return [dict(arch="relu", width=relu_width, l1_coefficient=l1_relu, **schedule, **common),
+            dict(arch="gated", width=gated_width, l1_coefficient=l1_gated, **schedule, **common)]
+
+
+def snapshot_runs(out_dir: Any, configs: list[dict], saes: dict[str, Any]) -> dict[str, dict[int, Any]]:
+    """Each SAE's snapshots and its final SAE, by step, under the SAE's name (``{arch: sae}``)."""
+    from ..training import run_snapshots
+
+    return dict(zip(saes, run_snapshots(out_dir, configs, list(saes.values())), strict=True))
 
 
 def loss_table(saes: dict[str, Any], spliced: list[dict[str, Any]]) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons, training health."""
 
 from .agreement import Agreement, agreement_nulls, agreement_table, dictionary_agreement
+from .dose_response import snapshot_table, training_trend
 from .frontier import compare_at_equal_fidelity, l0_to_reach, pareto_frontier
 from .health import (
     HEALTH_LIMITS,
@@ -38,4 +39,6 @@ __all__ = [
     "match_by_l0",
     "max_cosine_similarity",
     "mmcs",
+    "snapshot_table",
+    "training_trend",
 ]

@@ -3,7 +3,7 @@
 from .config import TrainConfig
 from .init import activation_scale, geometric_median
 from .plateau import PlateauCheck, geometric_steps, plateau_check
-from .sweep import SweepResult, family_configs, train_saes
+from .sweep import SweepResult, family_configs, run_snapshots, train_saes
 from .trainer import TrainingRun, decoder_drift, load_snapshots, train_sae
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "geometric_steps",
     "load_snapshots",
     "plateau_check",
+    "run_snapshots",
     "train_sae",
     "train_saes",
 ]

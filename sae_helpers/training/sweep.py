@@ -35,6 +35,21 @@ class SweepResult(NamedTuple):
     results: pd.DataFrame
 
 
+def run_snapshots(out_dir: str | os.PathLike, configs: Sequence[TrainConfig | dict[str, Any]],
+                  saes: Sequence[SAE] | None = None) -> list[dict[int, SAE]]:
+    """Each configuration's snapshots from ``train_saes(..., out_dir=out_dir, snapshots=...)``, by step
+    (:func:`~.trainer.load_snapshots`); with the finished ``saes``, each run's final SAE at its last step."""
+    from .trainer import load_snapshots
+
+    cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
+    out = [load_snapshots(Path(out_dir) / run_name(cfg)) for cfg in cfgs]
+    for by_step, sae in zip(out, saes or [], strict=False):
+        log = sae.training_log or []
+        if log:
+            by_step[int(log[-1]["step"])] = sae
+    return out
+
+
 def run_name(cfg: TrainConfig) -> str:
     """A readable, unique directory name for a configuration, e.g. ``gated-w1152-l1_2-<hash>``."""
     labels = {"l1_coefficient": "l1", "k": "k", "l0_coefficient": "l0"}
@@ -93,7 +108,7 @@ def train_saes(
         trained on other data (its checkpoint's data fingerprint). Runs written before data
         fingerprints are reused with one warning.
     eval_activations : if given, each run is evaluated during training on a fixed sample of
-        them (:data:`~.trainer.HELDOUT_ROWS` rows; ``heldout_fvu`` and ``heldout_l0`` in its log,
+        them (:data:`~.config.HELDOUT_ROWS` rows; ``heldout_fvu`` and ``heldout_l0`` in its log,
         the curve ``plateau_tolerance`` judges), and each finished SAE on all of them
         (:func:`evaluate`): the metrics join its results row, with ``passes_health``
         (:func:`training_health`).

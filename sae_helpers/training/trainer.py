@@ -55,7 +55,7 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from .config import EXECUTION_FIELDS, TrainConfig
+from .config import EXECUTION_FIELDS, HELDOUT_ROWS, TrainConfig
 from .init import activation_scale, initial_b_dec
 from .plateau import plateau_check
 from .resampling import resample_dead_latents
@@ -139,10 +139,6 @@ def check_same_data(info: dict[str, Any], data: str | None, where: str, warn: bo
 
 #: Subdirectory of a run directory holding its snapshots, one ``step_NNNNNNN/`` SAE each.
 SNAPSHOT_SUBDIR = "snapshots"
-
-
-#: Held-out rows a run evaluates on during training (a sample of the evaluation activations).
-HELDOUT_ROWS = 4096
 
 
 def heldout_rows(activations, n: int = HELDOUT_ROWS, seed: int = 0) -> Tensor | None:

@@ -63,3 +63,23 @@ def test_in_colab_the_default_data_root_moves_into_the_file_browser(monkeypatch)
     chosen = {"seed": 0, "data_root": "/content/drive/MyDrive/sae"}
     common.setup(chosen)
     assert chosen["data_root"] == "/content/drive/MyDrive/sae"  # a chosen folder is kept
+
+
+def test_snapshot_steps_halve_back_from_the_cap():
+    assert common.snapshot_steps(2400, 3) == [300, 600, 1200]
+    assert common.snapshot_steps(200, 3) == [25, 50, 100]
+    assert common.snapshot_steps(5, 4) == [1, 2, 4]
+    assert common.snapshot_steps(100, 0) == []
+
+
+def test_trend_table_and_text_say_which_numbers_still_move():
+    trends = {"l0": pd.DataFrame([{"name": "relu", "previous_tokens": 1000, "tokens": 2000, "previous": 20.0,
+                                   "last": 18.0, "change": -0.1}]),
+              "fvu": pd.DataFrame([{"name": "relu", "previous_tokens": 1000, "tokens": 2000, "previous": 0.1,
+                                    "last": 0.101, "change": 0.01}])}
+    table = common.trend_display(trends, {"l0": "L0", "fvu": "FVU"})
+    assert table.loc[("relu", "L0"), "change %"] == -10.0 and table.loc[("relu", "FVU"), "last"] == 0.101
+    text = common.render_trend(trends, {"l0": "L0", "fvu": "FVU"}, 2000, 0.02)
+    assert "L0 of `relu` (down 10.0%)" in text and "FVU of `relu`" not in text
+    assert "600,000 times fewer" in text
+    assert "every number changed by at most 20%" in common.render_trend(trends, {}, 2000, 0.2)

@@ -4,9 +4,10 @@ from sae_helpers.chapters import training as ch
 
 
 def test_configs_give_the_baseline_more_latents():
-    relu, gated = ch.configs(100, 1.5, 2.0, 3.0, steps=5, seed=0)
-    assert relu == {"arch": "relu", "width": 150, "l1_coefficient": 2.0, "steps": 5, "seed": 0}
-    assert gated["width"] == 100 and gated["l1_coefficient"] == 3.0
+    relu, gated = ch.configs(100, 1.5, 2.0, 3.0, 0.02, steps=5, seed=0)
+    assert relu == {"arch": "relu", "width": 150, "l1_coefficient": 2.0, "steps": 5, "seed": 0,
+                    "lr_decay_start": None, "plateau_tolerance": 0.02}
+    assert gated["width"] == 100 and gated["l1_coefficient"] == 3.0 and gated["lr_decay_start"] is None
 
 
 def test_readable_latents_are_inside_the_density_window():
