@@ -26,6 +26,7 @@ import pandas as pd
 
 __all__ = ["PAPER_TOKENS", "Summary", "cache_dir", "family_settings", "harvest", "parameters", "parameters_table",
            "plateau_settings", "render_trend", "results_file", "run_dir", "setup", "snapshot_steps", "train_family",
+           "family_snapshots",
            "trend_display", "write_results"]
 
 #: The papers' training budgets: Rajamanoharan et al. 2024 and Leask et al. 2025 trained on 1.2-1.6B tokens.
@@ -205,14 +206,27 @@ def harvest(model_name: str, sites: list[str], n_train_tokens: int, n_eval_token
 
 
 def train_family(site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int, steps: int,
-                 batch_size: int, lr: float, seed: int, data_root: str | Path) -> Any:
+                 batch_size: int, lr: float, seed: int, data_root: str | Path, plateau_tolerance: float | None = None,
+                 n_snapshots: int = 0, family_seed: int | None = None) -> Any:
     """The BatchTopK family shared by chapters 03 and 04: every width trained in one pass over
-    ``train_cache`` (one init seed per width, the same data order), checkpointed in
-    ``runs/family/<site>`` and evaluated on ``eval_cache``; the :func:`~sae_helpers.train_saes` result."""
+    ``train_cache`` (one init seed per width from ``family_seed``, default ``seed``; the data order of
+    ``seed``), at constant learning rate until its plateau (``steps``: the cap), with ``n_snapshots``
+    snapshots (:func:`snapshot_steps`), checkpointed in ``runs/family/<site>`` and evaluated on
+    ``eval_cache``; the :func:`~sae_helpers.train_saes` result (``family_seed`` gives a control: the
+    same widths from other initial weights, fed the same batches)."""
     from ..training import family_configs, train_saes
 
-    return train_saes(train_cache, family_configs(widths, seed=seed, **family_settings(k, steps, batch_size, lr)),
-                      data_seed=seed, out_dir=run_dir(data_root, "family", site), eval_activations=eval_cache)
+    configs = family_configs(widths, seed=seed if family_seed is None else family_seed,
+                             **family_settings(k, steps, batch_size, lr, plateau_tolerance))
+    return train_saes(train_cache, configs, data_seed=seed, out_dir=run_dir(data_root, "family", site),
+                      eval_activations=eval_cache, snapshots=snapshot_steps(steps, n_snapshots))
+
+
+def family_snapshots(data_root: str | Path, site: str, saes: list[Any]) -> list[dict[int, Any]]:
+    """Each finished SAE of :func:`train_family` by step: its snapshots and itself at its last step."""
+    from ..training import run_snapshots
+
+    return run_snapshots(run_dir(data_root, "family", site), [sae.training_config for sae in saes], saes)
 
 
 def family_settings(k: int, steps: int, batch_size: int, lr: float,

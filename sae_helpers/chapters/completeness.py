@@ -42,7 +42,7 @@ class Family(NamedTuple):
 
 def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int, steps: int,
                  batch_size: int, lr: float, seed: int, control_seed: int, data_root: str,
-                 n_splice_tokens: int) -> Family:
+                 n_splice_tokens: int, plateau_tolerance: float | None = None, n_snapshots: int = 0) -> Family:
     """Every width trained in one pass (one init seed per width, the same data order), the
     control (the smallest width again from ``control_seed``), the family spliced into ``model``."""
     if control_seed == seed:
@@ -50,14 +50,12 @@ def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, width
                          "Choose another control_seed (the notebook's None means seed + 1).")
     from ..evaluation import health_table
     from ..models import splice_eval
-    from ..training import decoder_drift, family_configs, train_saes
+    from ..training import decoder_drift
 
-    sweep = common.train_family(site, train_cache, eval_cache, widths, k=k, steps=steps,
-                                batch_size=batch_size, lr=lr, seed=seed, data_root=data_root)
-    control_run = train_saes(train_cache, family_configs(widths[:1], seed=control_seed,
-                                                         **common.family_settings(k, steps, batch_size, lr)),
-                             data_seed=seed, out_dir=common.run_dir(data_root, "family", site),
-                             eval_activations=eval_cache)
+    settings = dict(k=k, steps=steps, batch_size=batch_size, lr=lr, seed=seed, data_root=data_root,
+                    plateau_tolerance=plateau_tolerance, n_snapshots=n_snapshots)
+    sweep = common.train_family(site, train_cache, eval_cache, widths, **settings)
+    control_run = common.train_family(site, train_cache, eval_cache, widths[:1], family_seed=control_seed, **settings)
     control = control_run.saes[0]
     spliced = splice_eval(model, sweep.saes, n_splice_tokens)
     table = pd.DataFrame([{"width": w, "arch": "batchtopk", **{key: row[key] for key in ("l0", "fvu", "mse",
