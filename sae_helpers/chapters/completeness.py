@@ -11,9 +11,11 @@ import pandas as pd
 from . import common
 from .common import Summary
 
-__all__ = ["ABOVE_NULL_FACTOR", "CONTROL_LIKE_SHARE", "CURVE_COLUMNS", "NEAR_PAPER", "PAIR_COLUMNS", "PAPER_NOVEL",
-           "CurveVerdict", "Family", "Verdict", "analyze_pairs", "curve_verdict", "curves", "family_pairs",
-           "render_verdict", "save_results", "summary", "train_family", "verdict"]
+__all__ = ["ABOVE_NULL_FACTOR", "AGREEMENT_COSINE", "CONTROL_LIKE_SHARE", "CURVE_COLUMNS", "NEAR_PAPER",
+           "PAIR_COLUMNS", "PAPER_NOVEL", "PUBLISHED_AGREEMENT", "TRAINING_METRICS", "AgreementVerdict",
+           "CurveVerdict", "Family", "Verdict", "agreement", "agreement_verdict", "analyze_pairs", "curve_verdict",
+           "curves", "family_pairs", "render_agreement", "render_verdict", "save_results", "summary",
+           "train_family", "training_length", "verdict"]
 
 PAPER_NOVEL = 0.35
 """The paper's fraction of novel latents (~35%)."""
@@ -23,6 +25,13 @@ ABOVE_NULL_FACTOR = 2.0
 """The family's novel fractions are "well above" the control's when all exceed this multiple of it."""
 CONTROL_LIKE_SHARE = 0.5
 """The control's rise "costs about as much" when it is at least this share of the family's smallest rise."""
+AGREEMENT_COSINE = 0.7
+"""Two latents are "the same" when their decoder rows have a cosine above this (Paulo & Belrose 2025)."""
+PUBLISHED_AGREEMENT = (0.30, 0.53)
+"""Paulo & Belrose 2025: 30-53% of latents shared at cosine > 0.7 between seeds, SAEs trained on billions of tokens."""
+TRAINING_METRICS = {"frac_novel": "novel fraction", "shared_fraction": "shared at cos > 0.7",
+                    "rising_share": "rising share of the walk"}
+"""The numbers :func:`training_length` follows over the snapshots, with their names in the text."""
 
 PAIR_COLUMNS = ["n_latents", "n_dead", "n_trained", "frac_novel", "frac_novel_trained", "threshold", "random p99",
                 "initial p99", "proxy_accuracy", "majority_accuracy", "largest group share (threshold)",
@@ -124,6 +133,112 @@ def save_results(curves_by_pair: dict, pair_summary: pd.DataFrame, data_root: st
     common.write_results(all_curves, data_root, "03_completeness_curves", model_name, index=False)
     common.write_results(pair_summary, data_root, "03_completeness_pairs", model_name)
     return all_curves
+
+
+def agreement(pairs: dict[str, tuple[Any, Any]], seed: int) -> pd.DataFrame:
+    """Per pair and null (``trained``, ``random``, ``initial``): the share of the larger SAE's latents
+    whose best match among the smaller SAE's decoder rows has a cosine above :data:`AGREEMENT_COSINE`,
+    and the median best match (:func:`~sae_helpers.evaluation.agreement_nulls`)."""
+    from ..evaluation import agreement_nulls
+
+    rows = [{"pair": name, "null": null, "shared_fraction": a.shared_fraction, "median_best": a.median_best}
+            for name, (small, large) in pairs.items()
+            for null, a in agreement_nulls(large, small, AGREEMENT_COSINE, seed).items()]
+    return pd.DataFrame(rows).set_index(["pair", "null"])
+
+
+def _stages(family: Family, data_root: str, site: str) -> dict[str, tuple[dict[int, Any], Any]]:
+    """Each SAE's snapshots by step (its final SAE included), under the family's SAE names."""
+    saes = [*family.saes.values(), family.control]
+    snapshots = common.family_snapshots(data_root, site, saes)
+    return dict(zip([*map(str, family.saes), "control"], snapshots, strict=True))
+
+
+def training_length(family: Family, control_seed: int, eval_cache: Any, data_root: str, site: str, *,
+                    n_points: int = 12) -> pd.DataFrame:
+    """The chapter's numbers at every snapshot step all SAEs reached, and at the end: per pair,
+    ``frac_novel`` (:func:`~sae_helpers.stitching.analyze`), ``shared_fraction`` and ``median_best``
+    (:func:`agreement`, trained) and ``rising_share``, the share of a walk's evaluated intervals
+    (``n_points`` points, no splicing) on which FVU rises. ``tokens``: activations the less trained
+    SAE of the pair had seen; ``stage``: the step, or ``"final"``."""
+    from .. import stitching
+    from ..evaluation import dictionary_agreement
+    from ..evaluation.dose_response import training_tokens
+
+    by_name = _stages(family, data_root, site)
+    finals = {name: max(steps) for name, steps in by_name.items()}
+    common_steps = sorted(set.intersection(*(set(steps) for steps in by_name.values())) - set(finals.values()))
+    stages: list[tuple[str, dict[str, Any]]] = [
+        (str(step), {name: steps[step] for name, steps in by_name.items()}) for step in common_steps]
+    stages.append(("final", {name: steps[finals[name]] for name, steps in by_name.items()}))
+    rows = []
+    for stage, saes in stages:
+        widths = [name for name in saes if name != "control"]
+        pairs = {f"{a} -> {b}": (saes[a], saes[b]) for a, b in zip(widths[:-1], widths[1:], strict=True)}
+        pairs[f"control: {widths[0]} -> {widths[0]} (seed {control_seed})"] = (saes[widths[0]], saes["control"])
+        for name, (small, large) in pairs.items():
+            table, summary_ = stitching.analyze(small, large, eval_cache)
+            walk = stitching.curve(small, large, eval_cache, threshold=summary_["threshold"], table=table,
+                                   n_points=n_points)
+            rises, intervals, _ = stitching.count_rises(walk.points["fvu"])
+            shared = dictionary_agreement(large, small, AGREEMENT_COSINE)
+            rows.append({"stage": stage, "name": name, "tokens": min(training_tokens(small), training_tokens(large)),
+                         "frac_novel": summary_["frac_novel"], "shared_fraction": shared.shared_fraction,
+                         "median_best": shared.median_best, "rising_share": rises / intervals if intervals else np.nan})
+    return pd.DataFrame(rows)
+
+
+class AgreementVerdict(NamedTuple):
+    """How far two seeds of one width agree, against the random null and the published range."""
+
+    shared: float
+    """The control pair's shared fraction (cos > :data:`AGREEMENT_COSINE`)."""
+    median_best: float
+    random_shared: float
+    random_median: float
+    initial_shared: float
+    family_shared: pd.Series
+    """Each family pair's shared fraction (the larger SAE's latents with a match in the smaller)."""
+    below_published: bool
+    trend: float
+    """Relative change of the control's shared fraction over its last doubling of training (NaN: one stage)."""
+    tokens: int
+
+
+def agreement_verdict(table: pd.DataFrame, control_name: str, tokens: int,
+                      length: pd.DataFrame | None = None) -> AgreementVerdict:
+    """The verdict from :func:`agreement`'s table, the activations the SAEs saw (``tokens``) and, for the
+    trend, :func:`training_length`'s table."""
+    from ..evaluation.dose_response import training_trend
+
+    control = table.loc[control_name]
+    family_ = table.drop(index=control_name, level="pair").xs("trained", level="null")["shared_fraction"]
+    trend = training_trend(length[length.name == control_name], "shared_fraction") if length is not None else []
+    return AgreementVerdict(
+        float(control.loc["trained", "shared_fraction"]), float(control.loc["trained", "median_best"]),
+        float(control.loc["random", "shared_fraction"]), float(control.loc["random", "median_best"]),
+        float(control.loc["initial", "shared_fraction"]) if "initial" in control.index else float("nan"),
+        family_, bool(control.loc["trained", "shared_fraction"] < PUBLISHED_AGREEMENT[0]),
+        float(trend["change"].iloc[0]) if len(trend) else float("nan"), int(tokens))
+
+
+def render_agreement(v: AgreementVerdict) -> str:
+    """The agreement paragraph, and what it allows the rest of the chapter to conclude."""
+    low, high = PUBLISHED_AGREEMENT
+    trend = ("" if np.isnan(v.trend) else
+             f" Over the last doubling of training it changed by {v.trend:+.0%}, so it is "
+             + ("still growing." if v.trend > 0.02 else "no longer growing much." if v.trend > -0.02 else "falling."))
+    text = (f"Two seeds of the smallest width share {v.shared:.1%} of their latents (best match above cosine "
+            f"{AGREEMENT_COSINE}; median best match {v.median_best:.2f}), against {v.random_shared:.1%} (median "
+            f"{v.random_median:.2f}) for random directions and {v.initial_shared:.1%} for the two SAEs at "
+            f"initialisation. Paulo & Belrose (2025) report {low:.0%}-{high:.0%} for SAEs trained on billions of "
+            f"tokens; these saw at most {v.tokens:,} activations.{trend} Neighbouring widths share "
+            f"{', '.join(f'{x:.1%} ({p})' for p, x in v.family_shared.items())}.")
+    if v.below_published:
+        text += (" **The dictionaries agree less than published SAEs do**, so every comparison below between two "
+                 "SAEs, novel fractions and walks included, is read at this budget: part of what separates two "
+                 "widths here also separates two seeds, and the control pair measures that part.")
+    return text
 
 
 class CurveVerdict(NamedTuple):
@@ -268,16 +383,19 @@ def render_verdict(v: Verdict) -> str:
         f"{', '.join(f'{x:.3f}' for x in family_excess)} for the family's pairs and by {control_curve.excess:.3f} "
         f"for the control pair, whose two SAEs have the same width ({v.control_novel:.1%} novel latents). "
         + ("Swapping latents between two independently trained dictionaries costs about as much between two "
-           "seeds of one width as between two widths: the rise measures how differently two runs carve up "
-           "the activations (their latents work together, not one by one), not missing or novel features."
+           "seeds of one width as between two widths: at this budget the rise measures how differently two runs "
+           "carve up the activations (their latents work together, not one by one) at least as much as anything "
+           "a larger SAE adds. How much of it remains between dictionaries that agree as published ones do is "
+           "not measured here (see the agreement of the two seeds above)."
            if v.control_like else
            "The control's rise is much smaller, so most of the family's rise is specific to the width change."))
     return "\n".join(lines)
 
 
-def summary(v: Verdict) -> Summary:
+def summary(v: Verdict, agreement: AgreementVerdict | None = None) -> Summary:
     """The chapter's headline and key numbers: the novel fraction of each family pair beside the
-    control pair's (two seeds of one width), and the swap phase's excess FVU of both."""
+    control pair's (two seeds of one width), and the swap phase's excess FVU of both; with the
+    ``agreement`` verdict, how far two seeds agree and what that allows."""
     pairs = ", ".join(f"{x:.1%} ({p})" for p, x in v.novel.items())
     control_excess = v.curves[v.control_name].excess
     headline = (f"Of a larger SAE's live latents, {pairs} are novel (not explained by the next smaller SAE), "
@@ -288,4 +406,12 @@ def summary(v: Verdict) -> Summary:
                 "above_null": v.above_null}
     numbers |= {f"swap_excess_fvu: {name}": c.excess for name, c in v.curves.items() if name != v.control_name}
     numbers |= {"swap_excess_fvu: control": control_excess, "control_like": v.control_like}
+    if agreement is not None:
+        headline += (f" Two seeds of one width share {agreement.shared:.1%} of their latents at cosine > "
+                     f"{AGREEMENT_COSINE} (random directions: {agreement.random_shared:.1%}; published SAEs: "
+                     f"{PUBLISHED_AGREEMENT[0]:.0%}-{PUBLISHED_AGREEMENT[1]:.0%}), so these numbers describe "
+                     + ("dictionaries that have not converged to a common one." if agreement.below_published
+                        else "dictionaries that agree about as well as published ones."))
+        numbers |= {"shared_fraction: control": agreement.shared, "shared_fraction: random": agreement.random_shared,
+                    "shared_fraction: control trend": agreement.trend}
     return Summary(headline, numbers)

@@ -1,7 +1,7 @@
 """Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons, training health."""
 
 from .agreement import Agreement, agreement_nulls, agreement_table, dictionary_agreement
-from .dose_response import snapshot_table, training_trend
+from .dose_response import snapshot_table, training_tokens, training_trend
 from .frontier import compare_at_equal_fidelity, l0_to_reach, pareto_frontier
 from .health import (
     HEALTH_LIMITS,
@@ -40,5 +40,6 @@ __all__ = [
     "max_cosine_similarity",
     "mmcs",
     "snapshot_table",
+    "training_tokens",
     "training_trend",
 ]

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from sae_helpers.chapters import completeness as ch
 from sae_helpers.stitching import Curve
@@ -94,3 +95,69 @@ def test_a_control_seed_equal_to_the_seed_is_refused(tmp_path):
     with pytest.raises(ValueError, match="control_seed = seed = 3: the control pair would be one SAE"):
         ch.train_family(None, "blocks.0.hook_resid_post", None, None, [8, 16], k=2, steps=1, batch_size=4,
                         lr=1e-3, seed=3, control_seed=3, data_root=tmp_path, n_splice_tokens=8)
+
+
+def _rows(n, d, seed):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_agreement_counts_the_larger_saes_latents_matched_in_the_smaller():
+    """The larger SAE holds 6 of the smaller SAE's 8 rows (rotated by under 45 degrees: cosine > 0.7) and
+    6 rows orthogonal to all of them: 6 of its 12 latents are shared."""
+    small = torch.linalg.qr(_rows(16, 16, 0))[0][:8]  # 8 orthonormal rows in d = 16
+    others = torch.linalg.qr(_rows(16, 16, 0))[0][8:14]  # 6 rows orthogonal to them
+    tilted = torch.nn.functional.normalize(small[:6] + 0.5 * others[:6], dim=1)  # cosine 1/sqrt(1.25) = 0.894
+    large = torch.cat([tilted, others])
+    table = ch.agreement({"8 -> 12": (small, large)}, seed=0)
+    trained = table.loc[("8 -> 12", "trained")]
+    assert trained["shared_fraction"] == pytest.approx(6 / 12)
+    cos = (large @ small.T).max(1).values
+    assert trained["median_best"] == pytest.approx(float(np.median(cos.numpy())), abs=1e-6)
+    assert table.loc[("8 -> 12", "random"), "shared_fraction"] < 0.5
+    assert "initial" not in table.loc["8 -> 12"].index  # tensors have no training_config
+
+
+def _agreement_table(shared=0.1, random=0.0, family=(0.05, 0.08)):
+    index = pd.MultiIndex.from_tuples(
+        [(p, n) for p in ("8 -> 16", "16 -> 32", CONTROL) for n in ("trained", "random", "initial")],
+        names=["pair", "null"])
+    values = [family[0], 0.0, 0.01, family[1], 0.0, 0.01, shared, random, 0.02]
+    return pd.DataFrame({"shared_fraction": values, "median_best": [0.3] * 9}, index=index)
+
+
+def test_agreement_verdict_reads_the_control_and_its_trend():
+    length = pd.DataFrame({"stage": ["100", "final", "100", "final"], "name": [CONTROL, CONTROL, "8 -> 16", "8 -> 16"],
+                           "step": [100, 200, 100, 200], "tokens": [1000, 2000, 1000, 2000],
+                           "shared_fraction": [0.08, 0.1, 0.2, 0.3]})
+    v = ch.agreement_verdict(_agreement_table(), CONTROL, 2000, length)
+    assert v.shared == 0.1 and v.random_shared == 0.0 and v.initial_shared == 0.02 and v.below_published
+    assert v.trend == pytest.approx(0.25) and list(v.family_shared) == [0.05, 0.08]
+    text = ch.render_agreement(v)
+    assert "share 10.0% of their latents" in text and "changed by +25%, so it is still growing" in text
+    assert "agree less than published SAEs do" in text and "8 -> 16" in text
+    assert np.isnan(ch.agreement_verdict(_agreement_table(), CONTROL, 2000).trend)
+    high = ch.agreement_verdict(_agreement_table(shared=0.4), CONTROL, 2000)
+    assert not high.below_published and "agree less" not in ch.render_agreement(high)
+    summary = ch.summary(ch.verdict(pair_summary(), CONTROL, FAMILY, curves()), v)
+    assert "have not converged to a common one" in summary.headline
+    assert summary.key_numbers["shared_fraction: control"] == 0.1
+
+
+def test_training_length_recomputes_the_numbers_at_each_snapshot(tmp_path):
+    from sae_helpers import SyntheticFeatures, stitching
+    from sae_helpers.chapters import common
+
+    syn = SyntheticFeatures(d=16, n_features=48, firing_prob=0.05)
+    x, held_out = syn.sample(6000, seed=0).x, syn.sample(1000, seed=1).x
+    settings = dict(k=3, steps=40, batch_size=128, lr=3e-3, seed=0, data_root=tmp_path, n_snapshots=2)
+    sweep = common.train_family("site", x, held_out, [16, 32], **settings)
+    control = common.train_family("site", x, held_out, [16], family_seed=1, **settings).saes[0]
+    family = ch.Family(dict(zip([16, 32], sweep.saes, strict=True)), control, None, None)
+    length = ch.training_length(family, 1, held_out, tmp_path, "site", n_points=4)
+    assert list(length["stage"].unique()) == ["10", "20", "final"]
+    assert set(length["name"]) == {"16 -> 32", "control: 16 -> 16 (seed 1)"}
+    final = length[(length.stage == "final") & (length.name == "16 -> 32")].iloc[0]
+    _, direct = stitching.analyze(sweep.saes[0], sweep.saes[1], held_out)
+    assert final["frac_novel"] == direct["frac_novel"] and final["tokens"] == 40 * 128
+    early = length[(length.stage == "10") & (length.name == "16 -> 32")].iloc[0]
+    assert early["tokens"] == 10 * 128 and 0 <= early["rising_share"] <= 1
