@@ -8,11 +8,12 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from . import common
-from .common import Summary
+from .common import Summary, plateau_settings
 
-__all__ = ["CLEARLY_LOWER_L0", "RESULT_COLUMNS", "SAME_L0", "SETTINGS", "UNBIASED_WITHIN", "SiteSweep", "SiteVerdict",
-           "equivalence_check", "render_equivalence", "render_verdict", "render_verdicts", "results_display",
-           "site_verdict", "summary", "sweep_configs", "sweep_site"]
+__all__ = ["CLEARLY_LOWER_L0", "FIDELITY_METRICS", "RESULT_COLUMNS", "SAME_L0", "SETTINGS", "UNBIASED_WITHIN",
+           "SiteSweep", "SiteVerdict", "equivalence_check", "fidelity_ratios", "ratio_trend", "render_equivalence",
+           "render_verdict", "render_verdicts", "results_display", "site_verdict", "snapshot_results", "summary",
+           "sweep_configs", "sweep_site"]
 
 CLEARLY_LOWER_L0 = 0.8
 """A median Gated/baseline L0 ratio below this is "clearly lower L0"."""
@@ -23,6 +24,10 @@ UNBIASED_WITHIN = 0.02
 
 RESULT_COLUMNS = ["site", "arch", "l1_coefficient", "k", "l0_coefficient", "l0", "fvu", "relative_reconstruction_bias",
                   "loss_recovered", "delta_lm_loss", "dead_fraction"]
+#: The fidelities at which the Gated/baseline L0 ratio is read: (how the page names it, higher is better).
+#: Loss recovered comes last: it is squeezed near 1 where zero-ablation costs far more than any SAE.
+FIDELITY_METRICS = {"fvu": ("FVU", False), "delta_lm_loss": ("ΔLM loss", False),
+                    "loss_recovered": ("loss recovered", True)}
 #: The sparsity setting of each architecture: (column of the results, how the page names it).
 SETTINGS = {"relu": ("l1_coefficient", "L1"), "gated": ("l1_coefficient", "L1"), "topk": ("k", "k"),
             "batchtopk": ("k", "k"), "jumprelu": ("l0_coefficient", "L0 coef.")}
@@ -50,10 +55,12 @@ def results_display(results: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:
 
 def sweep_configs(gated_width: int, relu_width_factor: float, l1_relu: list[float], l1_gated: list[float],
                   k_topk: list[int], l0_jumprelu: list[float], jumprelu_threshold_lr_scale: float,
-                  **common_settings: Any) -> list[dict]:
+                  plateau_tolerance: float | None = None, **common_settings: Any) -> list[dict]:
     """Every architecture and sparsity setting of one site's sweep (the baseline
-    ``relu_width_factor`` times wider: equal compute); ``common_settings`` for all."""
+    ``relu_width_factor`` times wider: equal compute); ``common_settings`` for all, at constant
+    learning rate until each SAE's plateau (:func:`~.common.plateau_settings`)."""
     relu_width = int(round(relu_width_factor * gated_width))
+    common_settings = {**plateau_settings(plateau_tolerance), **common_settings}
     return ([dict(arch="relu", width=relu_width, l1_coefficient=l1, **common_settings) for l1 in l1_relu]
             + [dict(arch="gated", width=gated_width, l1_coefficient=l1, **common_settings) for l1 in l1_gated]
             + [dict(arch=arch, width=gated_width, k=k, **common_settings) for arch in ("topk", "batchtopk")
@@ -69,18 +76,22 @@ class SiteSweep(NamedTuple):
     rows: list[dict[str, Any]]
     health: pd.DataFrame
     gated: Any
+    snapshots: list[dict[int, Any]]
+    """Each SAE's snapshots and its final SAE, by step (in configuration order)."""
 
 
 def sweep_site(model: Any, site: str, train_cache: Any, eval_cache: Any, configs: list[dict], *, data_root: str,
-               n_splice_tokens: int) -> SiteSweep:
-    """Train ``configs`` in one pass at ``site``, evaluate them on held-out activations and splice
-    them into ``model``."""
+               n_splice_tokens: int, n_snapshots: int = 0) -> SiteSweep:
+    """Train ``configs`` in one pass at ``site`` (with ``n_snapshots`` snapshots each, at halvings of
+    ``steps``), evaluate them on held-out activations and splice them into ``model``."""
     from ..evaluation import health_table
     from ..models import splice_eval
-    from ..training import train_saes
+    from ..training import run_snapshots, train_saes
 
-    sweep = train_saes(train_cache, configs, out_dir=common.run_dir(data_root, "02_shrinkage", site),
-                       eval_activations=eval_cache)
+    out_dir = common.run_dir(data_root, "02_shrinkage", site)
+    steps = max(c["steps"] for c in configs)
+    sweep = train_saes(train_cache, configs, out_dir=out_dir, eval_activations=eval_cache,
+                       snapshots=common.snapshot_steps(steps, n_snapshots))
     spliced = splice_eval(model, sweep.saes, n_splice_tokens)
     rows = []
     for config_row, splice_row in zip(sweep.results.to_dict("records"), spliced, strict=True):
@@ -90,7 +101,63 @@ def sweep_site(model: Any, site: str, train_cache: Any, eval_cache: Any, configs
     evaluations = dict(zip(names, sweep.results.to_dict("records"), strict=True))
     health = health_table(dict(zip(names, sweep.saes, strict=True)), evaluations=evaluations)
     gated = next(sae for sae, cfg in zip(sweep.saes, configs, strict=True) if cfg["arch"] == "gated")
-    return SiteSweep(rows, health, gated)
+    return SiteSweep(rows, health, gated, run_snapshots(out_dir, configs, sweep.saes))
+
+
+def snapshot_results(site: str, sweep: SiteSweep, eval_activations: Any, archs: tuple[str, ...] = ("relu", "gated"),
+                     max_tokens: int | None = 8192) -> pd.DataFrame:
+    """L0 and FVU on held-out activations (the first ``max_tokens``) of every snapshot of the ``archs``
+    runs, a row per run and stage: ``stage`` (the step, or ``"final"``), ``tokens``, ``arch``, ``l0``,
+    ``fvu``. Stages are the snapshot steps every run reached, then each run's end."""
+    from ..evaluation import evaluate
+    from ..evaluation.dose_response import training_tokens
+
+    runs = [(row["arch"], by_step) for row, by_step in zip(sweep.rows, sweep.snapshots, strict=True)
+            if row["arch"] in archs]
+    if not runs:
+        return pd.DataFrame(columns=["site", "stage", "tokens", "arch", "l0", "fvu"])
+    shared = sorted(set.intersection(*(set(s) for _, s in runs)) - {max(s) for _, s in runs})
+    rows = []
+    for arch, by_step in runs:
+        for stage, step in [*((str(step), step) for step in shared), ("final", max(by_step))]:
+            sae = by_step[step]
+            measured = evaluate(sae, eval_activations, max_tokens=max_tokens)
+            rows.append({"site": site, "stage": stage, "tokens": training_tokens(sae, step), "arch": arch,
+                         "l0": measured["l0"], "fvu": measured["fvu"]})
+    return pd.DataFrame(rows)
+
+
+def ratio_trend(snapshots: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
+    """The Gated/baseline L0 ratio at the middle of the two sweeps' common FVU range, at every stage
+    of :func:`snapshot_results` (a row per site and stage, with its bootstrap interval and the
+    fewest activations any run of the stage had seen)."""
+    from ..evaluation.frontier import fidelity_targets, l0_ratio_at_fidelity
+
+    rows = []
+    for (site, stage), runs in snapshots.groupby(["site", "stage"], sort=False):
+        targets = fidelity_targets(runs, "fvu", "relu", "gated", quantiles=(0.5,))
+        if not targets:
+            continue
+        ratio = l0_ratio_at_fidelity(runs, targets, y="fvu", n_boot=n_boot, seed=seed).iloc[0]
+        rows.append({"site": site, "stage": stage, "tokens": int(runs["tokens"].min()), "fvu": targets[0],
+                     "l0_ratio": ratio["ratio"], "low": ratio["low"], "high": ratio["high"]})
+    return pd.DataFrame(rows)
+
+
+def fidelity_ratios(at_site: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The Gated/baseline L0 ratio at three fidelities (the quartiles of the two sweeps' common range)
+    of each :data:`FIDELITY_METRICS`, with bootstrap intervals over runs (and seeds, when ``at_site``
+    has a ``seed`` column with several values); a row per metric and fidelity."""
+    from ..evaluation.frontier import fidelity_targets, l0_ratio_at_fidelity
+
+    frames = []
+    for metric, (_, higher) in FIDELITY_METRICS.items():
+        targets = fidelity_targets(at_site, metric, "relu", "gated")
+        if targets:
+            table = l0_ratio_at_fidelity(at_site, targets, y=metric, higher_is_better=higher, n_boot=n_boot, seed=seed)
+            frames.append(table.assign(metric=metric))
+    columns = ["metric", "target", "ratio", "low", "high", "resolved", "l0_relu", "l0_gated"]
+    return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 class SiteVerdict(NamedTuple):
@@ -109,6 +176,8 @@ class SiteVerdict(NamedTuple):
     """All Gated ``|γ - 1|`` are at most :data:`UNBIASED_WITHIN`."""
     others: dict[str, tuple[float, float]]
     """(min, max) of γ of each architecture without an L1 penalty."""
+    ratios: pd.DataFrame
+    """:func:`fidelity_ratios`: the ratio at three fidelities of FVU, ΔLM loss and loss recovered."""
 
 
 def site_verdict(at_site: pd.DataFrame, site: str) -> SiteVerdict:
@@ -124,7 +193,8 @@ def site_verdict(at_site: pd.DataFrame, site: str) -> SiteVerdict:
               if arch not in ("relu", "gated")}
     return SiteVerdict(site, comparison, ratios.median() if len(ratios) else None, len(ratios),
                        (relu_gamma.min(), relu_gamma.max()), (gated_gamma.min(), gated_gamma.max()),
-                       bool((gated_gamma - 1).abs().max() <= UNBIASED_WITHIN), others)
+                       bool((gated_gamma - 1).abs().max() <= UNBIASED_WITHIN), others,
+                       fidelity_ratios(at_site) if "fvu" in at_site.columns else pd.DataFrame())
 
 
 def render_verdict(v: SiteVerdict) -> str:
@@ -151,7 +221,23 @@ def render_verdict(v: SiteVerdict) -> str:
                f"{relu_min:.3f}-{relu_max:.3f}: {contrast}.")
     others = "; ".join(f"{ARCH_LABELS.get(arch, arch)} {low:.3f}-{high:.3f}" for arch, (low, high) in v.others.items())
     claim_c = f"Without an L1 penalty, γ ranges over: {others}." if others else ""
-    return f"- **{v.site}**: {claim_a} {claim_b} {claim_c}"
+    return f"- **{v.site}**: {claim_a} {_render_ratios(v.ratios)} {claim_b} {claim_c}"
+
+
+def _render_ratios(ratios: pd.DataFrame) -> str:
+    """The ratio at matched FVU and ΔLM loss, with its intervals (loss recovered is in claim (a))."""
+    parts = []
+    for metric in ("fvu", "delta_lm_loss"):
+        rows = ratios[ratios.metric == metric] if len(ratios) else ratios
+        if not len(rows):
+            continue
+        label = FIDELITY_METRICS[metric][0]
+        values = ", ".join(f"{r.target:.3g}: {r.ratio:.2f}x [{r.low:.2f}, {r.high:.2f}]" for r in rows.itertuples())
+        parts.append(f"at {label} {values}")
+    if not parts:
+        return "The sweeps do not overlap in FVU or ΔLM loss, so no ratio can be read off there."
+    return ("The Gated SAEs' L0 over the baseline's at matched fidelity (90% bootstrap intervals over the sweep's "
+            "runs): " + "; ".join(parts) + ".")
 
 
 def render_verdicts(verdicts: list[SiteVerdict]) -> str:
@@ -211,4 +297,18 @@ def summary(verdicts: list[SiteVerdict]) -> Summary:
         numbers |= {f"{v.site}: l0_ratio_gated_to_baseline": v.l0_ratio, f"{v.site}: n_matched": v.n_matched,
                     f"{v.site}: gamma_baseline_min": v.relu_gamma[0], f"{v.site}: gamma_baseline_max": v.relu_gamma[1],
                     f"{v.site}: gamma_gated_min": v.gated_gamma[0], f"{v.site}: gamma_gated_max": v.gated_gamma[1]}
+        middle = _middle(v.ratios, "fvu")
+        if middle is not None:
+            numbers |= {f"{v.site}: l0_ratio_at_fvu_{middle.target:.3g}": middle.ratio,
+                        f"{v.site}: l0_ratio_at_fvu low": middle.low, f"{v.site}: l0_ratio_at_fvu high": middle.high}
+    at_fvu = [f"{m.ratio:.2f}x [{m.low:.2f}, {m.high:.2f}] at `{v.site}` (FVU {m.target:.3g})"
+              for v in verdicts for m in [_middle(v.ratios, "fvu")] if m is not None]
+    if at_fvu:
+        headline += f" At matched FVU the ratio is {', '.join(at_fvu)}."
     return Summary(headline, numbers)
+
+
+def _middle(ratios: pd.DataFrame, metric: str) -> Any:
+    """The row of :func:`fidelity_ratios` at the middle fidelity of ``metric`` (``None`` without one)."""
+    rows = ratios[ratios.metric == metric] if len(ratios) else ratios
+    return rows.iloc[len(rows) // 2] if len(rows) else None

@@ -64,7 +64,7 @@ def training_trend(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per run, ``column`` at its last two snapshots and the relative change between them
     (``change``: ``(last - previous) / |previous|``), with the tokens of each."""
     out = []
-    for name, group in table.sort_values("step").groupby("name", sort=False):
+    for name, group in table.sort_values("tokens", kind="stable").groupby("name", sort=False):
         if len(group) < 2:
             continue
         previous, last = group.iloc[-2], group.iloc[-1]

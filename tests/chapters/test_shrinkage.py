@@ -90,3 +90,39 @@ def test_results_display_names_each_sae_by_its_one_setting():
     assert list(shown.columns) == ["site", "SAE", "L0", "FVU", "γ", "loss recovered", "ΔLM loss", "dead %"]
     assert shown["L0"].tolist() == [17.1, 32.0, 61.9] and shown["dead %"].tolist()[0] == 8.1
     assert shown["FVU"].tolist()[0] == 0.123
+
+
+def sweep_frame(factor=0.5):
+    """Runs on fvu = 0.6 - 0.1 ln(L0 / f): the Gated SAEs (f = factor) reach every FVU at ``factor`` times the
+    baseline's L0; delta LM loss = fvu / 2 and loss recovered = 1 - fvu behave alike."""
+    import numpy as np
+
+    rows = []
+    for arch, f in (("relu", 1.0), ("gated", factor)):
+        for l0 in np.geomspace(4, 64, 6) * f:
+            fvu = 0.6 - 0.1 * np.log(l0 / f)
+            rows.append({"arch": arch, "l0": l0, "fvu": fvu, "delta_lm_loss": fvu / 2, "loss_recovered": 1 - fvu,
+                         "relative_reconstruction_bias": 0.9 if arch == "relu" else 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_fidelity_ratios_read_the_closed_form_at_three_fidelities():
+    ratios = ch.fidelity_ratios(sweep_frame(0.5), n_boot=100)
+    assert list(ratios.metric) == ["fvu"] * 3 + ["delta_lm_loss"] * 3 + ["loss_recovered"] * 3
+    assert ratios["ratio"].to_numpy() == pytest.approx([0.5] * 9)
+    v = ch.site_verdict(sweep_frame(0.5), "s")
+    text = ch.render_verdict(v)
+    assert "matched fidelity" in text and "at FVU " in text and "0.50x [0.50, 0.50]" in text
+    summary = ch.summary([v])
+    assert "At matched FVU the ratio is 0.50x" in summary.headline
+    assert summary.key_numbers["s: l0_ratio_at_fvu low"] == pytest.approx(0.5)
+
+
+def test_ratio_trend_reads_each_stage():
+    stages = []
+    for stage, factor, tokens in (("100", 0.8, 1000), ("final", 0.5, 2000)):
+        frame = sweep_frame(factor)[["arch", "l0", "fvu"]].assign(site="s", stage=stage, tokens=tokens)
+        stages.append(frame)
+    trend = ch.ratio_trend(pd.concat(stages), n_boot=50)
+    assert list(trend.stage) == ["100", "final"] and list(trend.tokens) == [1000, 2000]
+    assert trend["l0_ratio"].to_numpy() == pytest.approx([0.8, 0.5])
