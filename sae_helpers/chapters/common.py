@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from ..profiles import type_matches
+
 __all__ = ["PAPER_TOKENS", "Summary", "cache_dir", "family_settings", "harvest", "parameters", "parameters_table",
            "plateau_settings", "render_trend", "results_file", "run_dir", "setup", "snapshot_steps", "train_family",
            "family_snapshots",
@@ -134,6 +136,10 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
         namespace["data_root"] = COLAB_DATA_ROOT
     params = parameters(namespace)
     if notebook is not None:
+        defaults = notebook_defaults(notebook)
+        if defaults is not None:
+            check_parameters(params, defaults, notebook)
+            check_profile_overrides(params, defaults, notebook)
         apply_profile(namespace, params, notebook)
         params = parameters(namespace)
     set_default_device(params.get("device", "auto"))
@@ -143,6 +149,80 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
     global _in_effect
     _in_effect = dict(params)
     return parameters_table(params)
+
+
+def notebook_defaults(notebook: str, folder: str | Path = ".") -> dict[str, Any] | None:
+    """The defaults of ``<folder>/<notebook>.ipynb``'s parameters cell (the literal assignments, by name);
+    ``None`` when the notebook is not there (Colab runs it from elsewhere: nothing to check against)."""
+    import ast
+
+    path = Path(folder) / f"{notebook}.ipynb"
+    if not path.is_file():
+        return None
+    cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    source = "".join(tagged[0].get("source", [])) if tagged else None
+    if source is None:
+        return None
+    defaults = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                defaults[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return defaults
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def check_parameters(params: dict[str, Any], defaults: dict[str, Any], notebook: str) -> None:
+    """Refuse, before any work, a parameter the notebook does not have (a misspelt ``-p stepz 5`` would
+    otherwise run the defaults), a value of another type than its default (``-p l1_relu "[2.0]"`` arrives
+    as text: lists need ``-y``), and a non-positive value where the default is positive (counts, widths,
+    rates)."""
+    import difflib
+
+    where = f"{notebook}.ipynb's parameters"
+    unknown = [name for name in params if name not in defaults]
+    if unknown:
+        hints = "; ".join(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                          for name in unknown for close in [difflib.get_close_matches(name, defaults, n=1)])
+        raise ValueError(f"{hints}: not among {where} ({', '.join(defaults)}). Fix the name in papermill's -p/-y "
+                         f"or in book/params/{notebook}.yaml.")
+    problems = []
+    for name, value in params.items():
+        default = defaults[name]
+        if isinstance(default, (list, tuple)) and isinstance(value, str):
+            problems.append(f"{name}={value!r} is text, the default {default!r} a list: pass lists as YAML, "
+                            f"papermill -y '{name}: {value}' (not -p)")
+        elif not type_matches(default, value):
+            problems.append(f"{name}={value!r} ({type(value).__name__}), the default is {default!r} "
+                            f"({type(default).__name__})")
+        elif _positive(default) and not _positive(value) and value is not None:
+            problems.append(f"{name}={value!r} must be > 0 (default {default!r})")
+        elif isinstance(default, (list, tuple)) and default and all(map(_positive, default)) and not all(
+                map(_positive, value)):
+            problems.append(f"{name}={value!r}: every element must be > 0 (default {default!r})")
+    if problems:
+        raise ValueError(f"Bad parameters for {notebook}: " + "; ".join(problems) + ".")
+
+
+def check_profile_overrides(params: dict[str, Any], defaults: dict[str, Any], notebook: str) -> None:
+    """A value given for a parameter that the chosen profile also sets would be replaced silently: refuse it."""
+    from ..profiles import QUICK, load_profile
+
+    profile = params.get("profile", QUICK)
+    if profile == QUICK:
+        return
+    values = load_profile(profile, notebook)
+    clashes = [f"{name}={params[name]!r} (the profile sets {values[name]!r})" for name in values
+               if name in params and params[name] != defaults.get(name) and params[name] != values[name]]
+    if clashes:
+        raise ValueError(f"profile={profile!r} sets parameters you also gave: {'; '.join(clashes)}. Drop them, or "
+                         "edit a copy of the profile's YAML file and pass its path as profile.")
 
 
 def cache_dir(data_root: str | Path) -> Path:

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["QUICK", "apply_profile", "load_profile", "profile_names"]
+__all__ = ["QUICK", "apply_profile", "load_profile", "profile_names", "type_matches"]
 
 #: The profile of the notebooks' own defaults: nothing to change.
 QUICK = "quick"
@@ -59,7 +59,9 @@ def load_profile(profile: str, notebook: str) -> dict[str, Any]:
     return values
 
 
-def _type_ok(default: Any, value: Any) -> bool:
+def type_matches(default: Any, value: Any) -> bool:
+    """Whether ``value`` may stand for a parameter whose default is ``default`` (an int for a float,
+    anything for a ``None`` default, ``None`` for anything)."""
     if default is None or value is None:
         return True
     if isinstance(default, bool) or isinstance(value, bool):
@@ -79,7 +81,7 @@ def check_profile(values: dict[str, Any], params: dict[str, Any], where: str) ->
         raise ValueError(f"{where}: {unknown} are not parameters of this notebook (its parameters: "
                          f"{sorted(params)}). Remove or rename them.")
     wrong = [f"{key}={values[key]!r} (the notebook's default is {params[key]!r})"
-             for key in values if not _type_ok(params[key], values[key])]
+             for key in values if not type_matches(params[key], values[key])]
     if wrong:
         raise ValueError(f"{where}: wrong types: {'; '.join(wrong)}. Give each the type of its default.")
 

@@ -83,3 +83,87 @@ def test_trend_table_and_text_say_which_numbers_still_move():
     assert "L0 of `relu` (down 10.0%)" in text and "FVU of `relu`" not in text
     assert "600,000 times fewer" in text
     assert "every number changed by at most 20%" in common.render_trend(trends, {}, 2000, 0.2)
+
+
+def _notebook(folder, source):
+    cell = {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": source, "outputs": [],
+            "execution_count": None}
+    (folder / "ch.ipynb").write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4,
+                                                 "nbformat_minor": 5}))
+
+
+PARAMETERS_CELL = """profile = "quick"
+steps = 200       # the cap
+lr = 1e-3
+l1_relu = [1.0, 4.0]
+meta_width = None
+seed = 0
+"""
+
+
+def test_notebook_defaults_read_the_parameters_cell(tmp_path):
+    _notebook(tmp_path, PARAMETERS_CELL)
+    assert common.notebook_defaults("ch", tmp_path) == {"profile": "quick", "steps": 200, "lr": 1e-3,
+                                                         "l1_relu": [1.0, 4.0], "meta_width": None, "seed": 0}
+    assert common.notebook_defaults("missing", tmp_path) is None
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"stepz": 5}, "'stepz' (did you mean 'steps'?)"),
+    ({"l1_relu": "[2.0]"}, "papermill -y 'l1_relu: [2.0]'"),
+    ({"steps": 5.5}, "steps=5.5 (float), the default is 200 (int)"),
+    ({"steps": 0}, "steps=0 must be > 0"),
+    ({"lr": "3e-4"}, "lr='3e-4' (str)"),
+    ({"l1_relu": [1.0, -2.0]}, "every element must be > 0"),
+])
+def test_bad_parameters_are_refused_before_any_work(tmp_path, given, message):
+    _notebook(tmp_path, PARAMETERS_CELL)
+    defaults = common.notebook_defaults("ch", tmp_path)
+    params = {**defaults, **given}
+    with pytest.raises(ValueError) as error:
+        common.check_parameters(params, defaults, "ch")
+    assert message in str(error.value)
+
+
+def test_good_parameters_pass(tmp_path):
+    _notebook(tmp_path, PARAMETERS_CELL)
+    defaults = common.notebook_defaults("ch", tmp_path)
+    common.check_parameters({**defaults, "steps": 5, "lr": 1, "l1_relu": [2], "meta_width": 216, "seed": 3}, defaults,
+                            "ch")
+
+
+def test_setup_checks_the_parameters_against_the_notebook_in_the_working_directory(tmp_path, monkeypatch):
+    _notebook(tmp_path, PARAMETERS_CELL)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="did you mean 'steps'"):
+        common.setup({"profile": "quick", "stepz": 5, "steps": 200, "lr": 1e-3, "l1_relu": [1.0], "meta_width": None,
+                      "seed": 0}, "ch")
+
+
+def test_a_value_the_profile_would_replace_is_refused():
+    defaults = common.notebook_defaults("01_training", sh_notebooks())
+    gpu = __import__("sae_helpers.profiles", fromlist=["load_profile"]).load_profile("gpu", "01_training")
+    name = next(key for key in gpu if isinstance(defaults.get(key), int) and not isinstance(defaults[key], bool))
+    params = {**defaults, "profile": "gpu", name: gpu[name] + 1}
+    with pytest.raises(ValueError, match=f"profile='gpu' sets parameters you also gave: {name}="):
+        common.check_profile_overrides(params, defaults, "01_training")
+    common.check_profile_overrides({**defaults, "profile": "gpu"}, defaults, "01_training")  # defaults: fine
+
+
+def sh_notebooks():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "notebooks"
+
+
+@pytest.mark.parametrize("notebook", sorted(p.stem for p in sh_notebooks().glob("*.ipynb")))
+def test_the_books_parameters_and_profiles_fit_every_notebook(notebook):
+    import yaml
+
+    from sae_helpers.profiles import load_profile
+
+    defaults = common.notebook_defaults(notebook, sh_notebooks())
+    params_file = sh_notebooks().parent / "book" / "params" / f"{notebook}.yaml"
+    book = yaml.safe_load(params_file.read_text()) if params_file.is_file() else {}
+    common.check_parameters({**defaults, **book}, defaults, notebook)
+    common.check_parameters({**defaults, **load_profile("gpu", notebook)}, defaults, notebook)
