@@ -35,7 +35,7 @@ TRAINING_METRICS = {"frac_novel": "novel fraction", "shared_fraction": "shared a
 
 PAIR_COLUMNS = ["n_latents", "n_dead", "n_trained", "frac_novel", "frac_novel_trained", "threshold", "random p99",
                 "initial p99", "proxy_accuracy", "majority_accuracy", "largest group share (threshold)",
-                "largest group share (best_match)"]
+                "largest group share (cos > 0.7)", "largest group share (best_match)"]
 CURVE_COLUMNS = ["pair", "step", "kind", "n_latents", "l0", "fvu", "predicted_delta_mse", "delta_mse",
                  "loss_recovered"]
 
@@ -104,11 +104,13 @@ def analyze_pairs(pairs: dict[str, tuple[Any, Any]], eval_cache: Any, threshold:
         table, summary = stitching.analyze(small_sae, large_sae, eval_cache, threshold=threshold)
         nulls[name] = stitching.cosine_nulls(small_sae, large_sae, seed=seed)
         groups = stitching.grouping_report(small_sae, large_sae, table, summary["threshold"])
+        paper_rule = stitching.grouping_report(small_sae, large_sae, table, AGREEMENT_COSINE)  # the paper's graph
         analyses[name] = (table, summary)
         rows.append({"pair": name, **summary,
                      **{f"{null} p99": float(np.quantile(values, 0.99)) for null, values in nulls[name].items()
                         if null != "trained"},
-                     **{f"largest group share ({g})": groups.loc[g, "largest_share"] for g in groups.index}})
+                     **{f"largest group share ({g})": groups.loc[g, "largest_share"] for g in groups.index},
+                     "largest group share (cos > 0.7)": paper_rule.loc["threshold", "largest_share"]})
     return analyses, nulls, pd.DataFrame(rows).set_index("pair")
 
 
@@ -300,6 +302,8 @@ class Verdict(NamedTuple):
     random_p99: pd.Series
     initial_p99: pd.Series
     threshold_group_share: pd.Series
+    paper_rule_group_share: pd.Series | None
+    """The largest group's share under the paper's fixed threshold graph (cosine above 0.7)."""
     best_match_group_share: float
     family_fvu: dict[int, float]
     family_falls: bool
@@ -329,6 +333,7 @@ def verdict(pair_summary: pd.DataFrame, control_name: str, family_table: pd.Data
         thresholds_below_random=bool((family_pairs_["threshold"] <= family_pairs_["random p99"]).all()),
         random_p99=family_pairs_["random p99"], initial_p99=family_pairs_["initial p99"],
         threshold_group_share=family_pairs_["largest group share (threshold)"],
+        paper_rule_group_share=family_pairs_.get("largest group share (cos > 0.7)"),
         best_match_group_share=family_pairs_["largest group share (best_match)"].max(),
         family_fvu=dict(zip(family_table.width, family_table.fvu, strict=True)),
         family_falls=bool((np.diff(fvu_by_width) < 0).all()), curves=per_curve, control_name=control_name,
@@ -369,8 +374,11 @@ def render_verdict(v: Verdict) -> str:
         + f" the 99th percentile of random directions' max cosine "
         f"({', '.join(f'{x:.2f}' for x in v.random_p99)}; the SAEs at initialisation: "
         f"{', '.join(f'{x:.2f}' for x in v.initial_p99)}), and their graph joins "
-        f"{', '.join(f'{x:.0%}' for x in v.threshold_group_share)} of all latents into one group; the best-match "
-        f"groups hold at most {v.best_match_group_share:.1%}.",
+        f"{', '.join(f'{x:.0%}' for x in v.threshold_group_share)} of all latents into one group"
+        + ("" if v.paper_rule_group_share is None else
+           f" (at the paper's fixed cosine of {AGREEMENT_COSINE}: "
+           f"{', '.join(f'{x:.0%}' for x in v.paper_rule_group_share)})")
+        + f"; the best-match groups hold at most {v.best_match_group_share:.1%}.",
         f"- **Family**: FVU {'falls' if v.family_falls else 'does not fall'} with width "
         f"({', '.join(f'{w}: {f:.3f}' for w, f in v.family_fvu.items())}).",
     ]

@@ -17,6 +17,7 @@ def pair_summary(novel=(0.40, 0.30), control_novel=0.05, thresholds=(0.5, 0.6), 
         "proxy_accuracy": [0.8, 0.75, 0.9], "majority_accuracy": [0.6, 0.7, 0.95],
         "random p99": [*random_p99, 0.7], "initial p99": [0.3, 0.3, 0.3],
         "largest group share (threshold)": [0.5, 0.6, 0.1], "largest group share (best_match)": [0.01, 0.02, 0.03],
+        "largest group share (cos > 0.7)": [0.04, 0.05, 0.0],
     }, index=[*rows, CONTROL])
     frame.index.name = "pair"
     return frame
@@ -46,6 +47,7 @@ def test_verdict_of_a_family_that_looks_like_the_paper():
     text = ch.render_verdict(v)
     assert "8 -> 16: 40.0%, 16 -> 32: 30.0% of the larger SAE's live latents are novel (mean 35.0%), close to" in text
     assert "well above this null" in text and "lie below or at the 99th percentile" in text
+    assert "(at the paper's fixed cosine of 0.7: 4%, 5%)" in text
     assert "(a gain of +20.0%, +5.0%)" in text and "FVU falls with width (8: 0.300, 16: 0.200, 32: 0.100)" in text
 
 
