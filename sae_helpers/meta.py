@@ -64,6 +64,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -151,23 +153,44 @@ def random_unit_rows(n: int, d: int, seed: int = 0) -> Tensor:
     return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one CPU thread (``torch.set_num_threads(1)``; the previous setting is restored).
+
+    A null's rows must have the same bits on every call: the meta-SAE's checkpoint records their hash
+    and refuses other rows. Multi-threaded reductions and linear algebra (the covariance's matmul,
+    ``eigh``) give results that differ in the last bits with the number of threads, so the rows drawn
+    under ``OMP_NUM_THREADS=1`` would not resume a run drawn under two threads. (On a shared machine
+    one thread is also much faster here: a 576 x 576 ``eigh`` took 0.5 s on one thread and 13 s on
+    two beside another 2-thread load.)
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def gaussian_like(rows: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """``n`` draws (float64, CPU) from the Gaussian with the empirical mean and covariance of ``rows``.
 
     ``mean + z @ L.T`` with ``z`` standard normal and ``L = V diag(sqrt(w))`` from the
     eigendecomposition ``V diag(w) V.T`` of the float64 covariance (divisor ``n - 1``), negative
     eigenvalues (rounding, rank deficiency) clipped at 0: draws stay in the rows' affine span.
+    Computed on one thread (:func:`one_thread`): the same bits whatever the thread count.
     """
     x = rows.detach().to("cpu", torch.float64)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"Expected a non-empty 2-D [rows, d] tensor, got shape {tuple(x.shape)}.")
-    mean = x.mean(0)
-    centred = x - mean
-    cov = centred.T @ centred / max(x.shape[0] - 1, 1)
-    w, v = torch.linalg.eigh(cov)
-    factor = v * w.clamp_min(0).sqrt()
-    z = torch.randn(int(n), x.shape[1], generator=generator, dtype=torch.float64)
-    return mean + z @ factor.T
+    with one_thread():
+        mean = x.mean(0)
+        centred = x - mean
+        cov = centred.T @ centred / max(x.shape[0] - 1, 1)
+        w, v = torch.linalg.eigh(cov)
+        factor = v * w.clamp_min(0).sqrt()
+        z = torch.randn(int(n), x.shape[1], generator=generator, dtype=torch.float64)
+        return mean + z @ factor.T
 
 
 def covariance_matched_rows(rows: SAE | Tensor, seed: int = 0) -> Tensor:
@@ -178,12 +201,14 @@ def covariance_matched_rows(rows: SAE | Tensor, seed: int = 0) -> Tensor:
     They keep the rows' anisotropy (a meta-SAE explains more of anisotropic than of isotropic
     directions) but not their sparse structure. Deterministic given ``seed``: the generator is
     ``torch.Generator().manual_seed(COVARIANCE_SEED_OFFSET + seed)``, apart from the trainer's
-    and :func:`random_unit_rows`'s.
+    and :func:`random_unit_rows`'s, and the rows are computed on one thread (:func:`one_thread`), so
+    a checkpoint of this null resumes whatever the thread count.
     """
-    directions = decoder_directions(rows)
-    generator = torch.Generator().manual_seed(COVARIANCE_SEED_OFFSET + int(seed))
-    draws = gaussian_like(directions, directions.shape[0], generator)
-    return (draws / draws.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
+    with one_thread():  # the same bits whatever the thread count (see one_thread)
+        directions = decoder_directions(rows)
+        generator = torch.Generator().manual_seed(COVARIANCE_SEED_OFFSET + int(seed))
+        draws = gaussian_like(directions, directions.shape[0], generator)
+        return (draws / draws.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
 
 
 def initial_decoder_rows(sae: SAE | Tensor) -> Tensor:
