@@ -1,5 +1,7 @@
-"""Chapter 04, atomicity: meta-SAEs on the widest SAE's decoder rows beside their nulls, the
-decompositions read, the comparison with a smaller SAE, and the sentences that report them."""
+"""Chapter 04, atomicity: meta-SAEs on the widest SAE's decoder rows beside three nulls (random unit
+rows, rows with the decoder rows' covariance, the base SAE's initial decoder rows), FVE minus each
+null against the base SAE's training length, the decompositions read, the comparison with a smaller
+SAE, and the sentences that report them."""
 
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import pandas as pd
 from . import common
 from .common import Summary
 
-__all__ = ["MATCH_ABOVE", "MIN_COSINE_CAP", "MIN_COSINE_QUANTILE", "READABLE_DENSITY", "Decompositions",
-           "FveComparison", "Similarity", "decomposition_text", "decompositions", "family_overview",
-           "fve_comparison", "meta_health", "meta_widths", "points", "render_decompositions", "render_fve",
-           "render_scope", "render_similarity", "render_training", "run_dir", "similarity", "similarity_table",
-           "smaller_width", "strong_meta_latents", "summary", "summary_table", "train_metas"]
+__all__ = ["EXTRA_NULLS", "MATCH_ABOVE", "MIN_COSINE_CAP", "MIN_COSINE_QUANTILE", "NULL_LABELS", "READABLE_DENSITY",
+           "TREND_TOLERANCE", "Decompositions", "FveComparison", "MetaTrend", "NullGaps", "Similarity",
+           "decomposition_text", "decompositions", "family_overview", "fve_comparison", "meta_dir", "meta_health",
+           "meta_trend", "meta_widths", "null_comparison", "null_dir", "null_gaps", "null_table", "nulls_health",
+           "plot_trend", "points", "render_decompositions", "render_fve", "render_nulls", "render_scope",
+           "render_similarity", "render_training", "render_trend", "run_dir", "similarity", "similarity_table",
+           "smaller_width", "strong_meta_latents", "summary", "summary_table", "train_metas", "train_nulls", "trend",
+           "trend_display"]
 
 READABLE_DENSITY = (1e-3, 0.05)
 """Base latents read are those firing on 0.1% to 5% of the held-out tokens (both ends included)."""
@@ -25,11 +30,20 @@ MIN_COSINE_CAP = 0.6
 MIN_COSINE_QUANTILE = 0.9
 MATCH_ABOVE = 0.7
 """A decoder row "has a match" in another SAE when its max cosine there exceeds this."""
+NULL_LABELS = {"random": "random unit rows", "covariance": "covariance-matched rows",
+               "initial": "the base SAE's initial decoder rows"}
+"""The nulls (:data:`~sae_helpers.meta.NULLS`) as the text names them."""
+EXTRA_NULLS = ("covariance", "initial")
+"""The nulls :func:`train_nulls` trains (``train_meta_sae`` trains the random one with each meta-SAE)."""
+TREND_TOLERANCE = 0.005
+"""FVE - null "rises" or "falls" with training length when it changes by more than this (half a
+percentage point of FVE) from the first to the last snapshot; otherwise it "stays"."""
 
 
 def points(x: float) -> str:
-    """A difference of fractions in percentage points, signed: ``+1.2 points``."""
-    return f"{100 * x:+.1f} points"
+    """A difference of fractions in percentage points, signed: ``+1.2 points`` (``+0.0 points``, never
+    ``-0.0``, for a difference that rounds to zero)."""
+    return f"{round(100 * x, 1) + 0.0:+.1f} points"
 
 
 def family_overview(family: Any) -> tuple[dict[int, Any], pd.DataFrame, pd.DataFrame]:
@@ -67,23 +81,116 @@ def train_metas(base: Any, base_run: str, widths: dict[str, int], run_dir: Path,
     metas, nulls, results = {}, {}, {}
     for name, width in widths.items():
         options = dict(width=width, **settings)
-        meta_dir = run_dir / f"meta-of-{base_run}-{meta.meta_config(base.d_sae, **options).fingerprint()[:8]}"
-        metas[name], results[name] = meta.train_meta_sae(base, **options, checkpoint_dir=meta_dir)
-        # the null was trained (and kept in meta_dir / "null") by train_meta_sae: this returns it at once
-        nulls[name], _ = meta.train_null_meta_sae(base.d_sae, base.d_in, **options, checkpoint_dir=meta_dir / "null",
-                                                  progress=False)
+        directory = meta_dir(run_dir, base_run, base.d_sae, options)
+        metas[name], results[name] = meta.train_meta_sae(base, **options, checkpoint_dir=directory)
+        # the null was trained (and kept in null_dir(directory, "random")) by train_meta_sae: this returns it at once
+        nulls[name], _ = meta.train_null_meta_sae(base.d_sae, base.d_in, **options,
+                                                  checkpoint_dir=null_dir(directory, "random"), progress=False)
     return metas, nulls, results
+
+
+def meta_dir(run_dir: Path, base_run: str, n_rows: int, options: dict[str, Any], step: int | None = None) -> Path:
+    """Where a meta-SAE of ``options`` (``width`` and the settings of :func:`train_metas`) on the decoder rows
+    of the run ``base_run`` is checkpointed: ``run_dir/meta-of-<base_run>-<fingerprint>``, or
+    ``run_dir/meta-of-<base_run>-step<step>-<fingerprint>`` for the run's snapshot at ``step``."""
+    from .. import meta
+
+    fingerprint = meta.meta_config(n_rows, **options).fingerprint()[:8]
+    return run_dir / (f"meta-of-{base_run}-{fingerprint}" if step is None
+                      else f"meta-of-{base_run}-step{step}-{fingerprint}")
+
+
+def null_dir(directory: Path, null: str) -> Path:
+    """Where the null ``null`` of the meta-SAE in ``directory`` is kept: ``null`` for the random one (as
+    ``train_meta_sae`` keeps it), ``null-<null>`` for the others."""
+    return directory / ("null" if null == "random" else f"null-{null}")
+
+
+def train_nulls(base: Any, base_run: str, widths: dict[str, int], run_dir: Path, rows: dict[str, Any],
+                **settings: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """Each meta-SAE configuration of :func:`train_metas` trained on the rows of each null in ``rows``
+    (``{null: meta.null_rows(base, null, seed)}``, e.g. for :data:`EXTRA_NULLS`), checkpointed beside its
+    meta-SAE (:func:`null_dir`).
+
+    Returns ``{name: {null: null meta-SAE}}`` and ``{name: {null: its FVE on the null's rows}}``."""
+    from .. import meta
+
+    saes: dict[str, dict[str, Any]] = {}
+    fves: dict[str, dict[str, float]] = {}
+    for name, width in widths.items():
+        options = dict(width=width, **settings)
+        directory = meta_dir(run_dir, base_run, base.d_sae, options)
+        saes[name], fves[name] = {}, {}
+        for null, null_rows in rows.items():
+            saes[name][null], fves[name][null] = meta.train_null_meta_sae(
+                base.d_sae, base.d_in, **options, null=null, rows=null_rows, checkpoint_dir=null_dir(directory, null))
+    return saes, fves
+
+
+def meta_trend(snapshots: dict[int, Any], base_run: str, width: int, run_dir: Path, constant_nulls: dict[str, float],
+               **settings: Any) -> pd.DataFrame:
+    """The meta-SAE of ``width`` (settings as for :func:`train_metas`) on the decoder rows of each of the
+    base SAE's snapshots (``{step: sae}``, :func:`~sae_helpers.chapters.common.family_snapshots`; the last
+    step is the finished SAE), and its covariance null on the covariance-matched rows of that snapshot.
+
+    Nulls that do not depend on the snapshot (the random rows, the initial decoder rows) are given as
+    ``constant_nulls`` (``{null: FVE}``, trained once by :func:`train_metas` / :func:`train_nulls`, e.g.
+    ``NullGaps.nulls``; a ``"covariance"`` entry is replaced by each snapshot's). The last
+    step uses :func:`meta_dir` of the finished SAE, so its runs are those of :func:`train_metas` and
+    :func:`train_nulls`; every other step has its own directory (:func:`meta_dir` with ``step``), and a rerun
+    returns finished runs at once.
+
+    Returns one row per step: ``step``, ``tokens`` (activations the base SAE had seen), ``fve``,
+    ``null_<null>`` and ``gap_<null>`` (FVE - null) for each null, and the health (``passes`` or why not) of
+    the meta-SAE (on the snapshot's rows) and of its covariance null (on its rows).
+    """
+    from .. import meta
+    from ..evaluation import evaluate, health_table
+    from ..evaluation.dose_response import training_tokens
+
+    seed = settings.get("seed", 0)
+    options = dict(width=width, **settings)
+    last = max(snapshots)
+    out = []
+    for step, sae in sorted(snapshots.items()):
+        directory = meta_dir(run_dir, base_run, sae.d_sae, options, step=None if step == last else step)
+        meta_sae, result = meta.train_meta_sae(sae, **options, null=False, checkpoint_dir=directory, progress=False)
+        rows = meta.null_rows(sae, "covariance", seed)
+        null_sae, null_fve = meta.train_null_meta_sae(sae.d_sae, sae.d_in, **options, null="covariance", rows=rows,
+                                                      checkpoint_dir=null_dir(directory, "covariance"), progress=False)
+        health = health_table({"meta": meta_sae, "null": null_sae},
+                              evaluations={"meta": evaluate(meta_sae, meta.decoder_directions(sae)),
+                                           "null": evaluate(null_sae, rows)})
+        fves = {**constant_nulls, "covariance": null_fve}
+        fves = {null: fves[null] for null in NULL_LABELS if null in fves}
+        out.append({"step": int(step), "tokens": training_tokens(sae, step), "fve": result.fve,
+                    **{f"null_{null}": value for null, value in fves.items()},
+                    **{f"gap_{null}": result.fve - value for null, value in fves.items()},
+                    "health": _health_word(health, "meta"), "null_health": _health_word(health, "null")})
+    return pd.DataFrame(out)
 
 
 def meta_health(metas: dict[str, Any], nulls: dict[str, Any], rows: Any, null_rows: Any
                 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The health table of every meta-SAE (on the decoder rows) and null (on the random rows);
-    returns the SAEs by display name and the table."""
+    """The health table of every meta-SAE (on the decoder rows, as ``meta-SAE, <name>``) and random null (on
+    the random rows, as ``random null, <name>``); returns the SAEs by display name and the table."""
     from ..evaluation import evaluate, health_table
 
-    saes = {**{f"meta-SAE, {name}": metas[name] for name in metas}, **{f"null, {name}": nulls[name] for name in nulls}}
+    saes = {**{f"meta-SAE, {name}": metas[name] for name in metas},
+            **{f"random null, {name}": nulls[name] for name in nulls}}
     evaluations = {**{f"meta-SAE, {name}": evaluate(metas[name], rows) for name in metas},
-                   **{f"null, {name}": evaluate(nulls[name], null_rows) for name in nulls}}
+                   **{f"random null, {name}": evaluate(nulls[name], null_rows) for name in nulls}}
+    return saes, health_table(saes, evaluations=evaluations)
+
+
+def nulls_health(nulls: dict[str, dict[str, Any]], rows: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The health table of the nulls of :func:`train_nulls` (each on its null's ``rows[null]``), as
+    ``<null> null, <name>``; returns the SAEs by display name and the table."""
+    from ..evaluation import evaluate, health_table
+
+    saes = {f"{null} null, {name}": sae for name, by_null in nulls.items() for null, sae in by_null.items()}
+    evaluations = {f"{null} null, {name}": evaluate(sae, rows[null])
+                   for name, by_null in nulls.items() for null, sae in by_null.items()}
     return saes, health_table(saes, evaluations=evaluations)
 
 
@@ -93,14 +200,15 @@ def _health_word(health: pd.DataFrame, name: str) -> str:
 
 def summary_table(metas: dict[str, Any], results: dict[str, Any], health: pd.DataFrame, base_width: int
                   ) -> pd.DataFrame:
-    """One row per meta-SAE (FVE, its null, L0, dead fraction, health) and the paper's row."""
+    """One row per meta-SAE (FVE, its random null, L0, dead fraction, health) and the paper's row."""
     from ..meta import PAPER
 
     summary = pd.DataFrame({
         name: {"base latents per meta-latent": base_width / metas[name].d_sae, "meta-latents": metas[name].d_sae,
-               "FVE": r.fve, "FVE null": r.fve_null, "FVE - null": r.fve - r.fve_null, "inference L0": r.l0,
-               "dead fraction": r.dead_fraction, "health": _health_word(health, f"meta-SAE, {name}"),
-               "null health": _health_word(health, f"null, {name}")}
+               "FVE": r.fve, "FVE random null": r.fve_null, "FVE - random null": r.fve - r.fve_null,
+               "inference L0": r.l0, "dead fraction": r.dead_fraction,
+               "health": _health_word(health, f"meta-SAE, {name}"),
+               "null health": _health_word(health, f"random null, {name}")}
         for name, r in results.items()
     }).T
     summary.loc["paper (Bussmann et al.)"] = {"base latents per meta-latent": PAPER["base_width"] / PAPER["width"],
@@ -155,7 +263,7 @@ def render_fve(v: FveComparison) -> str:
         f"**{p.fve:.1%}** of the variance of the {base_width:,} decoder directions; the same configuration explains "
         f"{p.fve_null:.1%} of as many random unit directions, so the decoder directions' shared structure adds "
         f"**{points(gap_p)}**. With {wc:,} meta-latents (one per {base_width / wc:.1f}) the meta-SAE explains "
-        f"{c.fve:.1%} against {c.fve_null:.1%} for its null ({points(gap_c)}). "
+        f"{c.fve:.1%} against {c.fve_null:.1%} for its random null ({points(gap_c)}). "
         f"Going from {wp:,} to {wc:,} meta-latents changes the FVE by {points(c.fve - p.fve)} and the null by "
         f"{points(c.fve_null - p.fve_null)}: "
         + ("the null gains at least as much as the meta-SAE, so the difference to the null "
@@ -171,8 +279,188 @@ def render_fve(v: FveComparison) -> str:
         f"The paper reports {PAPER['fve']:.1%} at its ratio ({PAPER['width']:,} meta-latents for "
         f"{PAPER['base_width']:,} base latents), without a null; this run's FVE at the same ratio is "
         f"{100 * abs(p.fve - PAPER['fve']):.1f} points {'below' if p.fve < PAPER['fve'] else 'above'} it, and its "
-        f"null alone explains {p.fve_null:.1%}."
+        f"random null alone explains {p.fve_null:.1%}."
     )
+
+
+class NullGaps(NamedTuple):
+    """One meta-SAE's FVE against each of its nulls."""
+
+    fve: float
+    nulls: dict[str, float]
+    """The FVE of each null (the same configuration on the null's rows), by null (:data:`NULL_LABELS`)."""
+    gaps: dict[str, float]
+    """FVE - null, by null."""
+    strongest: str
+    """The null with the largest FVE (the first in ``nulls``' order on a tie): FVE - this null is the
+    smallest difference, what the meta-SAE explains beyond every null."""
+
+
+def null_gaps(fve: float, nulls: dict[str, float]) -> NullGaps:
+    """The meta-SAE's FVE against each null's FVE (NaN nulls, not computed, are left out)."""
+    known = {null: value for null, value in nulls.items() if not np.isnan(value)}
+    if not known:
+        raise ValueError("null_gaps needs the FVE of at least one null.")
+    strongest = max(known, key=lambda null: known[null])
+    return NullGaps(fve, known, {null: fve - value for null, value in known.items()}, strongest)
+
+
+def null_comparison(results: dict[str, Any], fves: dict[str, dict[str, float]]) -> dict[str, NullGaps]:
+    """Each meta-SAE (``results``: ``{name: MetaSAEResult}``, with the random null's ``fve_null``) against
+    the random null and the nulls of ``fves`` (``{name: {null: FVE}}``, :func:`train_nulls`)."""
+    return {name: null_gaps(r.fve, {"random": r.fve_null, **fves.get(name, {})}) for name, r in results.items()}
+
+
+def null_table(gaps: dict[str, NullGaps], meta_latents: dict[str, int], health: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per meta-SAE and null: the meta-SAE's FVE, the null's FVE, FVE - null, whether it is the
+    strongest null, and the null's health (from the ``health`` tables, rows named ``<null> null, <name>``)."""
+    health = pd.concat(health)
+    rows = [{"meta-SAE": name, "null": _label(null), "meta-latents": meta_latents[name],
+             "FVE": g.fve, "null FVE": g.nulls[null], "FVE - null": g.gaps[null], "strongest": null == g.strongest,
+             "null health": _health_word(health, f"{null} null, {name}")}
+            for name, g in gaps.items() for null in g.nulls]
+    return pd.DataFrame(rows).set_index(["meta-SAE", "null"])
+
+
+def _label(null: str) -> str:
+    return NULL_LABELS.get(null, null)
+
+
+def _clauses(items: list[str]) -> str:
+    """``a``, ``a, and b``, ``a, b, and c``: clauses that may contain "and" themselves."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + ", and " + items[-1]
+
+
+def _the(null: str) -> str:
+    """The null's label with a definite article: ``the random unit rows``."""
+    label = _label(null)
+    return label if label.startswith("the ") else f"the {label}"
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def render_nulls(gaps: dict[str, NullGaps], meta_latents: dict[str, int]) -> str:
+    """Each meta-SAE against its nulls with the strongest named, and how far each other null's FVE lies
+    from the random null's."""
+    parts = []
+    for name, g in gaps.items():
+        against = ", ".join(f"{points(g.gaps[null])} against {_label(null)} ({g.nulls[null]:.1%})"
+                            for null in g.nulls)
+        gap = g.gaps[g.strongest]
+        parts.append(f"With {meta_latents[name]:,} meta-latents ({name}) the meta-SAE's FVE of {g.fve:.1%} is "
+                     f"{against}. The strongest null is {_the(g.strongest)}: FVE − null is **{points(gap)}**, "
+                     + ("what the meta-SAE explains beyond every null." if gap > 0 else
+                        "so the meta-SAE explains no more of the decoder rows than that null explains of its own."))
+    text = " ".join(parts)
+    others = [null for null in NULL_LABELS if null != "random"
+              and all("random" in g.nulls and null in g.nulls for g in gaps.values())]
+    if others and gaps:
+        clauses = [f"{_the(null)}' FVE minus the random rows' is "
+                   + _and([f"{points(g.nulls[null] - g.nulls['random'])} ({name})" for name, g in gaps.items()])
+                   for null in others]
+        text += (" Beside the random null, " + "; ".join(clauses) + ". What the covariance-matched rows explain "
+                 "beyond random rows comes from the decoder rows' mean and covariance (their anisotropy) alone, "
+                 "without any sparse structure; what the initial rows explain beyond them comes from the base "
+                 "SAE's initialisation, before training.")
+    return text
+
+
+class MetaTrend(NamedTuple):
+    """A meta-SAE's FVE and FVE - null against the base SAE's training length (its snapshots)."""
+
+    tokens: list[int]
+    """Training activations the base SAE had seen at each point, increasing."""
+    fve: list[float]
+    gaps: dict[str, list[float]]
+    """FVE - null at each point, by null."""
+    strongest: str
+    """The strongest null at the last point."""
+    directions: dict[str, str]
+    """By null: ``"rises"``, ``"falls"`` or ``"stays"`` (within :data:`TREND_TOLERANCE`) from the first to
+    the last point (``"stays"`` with a single point)."""
+
+
+def trend(table: pd.DataFrame, tolerance: float = TREND_TOLERANCE) -> MetaTrend:
+    """The trend of :func:`meta_trend`'s table (columns ``tokens``, ``fve``, ``null_<null>``, ``gap_<null>``)."""
+    table = table.sort_values("tokens")
+    nulls = [column.removeprefix("gap_") for column in table.columns if column.startswith("gap_")]
+    gaps = {null: [float(x) for x in table[f"gap_{null}"]] for null in nulls}
+    last = table.iloc[-1]
+    strongest = null_gaps(float(last["fve"]), {null: float(last[f"null_{null}"]) for null in nulls}).strongest
+    directions = {}
+    for null, values in gaps.items():
+        change = values[-1] - values[0]
+        directions[null] = "rises" if change > tolerance else "falls" if change < -tolerance else "stays"
+    return MetaTrend([int(t) for t in table["tokens"]], [float(x) for x in table["fve"]], gaps, strongest, directions)
+
+
+def render_trend(t: MetaTrend, tolerance: float = TREND_TOLERANCE) -> str:
+    """Which way FVE - null moves with the base SAE's training length, and how far the budget is from the
+    paper's (:data:`~sae_helpers.chapters.common.PAPER_TOKENS`)."""
+    from ..meta import PAPER
+
+    last, fve = t.tokens[-1], t.fve[-1]
+    side = "below" if fve < PAPER["fve"] else "above"
+    budget = (f"The base SAE saw {last:,} training activations, {common.PAPER_TOKENS / max(last, 1):,.0f} times "
+              f"fewer than the papers' {common.PAPER_TOKENS / 1e9:.1f} billion tokens, and its meta-SAE's FVE "
+              f"({fve:.1%}) is {100 * abs(PAPER['fve'] - fve):.1f} points {side} the paper's {PAPER['fve']:.2%} (on a "
+              f"base SAE of {PAPER['base_width']:,} latents, without a null).")
+    if len(t.tokens) < 2:
+        return f"The base SAE kept no snapshots, so there is one point and no trend. {budget}"
+    moves = {direction: [_label(null) for null, d in t.directions.items() if d == direction]
+             for direction in ("rises", "falls", "stays")}
+    words = {"rises": "rises", "falls": "falls", "stays": f"stays within {points(tolerance)[1:]}"}
+    said = [f"{words[d]} against {_and(names) if len(names) < len(t.directions) else 'every null'}"
+            for d, names in moves.items() if names]
+    series = "; ".join(f"against {_label(null)} from {points(values[0])} to {points(values[-1])}"
+                       for null, values in t.gaps.items())
+    strongest = t.gaps[t.strongest]
+    still = strongest[-1] - strongest[-2]
+    return (
+        f"From {t.tokens[0]:,} to {last:,} training activations of the base SAE ({len(t.tokens)} points), the "
+        f"meta-SAE's FVE goes from {t.fve[0]:.1%} to {t.fve[-1]:.1%}, and **FVE − null {_clauses(said)}** with "
+        f"training length ({series}). Between the last two points ({t.tokens[-2]:,} and {last:,} activations) "
+        f"FVE − null against the strongest null at the end, {_the(t.strongest)}, "
+        f"changed by {points(still)}"
+        + (": it was still moving, and may move further with longer training. " if abs(still) > tolerance
+           else ". ")
+        + budget
+    )
+
+
+def trend_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`meta_trend`'s table as the page shows it: one row per base-SAE step, readable column names."""
+    names = {"step": "base SAE step", "tokens": "training activations", "fve": "FVE",
+             **{f"null_{null}": f"FVE, {null} null" for null in NULL_LABELS},
+             **{f"gap_{null}": f"FVE - {null} null" for null in NULL_LABELS},
+             "health": "meta-SAE health", "null_health": "covariance null health"}
+    return table.rename(columns=names).set_index("base SAE step")
+
+
+def plot_trend(table: pd.DataFrame) -> Any:
+    """Two panels against the base SAE's training activations (log axis): the meta-SAE's and each null's
+    FVE with the paper's FVE marked at the papers' budget, and FVE - each null."""
+    from matplotlib.ticker import LogLocator
+
+    from .. import plotting
+    from ..meta import PAPER
+
+    nulls = [column.removeprefix("gap_") for column in table.columns if column.startswith("gap_")]
+    lines = [pd.DataFrame({"name": "meta-SAE", "tokens": table["tokens"], "FVE": table["fve"],
+                           "FVE − null": np.nan})]
+    lines += [pd.DataFrame({"name": f"{null} null", "tokens": table["tokens"], "FVE": table[f"null_{null}"],
+                            "FVE − null": table[f"gap_{null}"]}) for null in nulls]
+    fig = plotting.plot_dose_response(pd.concat(lines, ignore_index=True), ["FVE", "FVE − null"],
+                                      paper_tokens=common.PAPER_TOKENS, paper_values={"FVE": PAPER["fve"]})
+    fig.axes[0].set_ylabel("FVE (each on its own rows)")
+    fig.axes[1].set_ylabel("meta-SAE FVE − null FVE")
+    fig.axes[1].axhline(0, color="0.6", lw=0.8)  # below it, the null explains more of its rows
+    for ax in fig.axes[:2]:  # the axis spans about six decades: label every other one, so the labels do not overlap
+        ax.xaxis.set_major_locator(LogLocator(base=100))
+    return fig
 
 
 class Decompositions(NamedTuple):
@@ -285,8 +573,8 @@ def render_similarity(s: Similarity, smaller: int) -> str:
     )
 
 
-def render_scope(base_width: int, paper_result: Any) -> str:
-    """What the chapter's scale allows to conclude, against the paper's."""
+def render_scope(base_width: int, gaps: NullGaps) -> str:
+    """What the chapter's scale allows to conclude, against the paper's (``gaps``: the paper-ratio meta-SAE's)."""
     from ..meta import PAPER
 
     return (
@@ -294,8 +582,9 @@ def render_scope(base_width: int, paper_result: Any) -> str:
         f"chapter's ({PAPER['base_width']:,} latents against {base_width:,}), trained on far more tokens, and a "
         f"meta-SAE trained for {PAPER['steps']:,} steps; this chapter's runs on a smaller model test the pipeline and "
         f"the direction of the effects, not their size. Of the meta-SAE's FVE at the paper's ratio "
-        f"({paper_result.fve:.1%}), its null accounts for {paper_result.fve_null:.1%}; "
-        f"the family's health table above says how many of the base SAE's latents left their random start."
+        f"({gaps.fve:.1%}), its strongest null, {_the(gaps.strongest)}, accounts for "
+        f"{gaps.nulls[gaps.strongest]:.1%}; the family's health table above says how many of the base SAE's latents "
+        "left their random start."
     )
 
 
@@ -304,17 +593,43 @@ def run_dir(data_root: str, site: str) -> Path:
     return common.run_dir(data_root, "04_atomicity", site)
 
 
-def summary(v: FveComparison) -> Summary:
-    """The chapter's headline and key numbers: each meta-SAE's FVE beside its null's (the same
-    configuration trained on as many random unit directions)."""
-    p, c = v.paper, v.comparison
+def summary(v: FveComparison, gaps: dict[str, NullGaps], t: MetaTrend | None = None) -> Summary:
+    """The chapter's headline and key numbers: the paper-ratio meta-SAE's FVE minus its strongest null
+    (named), each FVE beside each null, and FVE - strongest null at the first and last point of the trend."""
+    p, c = gaps["paper ratio"], gaps["d_sae / 4"]
+    others = ", ".join(f"against {_label(null)} {points(gap)}" for null, gap in p.gaps.items() if null != p.strongest)
     headline = (f"A meta-SAE at the paper's ratio ({v.paper_width:,} meta-latents for {v.base_width:,} base latents) "
-                f"explains {p.fve:.1%} of the variance of the decoder directions, against {p.fve_null:.1%} for its "
-                f"null on as many random directions ({points(p.fve - p.fve_null)}; with {v.comparison_width:,} "
-                f"meta-latents: {c.fve:.1%} against {c.fve_null:.1%}).")
-    return Summary(headline, {
-        "fve_paper_ratio": p.fve, "fve_null_paper_ratio": p.fve_null, "fve_minus_null_paper_ratio": p.fve - p.fve_null,
-        "fve_quarter": c.fve, "fve_null_quarter": c.fve_null, "fve_minus_null_quarter": c.fve - c.fve_null,
+                f"explains {p.fve:.1%} of the variance of the decoder directions and its strongest null, "
+                f"{_the(p.strongest)}, {p.nulls[p.strongest]:.1%} of its own: FVE − strongest null is "
+                f"{points(p.gaps[p.strongest])}" + (f" ({others})" if others else "")
+                + f"; with {v.comparison_width:,} meta-latents it is {points(c.gaps[c.strongest])} (against "
+                f"{_the(c.strongest)})")
+    if t is not None and len(t.tokens) > 1:
+        strongest = t.gaps[t.strongest]
+        which = "that null" if t.strongest == p.strongest else _the(t.strongest)
+        headline += (f"; over the base SAE's training ({t.tokens[0]:,} to {t.tokens[-1]:,} activations), FVE minus "
+                     f"{which} went from {points(strongest[0])} to {points(strongest[-1])}")
+    headline += "."
+    numbers: dict[str, Any] = {
+        "fve_paper_ratio": v.paper.fve, "fve_null_paper_ratio": v.paper.fve_null,
+        "fve_minus_null_paper_ratio": v.paper.fve - v.paper.fve_null,
+        "fve_quarter": v.comparison.fve, "fve_null_quarter": v.comparison.fve_null,
+        "fve_minus_null_quarter": v.comparison.fve - v.comparison.fve_null,
         "meta_width_paper_ratio": v.paper_width, "meta_width_quarter": v.comparison_width,
         "null_gains_as_much": v.null_gains_as_much,
-    })
+    }
+    for name, suffix in (("paper ratio", "paper_ratio"), ("d_sae / 4", "quarter")):
+        g = gaps[name]
+        for null in g.nulls:
+            if null != "random":  # the random null's keys are above
+                numbers[f"fve_null_{null}_{suffix}"] = g.nulls[null]
+                numbers[f"fve_minus_null_{null}_{suffix}"] = g.gaps[null]
+        numbers[f"strongest_null_{suffix}"] = g.strongest
+        numbers[f"fve_strongest_null_{suffix}"] = g.nulls[g.strongest]
+        numbers[f"fve_minus_strongest_null_{suffix}"] = g.gaps[g.strongest]
+    if t is not None:
+        numbers.update({"trend_tokens_first": t.tokens[0], "trend_tokens_last": t.tokens[-1],
+                        "trend_strongest_null": t.strongest,
+                        "trend_fve_minus_strongest_null_first": t.gaps[t.strongest][0],
+                        "trend_fve_minus_strongest_null_last": t.gaps[t.strongest][-1]})
+    return Summary(headline, numbers)
