@@ -451,8 +451,9 @@ def _train_on_rows(
                 f"{ckpt} holds a {desc} checkpoint trained on other decoder rows (another base SAE). "
                 "Use a checkpoint_dir per base SAE, or delete this one to start over."
             )
+    # The rows are the whole data set: its curve on them is the plateau the health checks read.
     return train_sae(rows, **cfg.to_dict(), checkpoint_dir=ckpt, resume=ckpt is not None, device=device,
-                     metadata=metadata, progress=progress)
+                     metadata=metadata, progress=progress, heldout=rows)
 
 
 @torch.no_grad()

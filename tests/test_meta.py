@@ -143,9 +143,15 @@ def test_training_health_applies_to_meta_saes(trained_by_default):
     """A meta-SAE is an ordinary SAE with a training_log: the health checks of activation SAEs apply."""
     _, rows, _, meta, result = trained_by_default
     health = sh.training_health(meta, rows)
-    assert health["passes"], health["failing"]
     assert health["dead_fraction"] == pytest.approx(result.dead_fraction)
     assert health["near_initial_fraction"] <= 0.05
+    # The plateau is read from the meta-SAE's curve on its own rows, at constant learning rate (before the decay).
+    from sae_helpers.training import TrainConfig
+    from sae_helpers.training.plateau import run_plateau
+
+    check = run_plateau(TrainConfig.from_dict(meta.training_config), meta.training_log)
+    assert health["plateaued"] == check.plateaued and health["passes"] == check.plateaued
+    assert health["heldout_fvu_change"] == check.changes["heldout_fvu"]
     # the plateau is reported: here the planted rows are reconstructed almost exactly (FVE 1.000), so the loss
     # itself heads to 0 and its *relative* change over the last tenth is large although tiny in absolute terms
     assert math.isfinite(health["loss_plateau"]) and math.isfinite(health["fvu_plateau"])

@@ -9,10 +9,14 @@ window:
     change = slope * (t_end - t_start) / mean(values)
 
 A least-squares slope uses every point, so the evaluation noise averages out instead of
-deciding the verdict through two end points. The run has plateaued when every metric's
-``|change|`` is at most ``tolerance`` and the window lies where the learning rate and the
-sparsity coefficient are constant (after the warm-ups and the last resampling's recovery):
-a decaying learning rate flattens any curve, so a plateau measured under it means nothing.
+deciding the verdict through two end points. FVU is a share of the variance, so its mean is
+floored at 1% (:data:`RELATIVE_FLOORS`): an SAE that reconstructs almost perfectly, whose FVU
+halves from 0.0002 to 0.0001, has not changed by 50% in any sense that matters.
+
+The run has plateaued when every metric's ``|change|`` is at most ``tolerance`` and the window
+lies where the learning rate and the sparsity coefficient are constant (after the warm-ups and
+the last resampling's recovery): a decaying learning rate flattens any curve, so a plateau
+measured under it means nothing.
 
 A window that is a fraction of the run, not a fixed number of steps, asks the right
 question of curves that fall like a power of the step: a loss ``~ t^-a`` changes by about
@@ -32,6 +36,8 @@ import numpy as np
 PLATEAU_METRICS = ("heldout_fvu", "heldout_l0")
 #: Fewest evaluations in a window for a verdict.
 MIN_POINTS = 5
+#: The smallest denominator of a metric's relative change (FVU: 1% of the variance).
+RELATIVE_FLOORS = {"heldout_fvu": 0.01}
 
 
 class PlateauCheck(NamedTuple):
@@ -46,15 +52,16 @@ class PlateauCheck(NamedTuple):
     reason: str
 
 
-def relative_change(steps: Sequence[float], values: Sequence[float]) -> float:
-    """The least-squares line's rise over ``steps``' span, divided by the mean of ``values``
-    (NaN for fewer than two distinct steps or a zero mean)."""
+def relative_change(steps: Sequence[float], values: Sequence[float], floor: float = 0.0) -> float:
+    """The least-squares line's rise over ``steps``' span, divided by the mean of ``values`` (at
+    least ``floor``); NaN for fewer than two distinct steps or a zero denominator."""
     t = np.asarray(steps, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
-    if t.size < 2 or np.ptp(t) == 0 or y.mean() == 0:
+    scale = max(abs(y.mean()), floor) if y.size else 0.0
+    if t.size < 2 or np.ptp(t) == 0 or scale == 0:
         return math.nan
     slope = np.polyfit(t, y, 1)[0]
-    return float(slope * np.ptp(t) / abs(y.mean()))
+    return float(slope * np.ptp(t) / scale)
 
 
 def metric_points(log: Sequence[Mapping[str, Any]], metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +106,7 @@ def plateau_check(
     for metric, (steps, values) in series.items():
         inside = (steps >= start - 1e-9 * max(end, 1.0)) & (steps <= end)
         counts.append(int(inside.sum()))
-        changes[metric] = relative_change(steps[inside], values[inside])
+        changes[metric] = relative_change(steps[inside], values[inside], RELATIVE_FLOORS.get(metric, 0.0))
     points = min(counts)
     if start < constant_from:
         reason = (f"the window starts at step {start:.0f}, before the learning rate is constant "

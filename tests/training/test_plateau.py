@@ -31,6 +31,15 @@ def test_relative_change_of_a_line_is_its_rise_over_its_mean():
     expected = -0.002 * 100 / y.mean()
     assert relative_change(t, y) == pytest.approx(expected, rel=1e-12)
     assert math.isnan(relative_change([5.0], [1.0]))
+    # Below the floor the change is measured against the floor: FVU halving from 2e-4 to 1e-4 is 1% of 1%.
+    assert relative_change([0, 1], [2e-4, 1e-4], floor=0.01) == pytest.approx(-0.01)
+
+
+def test_an_almost_perfect_reconstruction_has_plateaued():
+    t = np.arange(10, 1001, 10)
+    log = curve_log(t, heldout_fvu=1e-3 * np.exp(-t / 200), heldout_l0=np.full(t.shape, 3.0))
+    check = plateau_check(log, tolerance=0.02)
+    assert check.plateaued and abs(check.changes["heldout_fvu"]) < 0.02
 
 
 def test_a_curve_that_levelled_off_has_plateaued():
