@@ -22,7 +22,7 @@ import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.legend import Legend
-from matplotlib.ticker import Formatter, FuncFormatter
+from matplotlib.ticker import Formatter, FuncFormatter, LogLocator, NullFormatter
 
 from .evaluation.metrics import log10_density_histogram
 
@@ -153,6 +153,14 @@ class _SparseLogMinor(Formatter):
         return _log_tick(value) if any(math.isclose(mantissa, m, rel_tol=1e-6) for m in (2, 5)) else ""
 
 
+def _count_tick(value: float, _position: object = None) -> str:
+    """A tick label for a count on a long log axis: ``10k``, ``1M``, ``1.2B`` (short, so six decades fit)."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def _plain_log(axis: object) -> None:
     axis.set_major_formatter(FuncFormatter(_log_tick))
     axis.set_minor_formatter(_SparseLogMinor())
@@ -281,6 +289,11 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]],
     return fig
 
 
+def _decades(ax: Axes) -> float:
+    low, high = ax.get_xlim()
+    return math.log10(high / low) if low > 0 else 0.0
+
+
 def plot_dose_response(table: pd.DataFrame, metrics: Sequence[str], *, paper_tokens: float | None = None,
                        paper_values: Mapping[str, float] | None = None, hue: str = "name") -> plt.Figure:
     """Each metric against the training activations a run had seen (its snapshots,
@@ -300,7 +313,10 @@ def plot_dose_response(table: pd.DataFrame, metrics: Sequence[str], *, paper_tok
             ax.axvline(paper_tokens, color="0.4", lw=1, ls=":", label="the papers' budget")
             if paper_values and metric in paper_values:
                 ax.plot([paper_tokens], [paper_values[metric]], "*", color="0.2", ms=12, label="the papers' value")
-        log_x(ax)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=100.0 if _decades(ax) > 4 else 10.0))
+        ax.xaxis.set_major_formatter(FuncFormatter(_count_tick))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(METRIC_LABELS["tokens"])
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     for ax in list(axes.flat)[len(metrics):]:
