@@ -23,7 +23,7 @@ UNBIASED_WITHIN = 0.02
 """The Gated SAE "does not shrink" when all its ``|γ - 1|`` are at most this."""
 
 RESULT_COLUMNS = ["site", "arch", "l1_coefficient", "k", "l0_coefficient", "l0", "fvu", "relative_reconstruction_bias",
-                  "loss_recovered", "delta_lm_loss", "dead_fraction"]
+                  "loss_recovered", "delta_lm_loss", "delta_lm_loss_se", "dead_fraction"]
 #: The fidelities at which the Gated/baseline L0 ratio is read: (how the page names it, higher is better).
 #: Loss recovered comes last: it is squeezed near 1 where zero-ablation costs far more than any SAE.
 FIDELITY_METRICS = {"fvu": ("FVU", False), "delta_lm_loss": ("ΔLM loss", False),
@@ -49,6 +49,7 @@ def results_display(results: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:
         "γ": results["relative_reconstruction_bias"].round(decimals),
         "loss recovered": results["loss_recovered"].round(decimals),
         "ΔLM loss": results["delta_lm_loss"].round(decimals),
+        "± (SE)": results["delta_lm_loss_se"].round(decimals) if "delta_lm_loss_se" in results else float("nan"),
         "dead %": (results["dead_fraction"] * 100).round(1),
     })
 
@@ -178,6 +179,10 @@ class SiteVerdict(NamedTuple):
     """(min, max) of γ of each architecture without an L1 penalty."""
     ratios: pd.DataFrame
     """:func:`fidelity_ratios`: the ratio at three fidelities of FVU, ΔLM loss and loss recovered."""
+    delta_lm_se: tuple[float, float] | None = None
+    """(min, max) standard error of the Gated and baseline runs' ΔLM loss (``None``: not measured)."""
+    delta_lm: tuple[float, float] | None = None
+    """(min, max) of those runs' ΔLM loss."""
 
 
 def site_verdict(at_site: pd.DataFrame, site: str) -> SiteVerdict:
@@ -194,7 +199,16 @@ def site_verdict(at_site: pd.DataFrame, site: str) -> SiteVerdict:
     return SiteVerdict(site, comparison, ratios.median() if len(ratios) else None, len(ratios),
                        (relu_gamma.min(), relu_gamma.max()), (gated_gamma.min(), gated_gamma.max()),
                        bool((gated_gamma - 1).abs().max() <= UNBIASED_WITHIN), others,
-                       fidelity_ratios(at_site) if "fvu" in at_site.columns else pd.DataFrame())
+                       fidelity_ratios(at_site) if "fvu" in at_site.columns else pd.DataFrame(),
+                       *_delta_lm_ranges(at_site))
+
+
+def _delta_lm_ranges(at_site: pd.DataFrame) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    l1 = at_site[at_site.arch.isin(["relu", "gated"])]
+    if "delta_lm_loss_se" not in l1.columns or not l1["delta_lm_loss_se"].notna().any():
+        return None, None
+    return ((l1["delta_lm_loss_se"].min(), l1["delta_lm_loss_se"].max()),
+            (l1["delta_lm_loss"].min(), l1["delta_lm_loss"].max()))
 
 
 def render_verdict(v: SiteVerdict) -> str:
@@ -221,7 +235,7 @@ def render_verdict(v: SiteVerdict) -> str:
                f"{relu_min:.3f}-{relu_max:.3f}: {contrast}.")
     others = "; ".join(f"{ARCH_LABELS.get(arch, arch)} {low:.3f}-{high:.3f}" for arch, (low, high) in v.others.items())
     claim_c = f"Without an L1 penalty, γ ranges over: {others}." if others else ""
-    return f"- **{v.site}**: {claim_a} {_render_ratios(v.ratios)} {claim_b} {claim_c}"
+    return f"- **{v.site}**: {claim_a} {_render_ratios(v.ratios)} {_render_delta_lm(v)} {claim_b} {claim_c}"
 
 
 def _render_ratios(ratios: pd.DataFrame) -> str:
@@ -238,6 +252,15 @@ def _render_ratios(ratios: pd.DataFrame) -> str:
         return "The sweeps do not overlap in FVU or ΔLM loss, so no ratio can be read off there."
     return ("The Gated SAEs' L0 over the baseline's at matched fidelity (90% bootstrap intervals over the sweep's "
             "runs): " + "; ".join(parts) + ".")
+
+
+def _render_delta_lm(v: SiteVerdict) -> str:
+    if v.delta_lm_se is None or v.delta_lm is None:
+        return ""
+    (se_low, se_high), (low, high) = v.delta_lm_se, v.delta_lm
+    return (f"ΔLM loss is measured to a standard error of {se_low:.3f}-{se_high:.3f} nats per token (over the "
+            f"spliced sequences, each paired with the clean run), beside values of {low:.3f}-{high:.3f} across the "
+            "Gated and baseline runs.")
 
 
 def render_verdicts(verdicts: list[SiteVerdict]) -> str:

@@ -107,7 +107,12 @@ def _log_probs(logits: Tensor) -> Tensor:
 
 def _ce_sum(log_probs: Tensor, targets: Tensor) -> float:
     """Sum over positions of ``-log p(target)``, in float64."""
-    return -float(log_probs.gather(-1, targets.unsqueeze(-1)).double().sum())
+    return float(_ce_per_sequence(log_probs, targets).sum())
+
+
+def _ce_per_sequence(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """Per sequence, the sum over positions of ``-log p(target)`` (float64, on the CPU)."""
+    return -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double().sum(-1).cpu()
 
 
 def _replace_with(value: Tensor):
@@ -121,8 +126,8 @@ def _splice_batch(
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """One batch: the clean and zero-ablation runs once, one spliced run per SAE.
 
-    Returns the summed (float64) shared losses and, per SAE, its summed losses; the SAE
-    metrics go into ``metrics``.
+    Returns the summed (float64) shared losses and, per SAE, its summed losses and its per-sequence
+    loss increase over the clean run (``delta_per_sequence``); the SAE metrics go into ``metrics``.
     """
     stored: list[Tensor] = []
     clean_logits = model.run_with_hooks(
@@ -133,7 +138,8 @@ def _splice_batch(
     targets = batch[:, first + 1 :]
     clean = _log_probs(clean_logits[:, first:-1])
     del clean_logits
-    shared = {"ce_clean": _ce_sum(clean, targets)}
+    clean_per_sequence = _ce_per_sequence(clean, targets)
+    shared = {"ce_clean": float(clean_per_sequence.sum())}
     zeroed = activation.clone()
     zeroed[:, first:] = 0
     zero_logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, _replace_with(zeroed))])
@@ -153,11 +159,23 @@ def _splice_batch(
         sae_logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, _replace_with(spliced))])
         with_sae = _log_probs(sae_logits[:, first:-1])
         del sae_logits, spliced
-        sums = {"ce_sae": _ce_sum(with_sae, targets)}
+        sae_per_sequence = _ce_per_sequence(with_sae, targets)
+        sums = {"ce_sae": float(sae_per_sequence.sum()), "delta_per_sequence": sae_per_sequence - clean_per_sequence}
         with_sae.neg_().add_(clean).mul_(clean.exp())  # p_clean * (log p_clean - log p_sae)
         sums["kl"] = float(with_sae.sum(-1).double().sum())
         per_sae.append(sums)
     return shared, per_sae
+
+
+def _standard_error(delta_per_sequence: Tensor, n_predictions: int) -> float:
+    """The standard error of delta LM loss (nats per token) over sequences: each sequence's summed loss
+    increase, paired with the clean run on the same tokens; sequences, not tokens, are the independent
+    units (tokens of one window share their context). NaN for one sequence."""
+    n = delta_per_sequence.numel()
+    if n < 2:
+        return math.nan
+    per_token = delta_per_sequence * n / n_predictions  # each sequence's share of the mean
+    return float(per_token.std(unbiased=True) / math.sqrt(n))
 
 
 @torch.no_grad()
@@ -207,7 +225,8 @@ def splice_losses(
     -------
     list of dicts, one per SAE (a list of one for a single SAE)
         ``ce_clean``, ``ce_sae``, ``ce_zero_ablation``, ``loss_recovered``,
-        ``delta_lm_loss``, ``kl``, ``n_predictions`` and the SAE metrics (module docstring).
+        ``delta_lm_loss`` with its standard error over sequences ``delta_lm_loss_se``, ``kl``,
+        ``n_predictions`` and the SAE metrics (module docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -222,6 +241,7 @@ def splice_losses(
     metrics = [MetricAccumulator(s.d_sae) for s in saes]
     shared = {"ce_clean": 0.0, "ce_zero_ablation": 0.0}
     sums = [{"ce_sae": 0.0, "kl": 0.0} for _ in saes]
+    deltas: list[list[Tensor]] = [[] for _ in saes]
     n_predictions = 0
     total = math.ceil(tokens.shape[0] / batch_size) if isinstance(tokens, Tensor) and tokens.ndim == 2 else None
     was_training = [s.training for s in saes]
@@ -238,7 +258,8 @@ def splice_losses(
             batch_shared, batch_per_sae = _splice_batch(model, saes, batch, site, first, metrics)
             for key, value in batch_shared.items():
                 shared[key] += value
-            for acc, values in zip(sums, batch_per_sae, strict=True):
+            for acc, seq, values in zip(sums, deltas, batch_per_sae, strict=True):
+                seq.append(values.pop("delta_per_sequence"))
                 for key, value in values.items():
                     acc[key] += value
             n_predictions += batch.shape[0] * (batch.shape[1] - 1 - first)
@@ -248,14 +269,16 @@ def splice_losses(
     if n_predictions == 0:
         raise ValueError("No tokens were evaluated (the token source was empty).")
     results = []
-    ordered = ("ce_clean", "ce_sae", "ce_zero_ablation", "loss_recovered", "delta_lm_loss", "kl", "n_predictions")
-    for acc, accumulator in zip(sums, metrics, strict=True):
+    ordered = ("ce_clean", "ce_sae", "ce_zero_ablation", "loss_recovered", "delta_lm_loss", "delta_lm_loss_se", "kl",
+               "n_predictions")
+    for acc, seq, accumulator in zip(sums, deltas, metrics, strict=True):
         out: dict[str, Any] = {key: value / n_predictions for key, value in {**shared, **acc}.items()}
         recoverable = out["ce_zero_ablation"] - out["ce_clean"]
         out["loss_recovered"] = (
             (out["ce_zero_ablation"] - out["ce_sae"]) / recoverable if recoverable != 0 else math.nan
         )
         out["delta_lm_loss"] = out["ce_sae"] - out["ce_clean"]
+        out["delta_lm_loss_se"] = _standard_error(torch.cat(seq), n_predictions)
         out["n_predictions"] = n_predictions
         result = accumulator.result()
         if not return_density:

@@ -83,11 +83,13 @@ def test_results_display_names_each_sae_by_its_one_setting():
         "arch": ["gated", "batchtopk", "jumprelu"], "l1_coefficient": [2.0, float("nan"), float("nan")],
         "k": [float("nan"), 32.0, float("nan")], "l0_coefficient": [float("nan"), float("nan"), 0.3],
         "l0": [17.06, 32.0, 61.86], "fvu": [0.12345, 0.2, 0.3], "relative_reconstruction_bias": [1.0061, 0.998, 1.2],
-        "loss_recovered": [0.9891, 0.95, 0.97], "delta_lm_loss": [0.0612, 0.1, 0.2], "dead_fraction": [0.0812, 0, 0]})
+        "loss_recovered": [0.9891, 0.95, 0.97], "delta_lm_loss": [0.0612, 0.1, 0.2],
+        "delta_lm_loss_se": [0.0041, 0.01, 0.02], "dead_fraction": [0.0812, 0, 0]})
     shown = ch.results_display(results)
     assert list(shown["site"]) == ["resid_post", "mlp_out", "mlp_out"]
     assert list(shown["SAE"]) == ["gated, L1 2", "batchtopk, k 32", "jumprelu, L0 coef. 0.3"]
-    assert list(shown.columns) == ["site", "SAE", "L0", "FVU", "γ", "loss recovered", "ΔLM loss", "dead %"]
+    assert list(shown.columns) == ["site", "SAE", "L0", "FVU", "γ", "loss recovered", "ΔLM loss", "± (SE)", "dead %"]
+    assert shown["± (SE)"].tolist()[0] == 0.004
     assert shown["L0"].tolist() == [17.1, 32.0, 61.9] and shown["dead %"].tolist()[0] == 8.1
     assert shown["FVU"].tolist()[0] == 0.123
 
@@ -102,6 +104,7 @@ def sweep_frame(factor=0.5):
         for l0 in np.geomspace(4, 64, 6) * f:
             fvu = 0.6 - 0.1 * np.log(l0 / f)
             rows.append({"arch": arch, "l0": l0, "fvu": fvu, "delta_lm_loss": fvu / 2, "loss_recovered": 1 - fvu,
+                         "delta_lm_loss_se": 0.01 if arch == "relu" else 0.02,
                          "relative_reconstruction_bias": 0.9 if arch == "relu" else 1.0})
     return pd.DataFrame(rows)
 
@@ -113,6 +116,7 @@ def test_fidelity_ratios_read_the_closed_form_at_three_fidelities():
     v = ch.site_verdict(sweep_frame(0.5), "s")
     text = ch.render_verdict(v)
     assert "matched fidelity" in text and "at FVU " in text and "0.50x [0.50, 0.50]" in text
+    assert "standard error of 0.010-0.020 nats per token" in text
     summary = ch.summary([v])
     assert "At matched FVU the ratio is 0.50x" in summary.headline
     assert summary.key_numbers["s: l0_ratio_at_fvu low"] == pytest.approx(0.5)

@@ -161,3 +161,16 @@ def test_a_list_of_saes_equals_splicing_each_alone(model, tokens):
         assert result.keys() == alone.keys()
         for key in alone:
             assert result[key] == pytest.approx(alone[key], rel=1e-12, abs=1e-12), key
+
+
+def test_delta_lm_loss_standard_error_is_over_sequences(model, tokens):
+    """The standard error equals the spread of each sequence's own delta LM loss, spliced one at a time."""
+    sae = random_sae(model, seed=4)
+    [together] = splice_losses(model, sae, tokens, batch_size=4, progress=False)
+    per_sequence = torch.tensor([splice_losses(model, sae, tokens[i : i + 1], progress=False)[0]["delta_lm_loss"]
+                                 for i in range(len(tokens))], dtype=torch.float64)
+    # (float32 forward passes of other batch sizes: equal to about 1e-7)
+    assert together["delta_lm_loss"] == pytest.approx(float(per_sequence.mean()), rel=1e-5)
+    expected = float(per_sequence.std(unbiased=True)) / math.sqrt(len(tokens))
+    assert together["delta_lm_loss_se"] == pytest.approx(expected, rel=1e-4)
+    assert math.isnan(splice_losses(model, sae, tokens[:1], progress=False)[0]["delta_lm_loss_se"])
