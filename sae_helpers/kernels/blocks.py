@@ -45,7 +45,7 @@ class PassThreads:
     parallel region that ends at a barrier; when other processes share the cores (a
     browser, a second notebook, CI jobs) the OS pauses some thread of ours in most of them,
     every barrier then waits up to a scheduler time slice, and a Gated step took 4.5x as
-    long beside a 2-thread load as alone, where plain matmuls took 1.2x (issue 18,
+    long beside a 2-thread load as alone, where plain matmuls took 1.2x (
     ``bench/contention.py``). On one thread the passes have no barriers, but on a quiet
     machine they are slower than on all (a Gated step about 10%).
 
