@@ -19,9 +19,9 @@ from torch import Tensor
 
 from ..data.sources import as_source
 from ..evaluation.health import NEAR_INITIAL_COSINE
-from ..evaluation.metrics import cosine_blocks, max_cosine_similarity
+from ..evaluation.metrics import cosine_blocks
 from ..saes.base import SAE
-from ..training.trainer import decoder_drift, initial_decoder
+from ..training.trainer import decoder_drift
 from .surgery import check_compatible, prepare
 
 #: Elements of a [rows, latents] float32 matrix per streamed chunk (256 MiB).
@@ -145,20 +145,15 @@ def proxy_accuracy(max_cos: np.ndarray, novel: np.ndarray, threshold: float) -> 
 def cosine_nulls(small: SAE, large: SAE, seed: int = 0, block: int = 2048) -> dict[str, np.ndarray]:
     """Each larger-SAE latent's max decoder cosine to the smaller SAE, and the same under two nulls.
 
-    ``"trained"``: the SAEs as they are (:func:`decoder_match`); ``"random"``: as many random
+    ``"trained"``: the SAEs as they are; ``"random"``: as many random
     unit directions (Gaussian, ``torch.Generator().manual_seed(seed)``) in ``d_in`` as each SAE
     has latents; ``"initial"``: the two SAEs' decoders at initialisation (redrawn from their
     ``training_config``; left out when either SAE has none). A threshold on ``max_cos`` at or
     below the nulls' upper quantiles separates nothing that training made.
     """
-    generator = torch.Generator().manual_seed(seed)
-    random_large = torch.randn(large.d_sae, large.d_in, generator=generator, dtype=torch.float64)
-    random_small = torch.randn(small.d_sae, small.d_in, generator=generator, dtype=torch.float64)
-    out = {"trained": decoder_match(large, small, block).max_cos.numpy(),
-           "random": max_cosine_similarity(random_large, random_small, block).numpy()}
-    if small.training_config and large.training_config:
-        out["initial"] = max_cosine_similarity(initial_decoder(large), initial_decoder(small), block).numpy()
-    return out
+    from ..evaluation.agreement import agreement_nulls
+
+    return {null: result.best_cosine for null, result in agreement_nulls(large, small, seed=seed, block=block).items()}
 
 
 def trained_latents(sae: SAE, near_initial_cosine: float = NEAR_INITIAL_COSINE) -> np.ndarray | None:
