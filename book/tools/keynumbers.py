@@ -122,14 +122,23 @@ def _tables(runs: list[Any], grid: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     return summarise(long, grid.over, seen), effects(long, grid.nulls, grid.over, seen)
 
 
-def render(runs: Iterable[Any], grid: Any) -> str:
-    """Both tables of ``runs`` as markdown, each under a sentence saying what it holds."""
-    return _render(*_tables(list(runs), grid), grid)
+def render(runs: Iterable[Any], grid: Any, stale: Iterable[Any] = ()) -> str:
+    """Both tables of ``runs`` as markdown, each under a sentence saying what it holds (and which
+    of the runs are ``stale``: finished from other inputs than today's)."""
+    return _render(*_tables(list(runs), grid), grid, stale)
 
 
-def _render(table: pd.DataFrame, effect: pd.DataFrame, grid: Any) -> str:
+def _run_name(run: Any) -> str:
+    return " ".join([run.chapter, *(f"{axis} {value}" for axis, value in run.point.labels.items())])
+
+
+def _render(table: pd.DataFrame, effect: pd.DataFrame, grid: Any, stale: Iterable[Any] = ()) -> str:
     stats = f"n, mean, std (ddof 1), min, max over `{grid.over}`." if grid.over else "one run per setting."
     note = f"Key numbers of grid `{grid.name}` ({grid.path.name}): {table['number'].nunique()} numbers; {stats}"
+    stale = [_run_name(run) for run in stale]
+    if stale:
+        note += (f" **Stale** (finished from other inputs than today's, kept with --keep-stale; not comparable "
+                 f"with the others): {', '.join(stale)}.")
     parts = [note, to_markdown(table) if len(table) else "No key numbers recorded.\n"]
     if grid.nulls:
         parts.append(f"Effects: each key number minus its null (a value, or the same run's control number); {stats} "
@@ -139,13 +148,14 @@ def _render(table: pd.DataFrame, effect: pd.DataFrame, grid: Any) -> str:
     return "\n\n".join(parts)
 
 
-def write_tables(runs: Iterable[Any], grid: Any, directory: Path) -> tuple[Path, ...]:
+def write_tables(runs: Iterable[Any], grid: Any, directory: Path, stale: Iterable[Any] = ()) -> tuple[Path, ...]:
     """Write ``key_numbers.csv``, ``effects.csv`` (when the grid names nulls) and ``key_numbers.md``
-    (both tables) for ``runs`` in ``directory``, each atomically; returns the paths written."""
+    (both tables, naming the ``stale`` runs) for ``runs`` in ``directory``, each atomically;
+    returns the paths written."""
     from sae_helpers._io import atomic_write
 
     table, effect = _tables(list(runs), grid)
-    markdown = _render(table, effect, grid)
+    markdown = _render(table, effect, grid, stale)
     written = [atomic_write(directory / "key_numbers.csv", lambda tmp: table.to_csv(tmp, index=False))]
     if grid.nulls:
         written.append(atomic_write(directory / "effects.csv", lambda tmp: effect.to_csv(tmp, index=False)))

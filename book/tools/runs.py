@@ -8,7 +8,10 @@ Each run goes to ``data/runs/batch/<grid>/<chapter>/<run-id>/``:
 * ``environment.json``  :func:`sae_helpers.environment_report` of those parameters;
 * ``<chapter>.ipynb``   the executed notebook (``<chapter>.failed.ipynb`` with the error if it failed);
 * ``record.json``       its headline and key numbers (:func:`sae_helpers.chapters.record.read_record`);
-* ``finished.json``     written last, atomically, only after papermill succeeded: a rerun skips the run.
+* ``finished.json``     written last, atomically, only after papermill succeeded, with the chapter's
+  inputs hash (:mod:`book.tools.inputs`) at the time: a rerun skips the run while that hash is
+  today's, and executes it again when the package, notebook, parameters or environment changed
+  (``--keep-stale`` keeps such runs; the tables and the seed page then name them stale).
 
 A failed or interrupted run has no ``finished.json`` and is executed again on the next call.
 Then :mod:`book.tools.keynumbers` gathers the key numbers of the finished runs into
@@ -26,6 +29,9 @@ the SAEs ``make book`` trained (it rewrites the book's result files with the sam
 ``make book`` executed that chapter from today's inputs (its recorded inputs hash is current, see
 :mod:`book.tools.inputs`), the run is not executed again: the book's executed chapter is copied in
 (:func:`adopt`; ``finished.json`` says ``adopted_from``). ``--force`` executes it anyway.
+
+Runs are executed one at a time, under the same lock as ``make book`` (:func:`book.tools.build.build_lock`):
+a book point writes the book's own data.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import yaml
 
 from book.tools import keynumbers
 from book.tools.grids import Grid, Point, load_grid, params_hash, points, run_id
-from book.tools.inputs import current_chapter
+from book.tools.inputs import current_chapter, inputs_hash, read_build_record
 
 __all__ = ["REPO", "Run", "adopt", "book_execution", "execute", "main", "plan", "prepare", "run_grid"]
 
@@ -89,6 +95,10 @@ class Run:
         except (OSError, ValueError):
             return {}
         return facts if isinstance(facts, dict) else {}
+
+    def stale(self, root: Path) -> bool:
+        """Whether the run finished from other inputs than today's (its chapter's inputs hash)."""
+        return self.marker().get("inputs") != inputs_hash(self.chapter, root)
 
     def source_sha256(self) -> str:
         """The sha256 of the source notebook as it is now."""
@@ -192,6 +202,7 @@ def execute(run: Run, kernel: str = "python3") -> bool:
     """Execute one run with papermill (working directory notebooks/); True if it succeeded."""
     import papermill
 
+    inputs = inputs_hash(run.chapter, run.source.parents[1])
     _start(run)
     start = time.monotonic()
     try:
@@ -201,7 +212,7 @@ def execute(run: Run, kernel: str = "python3") -> bool:
         if run.notebook.exists():
             os.replace(run.notebook, run.failed_notebook)
         raise
-    _finish(run, seconds=round(time.monotonic() - start, 1))
+    _finish(run, inputs=inputs, seconds=round(time.monotonic() - start, 1))
     return True
 
 
@@ -255,22 +266,44 @@ def adopt(run: Run, executed: Path) -> None:
 
     _start(run)
     atomic_write(run.notebook, lambda tmp: shutil.copyfile(executed, tmp))
-    _finish(run, adopted_from=f"{executed.relative_to(run.source.parents[1]).as_posix()}: make book's execution "
-                              "of these parameters from today's inputs (book/tools/inputs.py), copied")
+    root = run.source.parents[1]
+    _finish(run, inputs=(read_build_record(run.chapter, root) or {}).get("inputs"),
+            adopted_from=f"{executed.relative_to(root).as_posix()}: make book's execution "
+                         "of these parameters from today's inputs (book/tools/inputs.py), copied")
 
 
-def run_grid(path: str | Path, *, root: Path = REPO, force: bool = False, kernel: str = "python3",
-             log: Callable[[str], None] = print) -> tuple[list[Run], list[Run]]:
-    """Execute every unfinished run of the grid at ``path`` (every run with ``force``), then
-    write its key-number tables. Returns ``(runs, failed)``; a failure does not stop the others."""
+def run_grid(path: str | Path, *, root: Path = REPO, force: bool = False, keep_stale: bool = False,
+             kernel: str = "python3", log: Callable[[str], None] = print) -> tuple[list[Run], list[Run]]:
+    """Execute every unfinished or stale run of the grid at ``path`` (every run with ``force``; a
+    stale one is kept with ``keep_stale``), then write its key-number tables. Returns ``(runs,
+    failed)``; a failure does not stop the others."""
+    from book.tools.build import build_lock
+
     grid = load_grid(path)
     runs = plan(grid, root)
+    with build_lock(root):
+        failed = _execute_runs(runs, root, force, keep_stale, kernel, log)
+    finished = [r for r in runs if r.finished]
+    stale = [r for r in finished if r.stale(root)]
+    written = keynumbers.write_tables(finished, grid, batch_dir(grid, root), stale=stale)
+    log(f"key numbers of {len(finished)} finished runs ({len(stale)} stale): "
+        + ", ".join(str(path.relative_to(root)) for path in written))
+    return runs, failed
+
+
+def _execute_runs(runs: list[Run], root: Path, force: bool, keep_stale: bool, kernel: str,
+                  log: Callable[[str], None]) -> list[Run]:
     failed = []
     for i, run in enumerate(runs, 1):
         where = run.directory.relative_to(root)
         if run.finished and not force:
-            log(f"[{i}/{len(runs)}] {where}: finished, skipped")
-            continue
+            if not run.stale(root):
+                log(f"[{i}/{len(runs)}] {where}: finished, skipped")
+                continue
+            if keep_stale:
+                log(f"[{i}/{len(runs)}] {where}: finished from other inputs than today's, kept (--keep-stale)")
+                continue
+            log(f"[{i}/{len(runs)}] {where}: finished from other inputs than today's, executing again")
         (run.directory / MARKER).unlink(missing_ok=True)
         if not force and (executed := book_execution(run, root)) is not None:
             adopt(run, executed)
@@ -286,21 +319,22 @@ def run_grid(path: str | Path, *, root: Path = REPO, force: bool = False, kernel
             failed.append(run)
             first = str(error).strip().splitlines()[:1] or [type(error).__name__]
             log(f"FAILED {where}: {first[0]} (executed copy: {run.failed_notebook.name})")
-    written = keynumbers.write_tables([r for r in runs if r.finished], grid, batch_dir(grid, root))
-    log(f"key numbers of {sum(r.finished for r in runs)} finished runs: "
-        + ", ".join(str(path.relative_to(root)) for path in written))
-    return runs, failed
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
+    from book.tools.build import BuildLocked
+
     parser = argparse.ArgumentParser(prog="python -m book.tools.runs", description=__doc__.splitlines()[0])
     parser.add_argument("grid", help="a grid file, e.g. book/grids/seeds.yaml")
     parser.add_argument("--force", action="store_true", help="re-execute finished runs too")
+    parser.add_argument("--keep-stale", action="store_true",
+                        help="keep runs finished from other inputs than today's (marked stale in the tables)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
     args = parser.parse_args(argv)
     try:
-        _, failed = run_grid(args.grid, force=args.force, kernel=args.kernel)
-    except ValueError as error:
+        _, failed = run_grid(args.grid, force=args.force, keep_stale=args.keep_stale, kernel=args.kernel)
+    except (ValueError, BuildLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if failed:

@@ -4,8 +4,9 @@
 They are the key-number and effect tables (:func:`book.tools.keynumbers.render`) of the runs of
 ``book/grids/seeds.yaml`` that have finished under ``data/runs/batch/seeds/`` (``make runs
 GRID=book/grids/seeds.yaml``, hours on 2 cores, so not part of ``make book``), under a line
-saying how many runs there are, when they finished, and which ran another version of their
-notebook than the one in ``notebooks/`` now. Without finished runs the page says how to make
+saying how many runs there are, when they finished, which ran another version of their
+notebook than the one in ``notebooks/`` now, and which are stale (finished from other inputs
+than today's: package, notebook, parameters or environment). Without finished runs the page says how to make
 them. Reading never writes anything.
 
 Run ``python -m book.tools.seed_page`` to print what the page will show.
@@ -45,10 +46,11 @@ def seed_spread(root: Path) -> str:
     other = [_name(run) for run, m in markers if m.get("source_sha256") != sources[run.chapter]]
     if other:
         lines.append(f"Executed from another version of its notebook than `notebooks/` holds now: {', '.join(other)}.")
+    stale = [run for run in finished if run.stale(root)]
     adopted = [_name(run) for run, m in markers if m.get("adopted_from")]
     if adopted:
         lines.append(f"Copied from the book's own execution with the same parameters: {', '.join(adopted)}.")
-    return " ".join(lines) + "\n\n" + keynumbers.render(finished, grid)
+    return " ".join(lines) + "\n\n" + keynumbers.render(finished, grid, stale)
 
 
 def _name(run: Run) -> str:

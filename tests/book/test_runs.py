@@ -87,18 +87,13 @@ def test_the_books_own_point_uses_the_books_data_root(repo):
 
 
 def test_the_books_current_execution_is_copied_not_executed_again(repo):
-    import papermill
-
-    from book.tools.inputs import inputs_hash
+    from book.tools.build import execute_chapter
+    from book.tools.inputs import record_path, sha256_file
 
     for name in ("requirements.txt", "pyproject.toml"):
         (repo / name).write_text("")
     chapters = repo / "book" / "chapters"
-    chapters.mkdir()
-    # what make book does: papermill with book/params/tiny.yaml, then the inputs hash
-    papermill.execute_notebook(str(repo / "notebooks" / "tiny.ipynb"), str(chapters / "tiny.ipynb"),
-                               parameters={"scale": 10.0}, cwd=str(repo / "notebooks"), progress_bar=False)
-    (chapters / "tiny.inputs.sha256").write_text(inputs_hash("tiny", repo) + "\n")
+    execute_chapter(repo / "notebooks" / "tiny.ipynb", repo)  # what make book does
     grid = _grid(repo, "chapters: [tiny]\nbase: book\ngrid:\n  seed: [0, 1]\n")
     log: list[str] = []
     book_run, other = runs.run_grid(grid, root=repo, log=log.append)[0]
@@ -109,22 +104,46 @@ def test_the_books_current_execution_is_copied_not_executed_again(repo):
     assert json.loads((book_run.directory / "record.json").read_text())["key_numbers"]["value"] == 0.0
     assert (book_run.directory / "parameters.yaml").is_file() and (book_run.directory / "environment.json").is_file()
     # a stale record (the inputs changed since make book), or --force: executed again
-    (chapters / "tiny.inputs.sha256").write_text("0" * 64 + "\n")
+    good = record_path("tiny", repo).read_text()
+    record_path("tiny", repo).write_text(good.replace(json.loads(good)["inputs"], "0" * 64))
     assert runs.book_execution(book_run, repo) is None
-    (chapters / "tiny.inputs.sha256").write_text(inputs_hash("tiny", repo) + "\n")
+    record_path("tiny", repo).write_text(good)
     assert runs.book_execution(book_run, repo) == chapters / "tiny.ipynb"
     assert runs.book_execution(other, repo) is None  # another seed is never the book's run
-    executed = json.loads((chapters / "tiny.ipynb").read_text())
+    kept = (chapters / "tiny.ipynb").read_bytes()
+    executed = json.loads(kept)
     executed["metadata"]["papermill"]["parameters"]["scale"] = 9.0  # executed with other parameters
-    (chapters / "other.ipynb").write_text(json.dumps(executed))
-    (chapters / "tiny.ipynb").rename(chapters / "kept.ipynb")
-    (chapters / "other.ipynb").rename(chapters / "tiny.ipynb")
-    assert runs.book_execution(book_run, repo) is None
-    (chapters / "kept.ipynb").replace(chapters / "tiny.ipynb")
+    (chapters / "tiny.ipynb").write_text(json.dumps(executed))
+    assert runs.book_execution(book_run, repo) is None  # not the notebook the record names
+    record = json.loads(good)
+    record["notebook_sha256"] = sha256_file(chapters / "tiny.ipynb")
+    record_path("tiny", repo).write_text(json.dumps(record))
+    assert runs.book_execution(book_run, repo) is None  # recorded, but with other parameters
+    (chapters / "tiny.ipynb").write_bytes(kept)
+    record_path("tiny", repo).write_text(good)
     log.clear()
     runs.run_grid(grid, root=repo, force=True, log=log.append)
     assert all("executing" in line for line in log[:2])
     assert "adopted_from" not in json.loads((book_run.directory / "finished.json").read_text())
+
+
+def test_runs_finished_from_other_inputs_are_executed_again_or_kept_and_named(repo):
+    grid = _grid(repo, "chapters: [tiny]\nbase: quick\ngrid:\n  seed: [1, 2]\n")
+    first, _ = runs.run_grid(grid, root=repo, log=lambda _: None)
+    log: list[str] = []
+    runs.run_grid(grid, root=repo, log=log.append)
+    assert all("finished, skipped" in line for line in log[:2])
+    (repo / "sae_helpers").mkdir()
+    (repo / "sae_helpers" / "changed.py").write_text("x = 1\n")  # the package changed since
+    log.clear()
+    runs.run_grid(grid, root=repo, keep_stale=True, log=log.append)
+    assert all("other inputs than today's, kept" in line for line in log[:2]) and "(2 stale)" in log[-1]
+    table = (runs.batch_dir(runs.load_grid(grid), repo) / "key_numbers.md").read_text()
+    assert "**Stale**" in table and "tiny seed 1, tiny seed 2" in table
+    log.clear()
+    runs.run_grid(grid, root=repo, log=log.append)
+    assert sum("other inputs than today's, executing again" in line for line in log) == 2 and "(0 stale)" in log[-1]
+    assert "Stale" not in (runs.batch_dir(runs.load_grid(grid), repo) / "key_numbers.md").read_text()
 
 
 def test_failed_run_keeps_its_copy_and_is_retried(repo):
@@ -140,8 +159,8 @@ def test_failed_run_keeps_its_copy_and_is_retried(repo):
     # fixed (planted failure removed): the failed runs run again, the finished ones are skipped
     write_notebook(repo / "notebooks" / "tiny.ipynb", PARAMETERS, BODY.replace("assert not fail", "assert True"))
     log: list[str] = []
-    _, failed = runs.run_grid(grid, root=repo, log=log.append)
-    assert not failed and sum("finished, skipped" in line for line in log) == 2
+    _, failed = runs.run_grid(grid, root=repo, keep_stale=True, log=log.append)  # the notebook changed
+    assert not failed and sum("other inputs than today's, kept" in line for line in log) == 2
     assert sum("executing" in line for line in log) == 2
     assert all(not r.failed_notebook.exists() for r in done)
 
