@@ -19,6 +19,12 @@ PNG/JPEG images are not compared (nbval's default); SVG figures are, after their
 date are replaced.
 The differing cells are listed at the end.
 
+Before anything runs, the executed notebook is compared with its source ``notebooks/NAME.ipynb``
+cell by cell: every cell's type, source and tags must be the same (papermill's
+``injected-parameters`` cell and the ``remove-cell`` tag the build adds to the parameters cells
+aside). A cell that gained ``nbval-skip`` or ``nbval-ignore-output``, or whose code changed
+together with its output, fails the verification instead of passing unchecked.
+
 A chapter re-executed here finds its activation caches and trained SAEs in its ``data_root``
 as ``make book`` does and reuses them: what is checked is every output computed from them.
 To reproduce the training too, delete the chapter's ``data/runs/<group>`` first.
@@ -37,7 +43,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SANITIZER", "Result", "chapter_paths", "injected_parameters", "main", "sanitizer_text", "verify"]
+__all__ = ["SANITIZER", "Result", "chapter_paths", "injected_parameters", "main", "sanitizer_text", "source_mismatches",
+           "verify"]
 
 REPO = Path(__file__).resolve().parents[2]
 SANITIZER = Path(__file__).with_name("nbval_sanitize.cfg")
@@ -52,11 +59,12 @@ class Result:
     notebook: Path
     cells: int = 0
     differing: dict[str, str] = field(default_factory=dict)
-    stale: bool = False
+    mismatches: list[str] = field(default_factory=list)
+    """How the executed notebook differs from its source in notebooks/ (cells, code, tags)."""
 
     @property
     def ok(self) -> bool:
-        return self.cells > 0 and not self.differing
+        return self.cells > 0 and not self.differing and not self.mismatches
 
 
 def chapter_paths(names: list[str], root: Path = REPO) -> list[Path]:
@@ -67,7 +75,8 @@ def chapter_paths(names: list[str], root: Path = REPO) -> list[Path]:
     if not names:
         found = sorted(p for p in chapters.glob("*.ipynb") if not p.name.endswith(".failed.ipynb"))
         if not found:
-            raise ValueError(f"no executed chapters in {chapters}: run `make book` first")
+            raise ValueError(f"no executed chapters in {chapters}: run `make book` first, or execute and verify "
+                             "with the quick defaults: make verify EXECUTE=1 NOTEBOOKS=notebooks/NAME.ipynb")
         return found
     paths = []
     for name in names:
@@ -76,7 +85,8 @@ def chapter_paths(names: list[str], root: Path = REPO) -> list[Path]:
             path = chapters / f"{path.stem}.ipynb"
         if not path.is_file():
             raise ValueError(f"{name}: no executed notebook {path}: run `make book NOTEBOOKS=notebooks/"
-                             f"{path.stem}.ipynb` first")
+                             f"{path.stem}.ipynb` first, or `make verify EXECUTE=1 NOTEBOOKS=notebooks/"
+                             f"{path.stem}.ipynb` (quick defaults)")
         paths.append(path)
     return paths
 
@@ -90,10 +100,39 @@ def injected_parameters(notebook: dict) -> dict:
     return dict(meta.get("parameters") or {})
 
 
-def _code(notebook: dict) -> list[str]:
-    """The code cells' sources, papermill's injected cell left out."""
-    return ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"
-            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+#: Tags the build adds to executed chapters (book/tools/clean_chapters.py), on the parameters cells only.
+_BUILD_TAGS = {"remove-cell"}
+
+
+def _cells(notebook: dict) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Each cell's type, source and tags, papermill's injected cell and the build's tags left out."""
+    cells = []
+    for cell in notebook["cells"]:
+        tags = list(cell.get("metadata", {}).get("tags", []))
+        if "injected-parameters" in tags:
+            continue
+        if "parameters" in tags:
+            tags = [t for t in tags if t not in _BUILD_TAGS]
+        cells.append((cell["cell_type"], "".join(cell["source"]), tuple(sorted(tags))))
+    return cells
+
+
+def source_mismatches(executed: dict, source: dict) -> list[str]:
+    """How ``executed`` differs from the notebook it was executed from: a line per differing cell
+    (type, source or tags), or the cell counts; empty when they agree."""
+    ran, wanted = _cells(executed), _cells(source)
+    if len(ran) != len(wanted):
+        return [f"{len(ran)} cells, the source has {len(wanted)}"]
+    problems = []
+    for i, ((kind, text, tags), (want_kind, want_text, want_tags)) in enumerate(zip(ran, wanted, strict=True)):
+        first = (text.strip().splitlines() or [""])[0][:60]
+        if kind != want_kind:
+            problems.append(f"cell {i}: a {kind} cell, the source's is {want_kind}")
+        elif text != want_text:
+            problems.append(f"cell {i} ({first}): its source differs from the notebook's")
+        elif tags != want_tags:
+            problems.append(f"cell {i} ({first}): tags {list(tags)}, the source's {list(want_tags)}")
+    return problems
 
 
 def sanitizer_text(root: Path = REPO) -> str:
@@ -107,10 +146,12 @@ def verify(executed: Path, *, root: Path = REPO, timeout: int = CELL_TIMEOUT, qu
     params = injected_parameters(nb)
     result = Result(executed)
     source = root / "notebooks" / executed.name
-    if source.is_file() and _code(json.loads(source.read_text(encoding="utf-8"))) != _code(nb):
-        result.stale = True
-        print(f"{executed.name}: note: {source.relative_to(root)} changed since this notebook was executed; "
-              "verifying the executed notebook's own code", file=sys.stderr)
+    if not source.is_file():
+        result.mismatches.append(f"no source notebook {source.relative_to(root)} to compare its cells with")
+    else:
+        result.mismatches += source_mismatches(nb, json.loads(source.read_text(encoding="utf-8")))
+    for problem in result.mismatches:
+        print(f"{executed.name}: differs from its source: {problem}", file=sys.stderr)
     print(f"{executed.name}: re-executing with {params or 'its default parameters'}", flush=True)
     notebooks = root / "notebooks"
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
@@ -160,8 +201,11 @@ def _summary(results: list[Result]) -> str:
              "(code cells from 0); in nbval's diffs above, + is the stored output, - the re-executed one:"]
     for r in results:
         verdict = "reproduced" if r.ok else f"{len(r.differing)} of {r.cells} cells differ"
-        lines.append(f"  {r.notebook}: {r.cells} cells, {verdict}" + (" (stale: source changed)" if r.stale else ""))
+        if r.mismatches:
+            verdict += f"; not the notebook in notebooks/ ({len(r.mismatches)} cells differ in code or tags)"
+        lines.append(f"  {r.notebook}: {r.cells} cells, {verdict}")
         lines += [f"    {cell}: {describe(report)}" for cell, report in r.differing.items()]
+        lines += [f"    {problem}" for problem in r.mismatches]
     return "\n".join(lines)
 
 

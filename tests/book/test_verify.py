@@ -49,7 +49,7 @@ def test_untouched_notebook_is_reproduced(executed):
     assert "it/s" in json.dumps(marker["outputs"])  # a bar stored; none when re-executed (the marker exists)
     result = verify.verify(executed, root=executed.parents[2], quiet=True)
     assert result.cells == 1 + len(CELLS) + 1  # the parameters cell, CELLS and papermill's injected cell
-    assert result.differing == {} and result.ok and not result.stale
+    assert result.differing == {} and result.mismatches == [] and result.ok
 
 
 def test_planted_difference_is_reported_by_cell(executed, tmp_path):
@@ -65,6 +65,37 @@ def test_planted_difference_is_reported_by_cell(executed, tmp_path):
     [(name, report)] = result.differing.items()
     assert re.fullmatch(r"Cell \d+", name) and "7" in report and "6" in report
     assert verify.describe(report) == "mismatch 'stdout'  (cell: print(seed * 2))"
+
+
+@pytest.mark.parametrize("edit", ["nbval-skip", "nbval-ignore-output", "code and output"])
+def test_an_executed_copy_that_is_not_its_source_notebook_fails(executed, tmp_path, edit):
+    nb = json.loads(executed.read_text())
+    cell = next(c for c in nb["cells"] if "".join(c["source"]) == "print(seed * 2)")
+    if edit == "code and output":  # both changed together: nbval alone would pass it
+        cell["source"], cell["outputs"][0]["text"] = "print(seed * 3)", "9\n"
+    else:  # a changed number hidden from nbval by a tag
+        cell["outputs"][0]["text"] = "7\n"
+        cell.setdefault("metadata", {}).setdefault("tags", []).append(edit)
+    edited = tmp_path / "tiny.ipynb"  # compared with <repo>/notebooks/tiny.ipynb
+    edited.write_text(json.dumps(nb))
+    result = verify.verify(edited, root=executed.parents[2], quiet=True)
+    assert result.differing == {} and not result.ok
+    [problem] = result.mismatches
+    expected = "source differs" if edit == "code and output" else "tags"
+    assert problem.startswith("cell ") and expected in problem
+
+
+def test_source_mismatches_allows_only_the_builds_own_tags():
+    source = {"cells": [{"cell_type": "code", "source": "a = 1", "metadata": {"tags": ["parameters"]}},
+                        {"cell_type": "markdown", "source": "text", "metadata": {}}]}
+    built = json.loads(json.dumps(source))
+    built["cells"][0]["metadata"]["tags"].append("remove-cell")  # the build hides the parameters cell
+    built["cells"].insert(1, {"cell_type": "code", "source": "a = 2", "metadata": {"tags": ["injected-parameters"]}})
+    assert verify.source_mismatches(built, source) == []
+    built["cells"][2]["metadata"]["tags"] = ["remove-cell"]  # hiding any other cell is a change
+    assert verify.source_mismatches(built, source) == ["cell 1 (text): tags ['remove-cell'], the source's []"]
+    built["cells"].pop()
+    assert verify.source_mismatches(built, source) == ["1 cells, the source has 2"]
 
 
 def test_without_the_sanitizer_the_varying_outputs_differ(executed, tmp_path, monkeypatch):
@@ -102,8 +133,10 @@ def test_chapter_paths_and_parameters(tmp_path, executed):
     assert verify.chapter_paths([], repo) == [executed]
     assert verify.chapter_paths(["tiny", "notebooks/tiny.ipynb"], repo) == [executed, executed]
     assert verify.chapter_paths([str(executed)], repo) == [executed]
-    with pytest.raises(ValueError, match="make book NOTEBOOKS=notebooks/nope.ipynb"):
+    with pytest.raises(ValueError, match="make book NOTEBOOKS=notebooks/nope.ipynb.*EXECUTE=1"):
         verify.chapter_paths(["nope"], repo)
+    with pytest.raises(ValueError, match="make verify EXECUTE=1 NOTEBOOKS=notebooks/NAME.ipynb"):
+        verify.chapter_paths([], tmp_path)  # a fresh clone: nothing executed yet
     assert verify.injected_parameters(json.loads(executed.read_text())) == {"seed": 3}
     with pytest.raises(ValueError, match="not executed by papermill"):
         verify.injected_parameters({"metadata": {}})
