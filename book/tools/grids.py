@@ -41,6 +41,7 @@ __all__ = ["BASES", "Grid", "Point", "load_grid", "params_hash", "points", "run_
 #: Where a grid's base parameters come from.
 BASES = ("book", "quick")
 _KEYS = {"chapters", "base", "set", "grid", "over", "nulls"}
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ def load_grid(path: str | Path) -> Grid:
         chapters = [chapters]
     if not chapters or not all(isinstance(c, str) and c for c in chapters):
         raise _fail(path, "chapters", f"got {chapters!r}", "List notebook names, e.g. [00_known_features]")
+    for chapter in chapters:
+        if not _NAME.fullmatch(chapter) or chapter in (".", ".."):
+            raise _fail(path, "chapters", f"{chapter!r} is not a notebook name (runs are written under "
+                        "data/runs/batch/<grid>/<chapter>/)", "Name notebooks/NAME.ipynb as NAME, without a path")
     base = raw.get("base", "book")
     if base not in BASES:
         raise _fail(path, "base", f"got {base!r}", f"Use one of {BASES}")
@@ -101,6 +106,7 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(fixed, dict):
         raise _fail(path, "set", f"got {fixed!r}", "Give a mapping {parameter: value}")
     axes = _axes(path, raw.get("grid") or {})
+    _one_setter_per_parameter(path, fixed, axes)
     over = raw.get("over", "seed" if "seed" in axes else None)
     if over is not None and over not in axes:
         raise _fail(path, "over", f"{over!r} is not an axis of grid", f"Use one of {sorted(axes)} or leave it out")
@@ -139,9 +145,36 @@ def _axes(path: Path, grid: Any) -> dict[str, list[dict[str, Any]]]:
             raise _fail(path, f"grid.{axis}", "mixes values and mappings", "Use only values or only mappings")
         else:
             axes[axis] = [{axis: v} for v in values]
-        if len({json.dumps(v, sort_keys=True) for v in axes[axis]}) != len(values):
-            raise _fail(path, f"grid.{axis}", "repeats a value", "List each value once")
+        entries = axes[axis]
+        for i, j in itertools.combinations(range(len(entries)), 2):
+            if _same(entries[i], entries[j]):
+                raise _fail(path, f"grid.{axis}", f"entries {values[i]!r} and {values[j]!r} set the same values "
+                            "(1, 1.0 and true are equal for a notebook)", "List each value once")
     return axes
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two entries give a notebook the same values (Python equality: 1 == 1.0 == True)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - values YAML cannot compare are different
+        return False
+
+
+def _one_setter_per_parameter(path: Path, fixed: dict[str, Any], axes: dict[str, list[dict[str, Any]]]) -> None:
+    """Refuse a parameter set by two axes, or by ``set`` and an axis: the later one would silently win
+    and the runs' labels would name values that never ran."""
+    setters: dict[str, str] = {name: "set" for name in fixed}
+    for axis, entries in axes.items():
+        for name in dict.fromkeys(name for entry in entries for name in entry):
+            if name in setters:
+                raise _fail(path, f"grid.{axis}", f"sets {name!r}, which {setters[name]} also sets (the runs would "
+                            "be labelled with values that never ran)", f"Set {name!r} in one place only")
+            setters[name] = f"grid.{axis}"
 
 
 def points(grid: Grid) -> list[Point]:

@@ -132,6 +132,9 @@ def plan(grid: Grid, root: Path = REPO) -> list[Run]:
         for point in points(grid):
             params = {**base, **{k: v for k, v in point.overrides.items() if k in declared[chapter]}}
             directory = batch_dir(grid, root) / chapter / run_id(point, params)
+            if not directory.resolve().is_relative_to(batch_dir(grid, root).resolve()):
+                raise ValueError(f"{grid.path}: chapters: {chapter!r} would write outside {batch_dir(grid, root)}. "
+                                 "Name notebooks/NAME.ipynb as NAME")
             shared_cache = None
             book_point = grid.base == "book" and _is_book_point(point, base, declared[chapter])
             if "data_root" in declared[chapter] and "data_root" not in params:

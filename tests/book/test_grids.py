@@ -57,6 +57,14 @@ def test_run_id_is_stable_and_follows_every_parameter(tmp_path):
     ("chapters: a\nnulls: {a: {x: true}}\n", "nulls.a.x"),
     ("chapters: a\nnulls: {a: {x: x}}\n", "nulls.a.x"),
     ("chapters: a\nnulls: {a: {x: [1]}}\n", "nulls.a.x"),
+    # values a notebook cannot tell apart, parameters set in two places, names that are paths
+    ("chapters: a\ngrid: {seed: [1, 1.0, true]}\n", "grid.seed"),
+    ("chapters: a\ngrid: {v: [{seed: 1, l1: 2}, {l1: 2.0, seed: true}]}\n", "grid.v"),
+    ("chapters: a\ngrid:\n  seed: [0, 1]\n  variant: [{seed: 5, l1: 1}, {l1: 2}]\n", "grid.variant"),
+    ("chapters: a\nset: {seed: 3}\ngrid: {seed: [0, 1]}\n", "grid.seed"),
+    ("chapters: [../../..]\n", "chapters"),
+    ("chapters: [a/b]\n", "chapters"),
+    ("chapters: [..]\n", "chapters"),
 ])
 def test_errors_name_the_file_and_field(tmp_path, text, field):
     path = _grid(tmp_path, text)
