@@ -91,7 +91,7 @@ class TextSource:
             return f"{self.name}:{split}"
         config = f"/{self.config}" if self.config else ""
         path = self._local_path()
-        name = str(path.resolve()) if path is not None else self.name
+        name = f"{path.resolve()}#{local_content_hash(path)}" if path is not None else self.name
         return f"{name}{config}[{self.source_split}].{self.text_column}:{split}"
 
     def cache_tag(self) -> str | None:
@@ -243,6 +243,28 @@ def _check_column(data: Any, column: str, name: str) -> Any:
     if column not in data.column_names:
         raise ValueError(f"Dataset {name!r} has no column {column!r} (columns: {data.column_names}).")
     return data.rename_column(column, "text") if column != "text" else data
+
+
+def _local_files(path: Path) -> list[Path]:
+    """The files a local text source reads: every file of a ``save_to_disk`` folder, the ``.txt``
+    files of a folder, or the file itself."""
+    if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return sorted(path.glob("*.txt")) if path.is_dir() else [path]
+
+
+def local_content_hash(path: str | os.PathLike) -> str:
+    """``sha256:<16 hex>`` of the names and contents of the files a local text source reads, so
+    a corpus edited in place gets new activation caches instead of its old ones."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in _local_files(path):
+        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+        digest.update(b"\0" + str(file.stat().st_size).encode() + b"\0")
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _local_dataset(path: Path, text_column: str) -> Any:

@@ -80,6 +80,26 @@ def test_local_paths(tmp_path):
     assert str(saved.resolve()) in TextSource(str(saved)).label("train")
 
 
+def test_a_local_corpus_edited_in_place_gets_another_label_and_cache_tag(tmp_path):
+    folder, single = tmp_path / "txt", tmp_path / "one.txt"
+    folder.mkdir()
+    (folder / "a.txt").write_text("first")
+    single.write_text("only")
+    sources = [TextSource(str(folder)), TextSource(str(single))]
+    before = [(s.label("train"), s.cache_tag()) for s in sources]
+    assert before == [(s.label("train"), s.cache_tag()) for s in sources]  # unchanged: the same caches
+    (folder / "a.txt").write_text("first, edited")
+    single.write_text("only, edited")
+    after = [(s.label("train"), s.cache_tag()) for s in sources]
+    assert all(b[0] != a[0] and b[1] != a[1] for b, a in zip(before, after, strict=True))
+    (folder / "b.txt").write_text("second")  # a new document
+    assert sources[0].cache_tag() != after[0][1]
+    (folder / "notes.md").write_text("not read")  # a file the source does not read
+    tag = sources[0].cache_tag()
+    (folder / "notes.md").write_text("still not read")
+    assert sources[0].cache_tag() == tag
+
+
 def test_cache_tags_differ_between_datasets():
     tags = {text.cache_tag(d) for d in ("someone/a", "someone/b", TextSource("someone/a", text_column="body"),
                                          docs(5), docs(6))}
