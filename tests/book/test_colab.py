@@ -50,6 +50,25 @@ def test_repository_comes_from_the_config_only(tmp_path):
         colab.repository(config)
 
 
+@pytest.mark.parametrize("branch", ['main\\"], check=True); import os; os.system(\\"id\\")  #', "a b", "-x",
+                                    "a..b", "x.lock", "a//b", "/a", "a/", "$(id)", "a;b", "'q'"])
+def test_a_branch_that_could_inject_code_or_arguments_is_refused(tmp_path, branch):
+    config = tmp_path / "_config.yml"
+    config.write_text(f"repository:\n  url: https://github.com/someone/fork\n  branch: \"{branch}\"\n")
+    with pytest.raises(ValueError, match="repository.branch must name the branch"):
+        colab.repository(config)
+    with pytest.raises(ValueError, match="not a GitHub repository and branch"):
+        colab.install_source("someone/fork", branch)
+
+
+@pytest.mark.parametrize("branch", ["main", "feature/x-1.2", "release_2026.12"])
+def test_ordinary_branches_are_accepted(tmp_path, branch):
+    config = tmp_path / "_config.yml"
+    config.write_text(f"repository:\n  url: https://github.com/someone/fork\n  branch: {branch}\n")
+    assert colab.repository(config) == ("someone/fork", branch)
+    compile(colab.install_source("someone/fork", branch), "install", "exec")
+
+
 def test_generation_is_idempotent_and_check_lists_drift(tmp_path, capsys):
     notebooks = tmp_path / "notebooks"
     shutil.copytree(ROOT / "notebooks", notebooks)
