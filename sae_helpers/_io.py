@@ -127,8 +127,13 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}. Check the path.")
+    return parse_json(path.read_bytes(), path, what)
+
+
+def parse_json(data: bytes, path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
+    """Parse ``data`` (the content of ``path``) as a JSON object, with an error that names the file and the fix."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(
             f"{what} {path} is not valid JSON ({err}). Re-create it, or restore it from a backup."

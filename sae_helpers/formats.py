@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from ._dtypes import dtype_name, resolve_dtype
-from ._io import atomic_replace_dir, read_json, recover_dir
+from ._io import atomic_replace_dir, parse_json, recover_dir
 from .saelens_metadata import from_saelens, to_saelens
 from .saes.provenance import Provenance
 from .saes.registry import from_saelens_architecture
@@ -125,15 +126,15 @@ def load_sae(
     weights file's header (tensor names, shapes, dtypes) is checked against ``cfg.json``
     before anything is allocated, and non-float or non-finite weights are refused. A
     directory a crashed :func:`save_sae` left aside (``.NAME.old``) is moved back first.
+    Every file is read from one snapshot of the directory (:func:`read_sae_files`), so a
+    :func:`save_sae` into the same path meanwhile never mixes one SAE's config with another's weights.
     """
-    path = recover_dir(path)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"No SAE directory at {path}. An SAE directory holds {CFG_FILENAME} and "
-            f"{WEIGHTS_FILENAME}; pass the directory that sae.save() wrote."
-        )
+    path = Path(path)
+    files = read_sae_files(path)
     cfg_path, weights_path = path / CFG_FILENAME, path / WEIGHTS_FILENAME
-    cfg = read_json(cfg_path, what="SAE config")
+    if files[CFG_FILENAME] is None:
+        raise FileNotFoundError(f"SAE config not found: {cfg_path}. Check the path.")
+    cfg = parse_json(files[CFG_FILENAME], cfg_path, what="SAE config")
     for field in ("architecture", "d_in", "d_sae"):
         if field not in cfg:
             raise ValueError(f"SAE config {cfg_path} has no field {field!r}; it is not a SAELens cfg.json.")
@@ -172,11 +173,16 @@ def load_sae(
     # weights file's header before the SAE is built: a lying cfg.json fails fast.
     shapes = cls(cfg["d_in"], cfg["d_sae"], device="meta", metadata=metadata, **hyper)
     expected = {name: tuple(p.shape) for name, p in shapes.named_parameters()}
-    _check_weights_header(weights_path, expected, cfg)
+    weights = files[WEIGHTS_FILENAME]
+    if weights is None:
+        raise FileNotFoundError(
+            f"SAE weights not found: {weights_path}. The directory is incomplete; save the SAE again."
+        )
+    _check_weights_header(weights, weights_path, expected, cfg)
     sae = cls(cfg["d_in"], cfg["d_sae"], dtype=target_dtype, device=device, metadata=metadata, **hyper)
     try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as err:
+        tensors = load_safetensors(weights)
+    except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"SAE weights {weights_path} are unreadable ({err}). Save the SAE again.") from err
     for name in expected:
         finite = torch.isfinite(tensors[name])
@@ -188,20 +194,83 @@ def load_sae(
     with torch.no_grad():
         for name, param in sae.named_parameters():
             param.copy_(tensors[name])
-    sae.provenance = read_provenance(path)
+    sae.provenance = _provenance(files, path)
     return sae
+
+
+def read_sae_files(path: str | os.PathLike, names: tuple[str, ...] = SAE_FILES,
+                   attempts: int = 20) -> dict[str, bytes | None]:
+    """The bytes of each of ``names`` in SAE directory ``path`` (``None``: absent), all from one
+    version of the directory: the directory is opened once and its files read relative to it, and
+    if :func:`save_sae` swapped in a new directory and removed the old one while they were read,
+    they are read again from the new one."""
+    path = Path(path)
+    for _ in range(attempts):
+        try:
+            directory = os.open(_settled(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            if path.with_name(f".{path.name}.old").is_dir():
+                continue  # a save is swapping directories: read the new one
+            raise FileNotFoundError(
+                f"No SAE directory at {path}. An SAE directory holds {CFG_FILENAME} and "
+                f"{WEIGHTS_FILENAME}; pass the directory that sae.save() wrote."
+            ) from None
+        try:
+            files: dict[str, bytes | None] = {}
+            for name in names:
+                try:
+                    handle = os.open(name, os.O_RDONLY, dir_fd=directory)
+                except FileNotFoundError:
+                    files[name] = None
+                    continue
+                with os.fdopen(handle, "rb") as stream:
+                    files[name] = stream.read()
+            opened = os.fstat(directory)
+        finally:
+            os.close(directory)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:  # between save_sae's two renames
+            continue
+        if all(files.values()) or (opened.st_ino, opened.st_dev) == (now.st_ino, now.st_dev):
+            return files  # every file read, or the directory still the one that was read
+    raise RuntimeError(f"{path} kept changing while it was read ({attempts} times): another process is saving "
+                       "SAEs there in a loop. Load it once that process has finished.")
+
+
+def _settled(path: Path, wait: float = 1.0) -> Path:
+    """``path`` once it exists again: :func:`save_sae` moves the old directory aside (``.NAME.old``)
+    an instant before the new one takes its place, so a reader waits up to ``wait`` seconds for it;
+    an old copy still alone after that was left by a crashed save and is moved back."""
+    import time
+
+    old = path.with_name(f".{path.name}.old")
+    deadline = time.monotonic() + wait
+    while not path.exists() and old.is_dir():
+        if time.monotonic() > deadline:
+            try:
+                return recover_dir(path)
+            except OSError:  # the save finished meanwhile: its new directory is in place
+                return path
+        time.sleep(0.005)
+    return path
 
 
 def read_provenance(path: str | os.PathLike) -> Provenance | None:
     """The :class:`Provenance` saved in SAE directory ``path`` (``training_config.json``,
     ``training_log.json``); ``None`` when it holds neither (an SAE saved without one, or by SAELens)."""
     path = Path(path)
+    return _provenance(read_sae_files(path, (TRAINING_CONFIG_FILENAME, TRAINING_LOG_FILENAME)), path)
+
+
+def _provenance(files: dict[str, bytes | None], path: Path) -> Provenance | None:
     config_path, log_path = path / TRAINING_CONFIG_FILENAME, path / TRAINING_LOG_FILENAME
-    if not config_path.is_file() and not log_path.is_file():
+    config_bytes, log_bytes = files.get(TRAINING_CONFIG_FILENAME), files.get(TRAINING_LOG_FILENAME)
+    if config_bytes is None and log_bytes is None:
         return None
-    config = read_json(config_path, what="Training config") if config_path.is_file() else None
+    config = parse_json(config_bytes, config_path, what="Training config") if config_bytes is not None else None
     try:
-        log = json.loads(log_path.read_text()) if log_path.is_file() else []
+        log = json.loads(log_bytes) if log_bytes is not None else []
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"Training log {log_path} is not valid JSON ({err}). Delete it, or save the SAE "
                          "again.") from err
@@ -211,18 +280,27 @@ def read_provenance(path: str | os.PathLike) -> Provenance | None:
     return Provenance(config, log)
 
 
-def _check_weights_header(weights_path: Path, expected: dict[str, tuple[int, ...]], cfg: dict[str, Any]) -> None:
-    """Compare the tensor names, shapes and dtypes in ``weights_path``'s header with ``expected``
-    (the shapes cfg.json implies), without reading any tensor."""
-    if not weights_path.is_file():
-        raise FileNotFoundError(
-            f"SAE weights not found: {weights_path}. The directory is incomplete; save the SAE again."
-        )
+def _safetensors_header(data: bytes) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype)}`` from a safetensors file's header (an 8-byte little-endian length,
+    then that many bytes of JSON), without touching the tensors."""
+    if len(data) < 8:
+        raise ValueError("shorter than the 8-byte header length")
+    length = int.from_bytes(data[:8], "little")
+    if length > len(data) - 8:
+        raise ValueError(f"header length {length} exceeds the file ({len(data)} bytes)")
+    header = json.loads(data[8:8 + length])
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return {name: (tuple(entry["shape"]), entry["dtype"]) for name, entry in header.items() if name != "__metadata__"}
+
+
+def _check_weights_header(data: bytes, weights_path: Path, expected: dict[str, tuple[int, ...]],
+                          cfg: dict[str, Any]) -> None:
+    """Compare the tensor names, shapes and dtypes in the header of ``data`` (the file
+    ``weights_path``) with ``expected`` (the shapes cfg.json implies), without reading any tensor."""
     try:
-        with safe_open(str(weights_path), framework="pt") as handle:
-            header = {name: handle.get_slice(name) for name in handle.keys()}
-            found = {name: (tuple(s.get_shape()), s.get_dtype()) for name, s in header.items()}
-    except (SafetensorError, OSError, ValueError) as err:
+        found = _safetensors_header(data)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ValueError(f"SAE weights {weights_path} are unreadable ({err}). Save the SAE again.") from err
     missing = sorted(set(expected) - set(found))
     if missing:

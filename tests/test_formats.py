@@ -291,3 +291,35 @@ def test_kill_9_during_save_leaves_the_old_or_the_new_sae(tmp_path):
 
     kill_repeatedly(setup, 25, seed=0, max_delay=0.2, check=check, log=tmp_path / "child.err")
     assert set(seen) == {0, 1}  # the kills landed at different moments of the loop
+
+
+def test_a_reader_never_mixes_two_saes_while_another_process_saves_over_them(tmp_path):
+    """One process saves A over B and B over A in a loop; this one loads the directory over and
+    over for a few seconds: every load is A or B whole (cfg.json's k with its own weights)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    target = tmp_path / "s"
+    a, b = two_saes()
+    a.save(target)
+    saver = ("import sys\nfrom tests.test_formats import two_saes\nsaes = two_saes()\nprint('ready', flush=True)\n"
+             f"while True:\n    for sae in saes[::-1]:\n        sae.save({str(target)!r})\n")
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, "-c", saver], cwd=root, stdout=subprocess.PIPE, text=True,
+                               env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        loads, seen, deadline = 0, set(), time.monotonic() + 6
+        while time.monotonic() < deadline:
+            loaded = load_sae(target)
+            which = 0 if loaded.k == 4 else 1
+            for name, p in (a, b)[which].named_parameters():
+                assert torch.equal(getattr(loaded, name), p), (loads, name)
+            seen.add(which)
+            loads += 1
+    finally:
+        process.kill()
+        process.wait()
+    assert seen == {0, 1} and loads > 20
