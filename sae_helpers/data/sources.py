@@ -99,17 +99,16 @@ def spaced_indices(n: int, k: int) -> Tensor:
     return torch.arange(k, dtype=torch.long) * (n - 1) // (k - 1)
 
 
-def rows_fingerprint(x: Tensor | TensorSource, n_rows: int = 256) -> str:
-    """Shape plus the sha256 of ``n_rows`` evenly spaced rows (first and last included).
-
-    ``x`` is a tensor or a :class:`TensorSource` (whose rows are read through it: a
-    :class:`FileSource` reads just those rows)."""
+def rows_fingerprint(x: Tensor | TensorSource, chunk_rows: int = 1 << 16) -> str:
+    """Shape, dtype and the sha256 of every row, read ``chunk_rows`` at a time (memory bounded;
+    a :class:`FileSource` streams its file). Any changed value changes it."""
     n, d = (x.n, x.d) if isinstance(x, TensorSource) else x.shape
-    index = spaced_indices(n, n_rows)
     digest = hashlib.sha256(f"{(n, d)}".encode())
-    rows = x._gather(index) if isinstance(x, TensorSource) else x[index]
-    digest.update(rows.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-    return f"rows {n}x{d} sample-sha256 {digest.hexdigest()[:16]}"
+    for start in range(0, n, chunk_rows):
+        rows = x._range(start, start + chunk_rows) if isinstance(x, TensorSource) else x[start:start + chunk_rows]
+        digest.update(str(rows.dtype).encode())
+        digest.update(rows.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return f"rows {n}x{d} sha256 {digest.hexdigest()[:16]}"
 
 
 def data_fingerprint(source: ActivationSource) -> str | None:

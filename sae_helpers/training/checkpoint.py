@@ -2,7 +2,9 @@
 
 ``checkpoint_dir/checkpoint/`` holds ``state.safetensors`` (SAE parameters, Adam
 moments, dead-latent counters, the resampling RNG state) and ``trainer.json`` (step,
-configuration and its fingerprint, activation scale, training log). The directory is
+configuration and its fingerprint, activation scale, training log). The state file's
+metadata carries the sha256 of ``trainer.json``: a ``trainer.json`` edited by hand (its
+activation scale, say) or taken from another checkpoint is refused. The directory is
 built beside the old one and swapped in with a rename, so a crash at any moment
 leaves the previous complete checkpoint (a crash between the two renames leaves it as
 ``.checkpoint.old``, which every reader moves back first).
@@ -10,15 +12,16 @@ leaves the previous complete checkpoint (a crash between the two renames leaves 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .._io import atomic_replace_dir, clean_stale, read_json, recover_dir
+from .._io import atomic_replace_dir, clean_stale, parse_json, recover_dir
 
 CHECKPOINT_SUBDIR = "checkpoint"
 STATE_FILE = "state.safetensors"
@@ -26,15 +29,18 @@ TRAINER_FILE = "trainer.json"
 #: Beside ``checkpoint/`` in a run directory: the training log so far, and the final SAE once finished.
 LOG_FILE = "training_log.json"
 SAE_SUBDIR = "sae"
+#: The key of ``state.safetensors``' metadata holding the sha256 of ``trainer.json``.
+TRAINER_SHA256 = "trainer_sha256"
 
 
 def write_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
     """Write tensors and JSON-able ``info`` as the checkpoint in ``directory``."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    text = (json.dumps(info, indent=1) + "\n").encode()
 
     def build(tmp: Path) -> None:
-        save_file(tensors, str(tmp / STATE_FILE))
-        (tmp / TRAINER_FILE).write_text(json.dumps(info, indent=1) + "\n")
+        save_file(tensors, str(tmp / STATE_FILE), metadata={TRAINER_SHA256: hashlib.sha256(text).hexdigest()})
+        (tmp / TRAINER_FILE).write_bytes(text)
 
     return atomic_replace_dir(Path(directory) / CHECKPOINT_SUBDIR, build)
 
@@ -56,13 +62,36 @@ def clean_checkpoint_dir(directory: str | Path) -> None:
             tmp.unlink()
 
 
-def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and info of the checkpoint in ``directory``, with clear errors."""
+def read_checkpoint_info(directory: str | Path) -> dict[str, Any]:
+    """The info (``trainer.json``) of the checkpoint in ``directory``, checked against the sha256
+    its state file records, without reading any tensor."""
     folder = recover_dir(Path(directory) / CHECKPOINT_SUBDIR)
-    info = read_json(folder / TRAINER_FILE, what="Checkpoint file")
-    state_path = folder / STATE_FILE
+    trainer_path, state_path = folder / TRAINER_FILE, folder / STATE_FILE
+    if not trainer_path.is_file():
+        raise FileNotFoundError(f"Checkpoint file {trainer_path} is missing; delete {folder} to start over.")
     if not state_path.is_file():
         raise FileNotFoundError(f"Checkpoint state {state_path} is missing; delete {folder} to start over.")
+    text = trainer_path.read_bytes()
+    try:
+        with safe_open(str(state_path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get(TRAINER_SHA256)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"Checkpoint state {state_path} is unreadable ({err}); delete {folder} to start "
+                         "over.") from err
+    if recorded != hashlib.sha256(text).hexdigest():
+        raise ValueError(
+            f"Checkpoint file {trainer_path} is not the one written with {state_path} (edited by hand, or from "
+            f"another checkpoint): resuming from it would train with settings that never produced this state. "
+            f"Delete {folder} to start over."
+        )
+    return parse_json(text, trainer_path, what="Checkpoint file")
+
+
+def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and info of the checkpoint in ``directory`` (:func:`read_checkpoint_info`), with clear errors."""
+    info = read_checkpoint_info(directory)
+    folder = recover_dir(Path(directory) / CHECKPOINT_SUBDIR)
+    state_path = folder / STATE_FILE
     try:
         tensors = load_file(str(state_path))
     except (SafetensorError, OSError) as err:

@@ -105,8 +105,8 @@ def train_saes(
     out_dir : one subdirectory per run (named by :func:`run_name`) with its checkpoint,
         log and final SAE (``sae/``, SAELens layout). A rerun skips finished runs and
         resumes unfinished ones from their checkpoints; either is refused when the run was
-        trained on other data (its checkpoint's data fingerprint). Runs written before data
-        fingerprints are reused with one warning.
+        trained on other data or in another order (the fingerprint of all its rows and the
+        data order, kept in the checkpoint and beside the finished SAE).
     eval_activations : if given, each run is evaluated during training on a fixed sample of
         them (:data:`~.config.HELDOUT_ROWS` rows; ``heldout_fvu`` and ``heldout_l0`` in its log,
         the curve ``plateau_tolerance`` judges), and each finished SAE on all of them

@@ -45,14 +45,13 @@ from ..saes.base import SAE, batch_variance
 from ..saes.provenance import Provenance
 from ..saes.registry import get_sae_class
 from .checkpoint import (
-    CHECKPOINT_SUBDIR,
     LOG_FILE,
     SAE_SUBDIR,
     STATE_FILE,
-    TRAINER_FILE,
     clean_checkpoint_dir,
     has_checkpoint,
     read_checkpoint,
+    read_checkpoint_info,
     write_checkpoint,
 )
 from .config import EXECUTION_FIELDS, HELDOUT_ROWS, TrainConfig
@@ -105,36 +104,26 @@ def decoder_drift(sae: SAE) -> Tensor:
     return torch.nn.functional.cosine_similarity(sae.W_dec.detach().double().cpu(), initial_decoder(sae), dim=1)
 
 
-def check_same_data(info: dict[str, Any], data: str | None, where: str, warn: bool = True,
-                    data_seed: int | None = None) -> bool:
-    """Refuse a checkpoint ``info`` written on other data than the fingerprint ``data``, or in
-    another data order than ``data_seed`` (the same configuration fed other batches is another SAE).
-
-    Checkpoints written before data fingerprints existed have none: they are accepted (with a
-    warning unless ``warn`` is false) and ``False`` is returned; otherwise ``True``. The same for
-    a checkpoint written before data orders were recorded (no warning: the order is recorded next).
-    """
+def check_same_data(info: dict[str, Any], data: str | None, where: str, data_seed: int | None = None) -> None:
+    """Refuse a run record ``info`` (a checkpoint's or a finished SAE's) written on other data than
+    the fingerprint ``data``, in another data order than ``data_seed`` (the same configuration fed
+    other batches is another SAE), or without a record of either to compare with."""
+    fix = "Use a new checkpoint_dir / out_dir for this data, or delete that directory to train again on it."
     saved_order = info.get("data_seed")
-    if saved_order is not None and data_seed is not None and saved_order != data_seed:
+    if data_seed is not None and saved_order != data_seed:
+        if saved_order is None:
+            raise ValueError(f"The {where} has no record of its data order. {fix}")
         raise ValueError(
             f"The {where} was trained in data order data_seed={saved_order}; this call asks for data_seed="
             f"{data_seed}. The same configuration fed other batches is another SAE (for instance a family's "
             "control, trained in the family's data order, and the same width from another seed). Use a new "
             "checkpoint_dir / out_dir (data_root) for this one, or delete that directory to train it again."
         )
-    order_checked = saved_order is not None or data_seed is None
     saved = info.get("data")
-    if saved is None or data is None:
-        if saved is None and data is not None and warn:
-            warnings.warn(f"The {where} has no data fingerprint (written before they were recorded): cannot check "
-                          "that it was trained on these activations; using it as it is.", stacklevel=3)
-        return saved is not None and order_checked
-    if saved != data:
-        raise ValueError(
-            f"The {where} was trained on other data ({saved}; now {data}). Use a new checkpoint_dir / out_dir "
-            "for this data, or delete that directory to train again on it."
-        )
-    return order_checked
+    if data is not None and saved is None:
+        raise ValueError(f"The {where} has no record of the data it was trained on. {fix}")
+    if data is not None and saved != data:
+        raise ValueError(f"The {where} was trained on other data ({saved}; now {data}). {fix}")
 
 
 #: Subdirectory of a run directory holding its snapshots, one ``step_NNNNNNN/`` SAE each.
@@ -613,22 +602,29 @@ def open_run(
                              data_seed, heldout)
 
 
-def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, unchecked: list[Path],
-                 record: bool = True, data_seed: int | None = None) -> SAE | None:
+#: Beside a finished run's SAE: the fingerprint and order of the data it was trained on.
+TRAINING_DATA = "training_data"
+
+
+def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, data_seed: int | None = None) -> SAE | None:
     """The run's saved SAE if it is finished with ``cfg``, after checking it was trained on ``data``
-    in the order ``data_seed`` (runs written before these were recorded are appended to
-    ``unchecked``, and given ``data``'s fingerprint and ``data_seed`` if ``record``)."""
+    in the order ``data_seed``: the record saved with the SAE (``sae/training_data.json``), else its
+    checkpoint's. A run with neither is trained again (``None``)."""
     sae_dir = recover_dir(run_dir / SAE_SUBDIR)
     config_file = sae_dir / TRAINING_CONFIG_FILENAME
     saved = read_json(config_file, what="Training config") if config_file.is_file() else None
     if saved is None or {k: v for k, v in saved.items() if k not in EXECUTION_FIELDS} != cfg.to_dict():
         return None
-    trainer_file = recover_dir(run_dir / CHECKPOINT_SUBDIR) / TRAINER_FILE
-    info = read_json(trainer_file, what="Checkpoint file") if trainer_file.is_file() else {}
-    if not check_same_data(info, data, f"finished run in {run_dir}", warn=False, data_seed=data_seed):
-        unchecked.append(run_dir)
-        if record and data is not None and trainer_file.is_file():  # trusted on first use, like an old checkpoint
-            atomic_write_json(trainer_file, {**info, "data": data, "data_seed": data_seed})
+    record = sae_dir / f"{TRAINING_DATA}.json"
+    if record.is_file():
+        info = read_json(record, what="Training data record")
+    elif has_checkpoint(run_dir):
+        info = read_checkpoint_info(run_dir)
+    else:
+        warnings.warn(f"The finished run in {run_dir} has no record of the data it was trained on ({record}, or "
+                      "its checkpoint): training it again.", stacklevel=3)
+        return None
+    check_same_data(info, data, f"finished run in {run_dir}", data_seed=data_seed)
     return load_sae(sae_dir)  # with its provenance: this configuration and the saved log
 
 
@@ -675,25 +671,17 @@ def train_runs(
                           "and the data order", world)
     if metadata is None or isinstance(metadata, Mapping):  # anything else: the SAE refuses it, clearly
         metadata = {**source.metadata, **(metadata or {})}
-    unchecked: list[Path] = []
     saes: list[SAE | None] = [None] * len(cfgs)
     runs: list[TrainingRun] = []
     slots: list[int] = []
     for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        done = (finished_sae(run_dir, cfg, data, unchecked, record=world.is_main, data_seed=data_seed)
+        done = (finished_sae(run_dir, cfg, data, data_seed=data_seed)
                 if reuse_finished and run_dir is not None else None)
         if done is not None:
             saes[i] = done
             continue
         runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume, world, data_seed, heldout))
         slots.append(i)
-    if unchecked:
-        shown = ", ".join(str(d) for d in unchecked[:3])
-        shown += f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
-        warnings.warn(f"{len(unchecked)} finished run(s) have no data fingerprint or data order (written before "
-                      f"they were recorded): {shown}. Cannot check that they were trained on these activations in "
-                      f"the order data_seed={data_seed}; using them as they are and recording both in them, so that "
-                      "later calls check them.", stacklevel=3)
 
     def checkpoint(index: int) -> None:
         run_dir = run_dirs[slots[index]]
@@ -712,10 +700,10 @@ def train_runs(
         run_dir = run_dirs[slot]
         writes = run_dir is not None and world.is_main
         if writes and run.step_count == opened_at[index]:
-            write_run(run_dir, run)  # a run resumed finished: its checkpoint now records this data's fingerprint
+            write_run(run_dir, run)  # a run resumed finished
         sae = run.final_sae()
         if writes:
-            save_sae(sae, run_dir / SAE_SUBDIR)
+            save_sae(sae, run_dir / SAE_SUBDIR, **{TRAINING_DATA: {"data": data, "data_seed": data_seed}})
         saes[slot] = sae
     barrier(world)  # every process returns once the files are written
     return [sae for sae in saes if sae is not None]
@@ -772,8 +760,8 @@ def train_sae(
     resume : continue from the checkpoint in ``checkpoint_dir``; the result equals an
         uninterrupted run. A finished run returns at once. The checkpoint records a
         fingerprint of the data (:meth:`ActivationSource.fingerprint`): resuming it on
-        other activations is an error (a checkpoint written before fingerprints were
-        recorded is resumed with a warning). Without it, an existing checkpoint is an error.
+        other activations, or without such a record, is an error. Without ``resume``, an
+        existing checkpoint is an error.
     device : ``"cpu"``, ``"cuda"``...; default CUDA when available (``"cuda"`` without CUDA is an error).
     metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``);
         an activation cache supplies the ones not given here.

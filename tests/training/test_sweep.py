@@ -1,6 +1,7 @@
 """train_saes: one pass over the data equals separate runs; reruns skip finished runs."""
 
 import json
+import shutil
 import warnings
 
 import pandas as pd
@@ -52,8 +53,8 @@ def test_train_sae_is_the_one_configuration_sweep(tmp_path):
 
     assert sorted(files(tmp_path / "alone")) == ["checkpoint/state.safetensors", "checkpoint/trainer.json",
                                                  "sae/cfg.json", "sae/sae_weights.safetensors",
-                                                 "sae/training_config.json", "sae/training_log.json",
-                                                 "training_log.json"]
+                                                 "sae/training_config.json", "sae/training_data.json",
+                                                 "sae/training_log.json", "training_log.json"]
     assert files(tmp_path / "alone") == files(run_dir)
     (sae,) = sweep.saes
     assert sae.provenance == alone.provenance and sae.metadata == alone.metadata
@@ -145,27 +146,29 @@ def test_results_report_training_health(tmp_path):
         assert all(a[k] == b[k] for k in health)  # the same SAEs, trained once and loaded
 
 
-def test_finished_runs_on_other_data_are_refused_and_old_runs_still_reused(tmp_path, monkeypatch):
+def test_finished_runs_on_other_data_are_refused_even_without_their_checkpoint(tmp_path, monkeypatch):
     first = train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
     other = SyntheticFeatures(d=12, n_features=24, firing_prob=0.1).sample(3000, seed=1).x
     with pytest.raises(ValueError, match="finished run in .*relu-w32.* was trained on other data"):
         train_saes(other, CONFIGS[:2], out_dir=tmp_path, progress=False)
-    # Runs written before data fingerprints: reused as they are, with one warning, never retrained.
-    for trainer in tmp_path.glob("*/checkpoint/trainer.json"):
-        info = json.loads(trainer.read_text())
-        del info["data"]
-        trainer.write_text(json.dumps(info))
+    changed = X.clone()  # one row changed a little (not among any evenly spaced sample): other data too
+    changed[1] += 1e-3
+    with pytest.raises(ValueError, match="was trained on other data"):
+        train_saes(changed, CONFIGS[:2], out_dir=tmp_path, progress=False)
+    for checkpoint in tmp_path.glob("*/checkpoint"):  # the record kept with the SAE is enough
+        shutil.rmtree(checkpoint)
+    with pytest.raises(ValueError, match="finished run in .* was trained on other data"):
+        train_saes(other, CONFIGS[:2], out_dir=tmp_path, progress=False)
     monkeypatch.setattr(TrainingRun, "step", lambda *a, **k: pytest.fail("retrained a finished run"))
-    with pytest.warns(UserWarning, match="2 finished run\\(s\\) have no data fingerprint") as record:
-        again = train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
-    assert len(record) == 1
-    for a, b in zip(first.saes, again.saes, strict=True):
-        assert torch.equal(a.W_dec, b.W_dec)
-    # ... and their fingerprint is recorded on that first use: silent from then on, other data refused again.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="was trained on other data"):
+        again = train_saes(X, CONFIGS[:2], out_dir=tmp_path, progress=False)
+    for a, b in zip(first.saes, again.saes, strict=True):
+        assert torch.equal(a.W_dec, b.W_dec)
+    monkeypatch.undo()
+    for record in tmp_path.glob("*/sae/training_data.json"):  # no record at all: trained again, said so
+        record.unlink()
+    with pytest.warns(UserWarning, match="has no record of the data it was trained on .* training it again"):
         train_saes(other, CONFIGS[:2], out_dir=tmp_path, progress=False)
 
 
@@ -188,13 +191,10 @@ def test_another_data_order_is_another_sae_and_is_refused(tmp_path):
     resumed = train_saes(X, cfg, out_dir=tmp_path / "part", data_seed=0, progress=False).saes[0]
     assert torch.equal(resumed.W_dec, first.W_dec)
 
-    # Runs written before data orders were recorded: reused with one warning, the order recorded then.
-    (trainer,) = (tmp_path / "done").glob("*/checkpoint/trainer.json")
-    info = json.loads(trainer.read_text())
+    # A finished run's record without a data order is refused (it cannot be told from another order).
+    (record,) = (tmp_path / "done").glob("*/sae/training_data.json")
+    info = json.loads(record.read_text())
     del info["data_seed"]
-    trainer.write_text(json.dumps(info))
-    with pytest.warns(UserWarning, match="1 finished run\\(s\\) have no data fingerprint or data order"):
+    record.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="has no record of its data order"):
         train_saes(X, cfg, out_dir=tmp_path / "done", data_seed=0, progress=False)
-    assert json.loads(trainer.read_text())["data_seed"] == 0
-    with pytest.raises(ValueError, match="data_seed=0; this call asks for data_seed=1"):
-        train_saes(X, cfg, out_dir=tmp_path / "done", data_seed=1, progress=False)

@@ -1,5 +1,6 @@
 """train_sae: determinism, exact resume, checkpoints, scaling, errors."""
 
+import hashlib
 import json
 import shutil
 
@@ -104,14 +105,29 @@ def test_resume_refuses_other_data_of_the_same_width(tmp_path):
             train_sae(other, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / run, resume=True, **FAST)
         with pytest.raises(ValueError, match="other data"):  # a file of other rows, or other rows of the same data
             train_sae(X[:3000], "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / run, resume=True, **FAST)
-    # Checkpoints written before data fingerprints resume with a warning.
+    # A checkpoint with no record of its data is refused, never resumed on whatever data is given.
     trainer = tmp_path / "part" / "checkpoint" / "trainer.json"
+    state = tmp_path / "part" / "checkpoint" / "state.safetensors"
     info = json.loads(trainer.read_text())
     del info["data"]
-    trainer.write_text(json.dumps(info))
-    with pytest.warns(UserWarning, match="has no data fingerprint"):
-        resumed = train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / "part", resume=True, **FAST)
-    assert_same(resumed, train_sae(X, "relu", 32, 1.0, 20, **FAST))
+    text = json.dumps(info, indent=1) + "\n"
+    trainer.write_text(text)
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(str(state)), str(state), metadata={"trainer_sha256": hashlib.sha256(text.encode()).hexdigest()})
+    with pytest.raises(ValueError, match="has no record of the data it was trained on"):
+        train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / "part", resume=True, **FAST)
+
+
+def test_a_hand_edited_checkpoint_is_refused(tmp_path):
+    with crashes_at(12):
+        train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path, checkpoint_every=5, **FAST)
+    trainer = tmp_path / "checkpoint" / "trainer.json"
+    info = json.loads(trainer.read_text())
+    info["scale"] = info["scale"] * 2  # the activation scale, edited
+    trainer.write_text(json.dumps(info, indent=1) + "\n")
+    with pytest.raises(ValueError, match="trainer.json is not the one written with .*state.safetensors"):
+        train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path, resume=True, **FAST)
+    assert not (tmp_path / "sae").exists()  # nothing was overwritten
 
 
 def test_outputs_written_beside_the_checkpoint(tmp_path):
@@ -267,15 +283,17 @@ def _set(name, value):
 ])
 def test_a_tampered_checkpoint_is_refused(tmp_path, tamper, message):
     """A checkpoint whose Adam state was removed, whose step was changed, or that lacks a tensor or
-    has a wrong shape does not resume silently."""
+    has a wrong shape does not resume silently, even when its two files agree with each other (the
+    state file records the trainer file's sha256: rewritten here as a faulty writer would)."""
     from safetensors.torch import load_file, save_file
 
     with crashes_at(12):
         train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path, checkpoint_every=10, **FAST)
     state, trainer = tmp_path / "checkpoint" / "state.safetensors", tmp_path / "checkpoint" / "trainer.json"
     tensors, info = tamper(load_file(str(state)), json.loads(trainer.read_text()))
-    save_file(tensors, str(state))
-    trainer.write_text(json.dumps(info))
+    text = json.dumps(info)
+    save_file(tensors, str(state), metadata={"trainer_sha256": hashlib.sha256(text.encode()).hexdigest()})
+    trainer.write_text(text)
     with pytest.raises(ValueError, match=f"checkpoint in .* is damaged or was edited: .*{message}.*Delete it"):
         train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path, resume=True, **FAST)
 
