@@ -78,6 +78,10 @@ def read_checkpoint_info(directory: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError) as err:
         raise ValueError(f"Checkpoint state {state_path} is unreadable ({err}); delete {folder} to start "
                          "over.") from err
+    if recorded is None:
+        raise ValueError(f"Checkpoint state {state_path} records no checksum of {trainer_path} (written by another "
+                         f"version of sae_helpers, or by hand), so the two cannot be trusted together. Delete {folder} "
+                         "to start over.")
     if recorded != hashlib.sha256(text).hexdigest():
         raise ValueError(
             f"Checkpoint file {trainer_path} is not the one written with {state_path} (edited by hand, or from "
