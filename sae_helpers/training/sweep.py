@@ -153,8 +153,9 @@ def train_saes(
     if parallel == "configs" and world.distributed:
         if root is None:
             raise ValueError("parallel='configs' needs an out_dir: each process saves its SAEs there for the others.")
-        check_same_everywhere((data_fingerprint(source), [c.fingerprint() for c in cfgs], data_seed),
-                              "the data, the configurations and the data order", world)
+        evaluation_data = data_fingerprint(as_source(eval_activations)) if eval_activations is not None else None
+        check_same_everywhere((data_fingerprint(source), [c.fingerprint() for c in cfgs], data_seed, evaluation_data),
+                              "the data, the configurations, the data order and the evaluation data", world)
         trained = train_runs(source, [cfgs[i] for i in mine], [run_dirs[i] for i in mine], data_seed=data_seed,
                              device=device, metadata=metadata, reuse_finished=True, checkpoint_every=checkpoint_every,
                              progress=progress, world=SINGLE, heldout=heldout, snapshots=snapshots)

@@ -667,8 +667,8 @@ def train_runs(
     """
     world = process_group(device) if world is None else world
     data = data_fingerprint(source) if world.distributed or any(d is not None for d in run_dirs) else None
-    check_same_everywhere((data, [cfg.fingerprint() for cfg in cfgs], data_seed), "the data, the configurations "
-                          "and the data order", world)
+    check_same_everywhere((data, [cfg.fingerprint() for cfg in cfgs], data_seed, heldout_fingerprint(heldout)),
+                          "the data, the configurations, the data order and the held-out rows", world)
     if metadata is None or isinstance(metadata, Mapping):  # anything else: the SAE refuses it, clearly
         metadata = {**source.metadata, **(metadata or {})}
     saes: list[SAE | None] = [None] * len(cfgs)
@@ -682,6 +682,11 @@ def train_runs(
             continue
         runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume, world, data_seed, heldout))
         slots.append(i)
+    starts: list[str | int] = ["finished" if sae is not None else 0 for sae in saes]
+    for run, slot in zip(runs, slots, strict=True):
+        starts[slot] = run.step_count
+    check_same_everywhere(starts, "where each run starts (finished, or the step its checkpoint resumes from); the "
+                          "run directories must be on a filesystem every process shares", world)
 
     def checkpoint(index: int) -> None:
         run_dir = run_dirs[slots[index]]

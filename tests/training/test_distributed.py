@@ -131,6 +131,52 @@ def test_processes_with_different_data_are_refused(data, tmp_path):
     assert done.returncode != 0 and "The processes disagree on the data" in done.stderr
 
 
+def _torchrun_script(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                           "127.0.0.1", "--master-port", str(free_port()), str(path), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_checkpoints_not_shared_by_every_process_are_refused_before_training(data, tmp_path):
+    """Run directories on a disk only one process sees: process 0 finds the checkpoint (or the
+    finished run) and process 1 does not. Both stop at once with the reason, instead of one
+    waiting for the other until gloo's timeout."""
+    import shutil
+
+    torchrun(data, tmp_path / "crash", "relu", "--die-at", "5", check=False)
+    torchrun(data, tmp_path / "whole", "relu")
+    script = ("import os, sys\nfrom sae_helpers import train_sae\n"
+              "from tests.training.distributed_worker import options\n"
+              "out = os.path.join(sys.argv[2], 'rank' + os.environ['RANK'])\n"
+              "train_sae(sys.argv[1], 'relu', checkpoint_dir=out, resume=True, progress=False, device='cpu', "
+              "**options('relu'))\n")
+    for source in ("crash", "whole"):
+        local = tmp_path / f"local-{source}"
+        shutil.copytree(tmp_path / source, local / "rank0")  # only process 0's disk holds the run
+        done = _torchrun_script(tmp_path, script, str(data), str(local))
+        assert done.returncode != 0
+        assert "The processes disagree on where each run starts" in done.stderr
+        assert "a filesystem every process shares" in done.stderr
+
+
+def test_a_sweep_over_configs_refuses_processes_with_other_evaluation_data(data, tmp_path):
+    from safetensors.torch import load_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"activations": load_file(str(data))["activations"][:1024].contiguous()}, str(other))
+    script = ("import os, sys\nfrom sae_helpers import train_saes\n"
+              "from tests.training.distributed_worker import sweep_configs\n"
+              "evaluation = sys.argv[1] if os.environ['RANK'] == '0' else sys.argv[2]\n"
+              "train_saes(sys.argv[1], sweep_configs('relu'), out_dir=sys.argv[3], eval_activations=evaluation, "
+              "parallel='configs', progress=False, device='cpu')\n")
+    done = _torchrun_script(tmp_path, script, str(data), str(other), str(tmp_path / "out"))
+    assert done.returncode != 0 and "The processes disagree on the data, the configurations, the data order " \
+                                    "and the evaluation data" in done.stderr
+
+
 def test_a_batch_that_does_not_split_evenly_is_refused(data, tmp_path):
     from sae_helpers.data.sources import as_source
     from sae_helpers.training import TrainConfig
