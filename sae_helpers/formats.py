@@ -128,6 +128,8 @@ def load_sae(
     directory a crashed :func:`save_sae` left aside (``.NAME.old``) is moved back first.
     Every file is read from one snapshot of the directory (:func:`read_sae_files`), so a
     :func:`save_sae` into the same path meanwhile never mixes one SAE's config with another's weights.
+    SAELens's ``rescale_acts_by_decoder_norm: true`` (TopK) is folded into the weights
+    (:func:`_fold_decoder_norm_rescaling`): the same latents as SAELens.
     """
     path = Path(path)
     files = read_sae_files(path)
@@ -191,6 +193,7 @@ def load_sae(
                 f"SAE weights {weights_path}: tensor {name!r} holds {int((~finite).sum())} NaN/inf value(s). "
                 "The file is damaged or the SAE diverged in training: train or save it again."
             )
+    tensors = _fold_decoder_norm_rescaling(tensors, cfg, cfg_path)
     with torch.no_grad():
         for name, param in sae.named_parameters():
             param.copy_(tensors[name])
@@ -278,6 +281,38 @@ def _provenance(files: dict[str, bytes | None], path: Path) -> Provenance | None
         raise ValueError(f"Training log {log_path} must be a JSON list of objects (one per logging step). "
                          "Delete it, or save the SAE again.")
     return Provenance(config, log)
+
+
+#: SAELens architectures whose ``rescale_acts_by_decoder_norm`` flag is folded into the weights on load.
+_RESCALABLE = ("topk",)
+
+
+def _fold_decoder_norm_rescaling(tensors: dict[str, torch.Tensor], cfg: dict[str, Any],
+                                 cfg_path: Path) -> dict[str, torch.Tensor]:
+    """Honour SAELens's ``rescale_acts_by_decoder_norm: true`` (TopK): SAELens multiplies the
+    pre-activations by each latent's decoder norm before the top-k and divides the activations by it
+    before decoding. Folding the norms into the weights (encoder columns and bias times the norm,
+    decoder rows divided by it, as SAELens's ``fold_W_dec_norm``) gives the same latents and the same
+    reconstruction with a plain TopK SAE. Other architectures with the flag are refused."""
+    flag = cfg.get("rescale_acts_by_decoder_norm", False)
+    if flag is False or flag is None:
+        return tensors
+    if flag is not True:
+        raise ValueError(f"SAE config {cfg_path}: rescale_acts_by_decoder_norm must be true or false, got {flag!r}.")
+    if cfg["architecture"] not in _RESCALABLE:
+        raise ValueError(f"SAE config {cfg_path}: rescale_acts_by_decoder_norm=true is supported for the "
+                         f"architectures {list(_RESCALABLE)}, not {cfg['architecture']!r}. Fold the decoder norms "
+                         "into the weights first (SAELens: sae.fold_W_dec_norm()) and save it again.")
+    W_dec = tensors["W_dec"].double()
+    norms = W_dec.norm(dim=-1)
+    if not bool((norms > 0).all()):
+        raise ValueError(f"SAE config {cfg_path}: rescale_acts_by_decoder_norm=true with {int((norms == 0).sum())} "
+                         "all-zero decoder row(s): those latents are undefined in SAELens too. Remove them first.")
+    folded = dict(tensors)
+    for name, value in (("W_enc", tensors["W_enc"].double() * norms), ("b_enc", tensors["b_enc"].double() * norms),
+                        ("W_dec", W_dec / norms[:, None])):
+        folded[name] = value.to(tensors[name].dtype)
+    return folded
 
 
 def _safetensors_header(data: bytes) -> dict[str, tuple[tuple[int, ...], str]]:

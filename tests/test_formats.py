@@ -323,3 +323,36 @@ def test_a_reader_never_mixes_two_saes_while_another_process_saves_over_them(tmp
         process.kill()
         process.wait()
     assert seen == {0, 1} and loads > 20
+
+
+def test_saelens_rescale_acts_by_decoder_norm_is_folded_into_the_weights(tmp_path):
+    """A SAELens TopK file with rescale_acts_by_decoder_norm: true encodes as SAELens does (the
+    semantics written out below in float64: pre-activations times the decoder norms, top-k, the
+    activations divided by the norms before decoding); other architectures with the flag are refused."""
+    gen = torch.Generator().manual_seed(1)
+    sae = create_sae("topk", 8, 24, k=3)
+    sae.init_weights(gen)
+    sae.save(tmp_path / "s")
+    tensors = load_file(str(tmp_path / "s" / "sae_weights.safetensors"))
+    tensors["W_dec"] = (tensors["W_dec"] * (0.2 + 4.8 * torch.rand(24, 1, generator=gen))).contiguous()
+    save_file(tensors, str(tmp_path / "s" / "sae_weights.safetensors"))
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps({**cfg, "rescale_acts_by_decoder_norm": True}))
+    x = torch.randn(64, 8, generator=gen, dtype=torch.float64)
+    t = {k: v.double() for k, v in tensors.items()}
+    norms = t["W_dec"].norm(dim=-1)
+    pre = ((x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]) * norms
+    top = pre.topk(3, dim=-1)
+    expected = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    expected_out = (expected / norms) @ t["W_dec"] + t["b_dec"]
+    loaded = load_sae(tmp_path / "s", dtype=torch.float64)
+    latents = loaded.encode(x)
+    torch.testing.assert_close(latents, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loaded.decode(latents), expected_out, rtol=1e-6, atol=1e-6)
+    unscaled = ((x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]).topk(3, dim=-1).indices.sort(-1).values
+    assert not torch.equal(unscaled, top.indices.sort(-1).values)  # the flag matters for these weights
+    make("relu").save(tmp_path / "r")
+    cfg = json.loads((tmp_path / "r" / "cfg.json").read_text())
+    (tmp_path / "r" / "cfg.json").write_text(json.dumps({**cfg, "rescale_acts_by_decoder_norm": True}))
+    with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm=true is supported for .*fold_W_dec_norm"):
+        load_sae(tmp_path / "r")

@@ -99,6 +99,18 @@ def build(name: str, gen: torch.Generator, x: torch.Tensor):
     return sae.to_jumprelu() if name == "gated_as_jumprelu" else sae
 
 
+def rescaled_topk(sae, directory, gen):
+    """``sae`` (TopK) saved with SAELens's ``rescale_acts_by_decoder_norm: true`` and decoder rows of
+    norms between 0.2 and 5, so that the flag changes which latents win the top-k."""
+    sae.save(directory)
+    weights = directory / "sae_weights.safetensors"
+    tensors = load_file(str(weights))
+    tensors["W_dec"] = (tensors["W_dec"] * (0.2 + 4.8 * torch.rand(D_SAE, 1, generator=gen))).contiguous()
+    save_file(tensors, str(weights))
+    cfg_file = directory / "cfg.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "rescale_acts_by_decoder_norm": True}))
+
+
 @pytest.fixture(scope="module")
 def roundtrip(tmp_path_factory):
     """Our SAEs saved, SAELens's outputs for them, and what SAELens read."""
@@ -115,11 +127,12 @@ def roundtrip(tmp_path_factory):
     cfg = json.loads(cfg_file.read_text())
     del cfg["metadata"]["sae_lens_version"]
     cfg_file.write_text(json.dumps(cfg))
+    rescaled_topk(saes["topk"], root / "topk_rescaled", gen)
     save_file({"x": x}, str(root / "inputs.safetensors"))
     out = root / "out"
     out.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    dirs = [root / name for name in (*SAELENS_ARCH, "no_version")]
+    dirs = [root / name for name in (*SAELENS_ARCH, "no_version", "topk_rescaled")]
     done = subprocess.run(side_command(python, root / "inputs.safetensors", out, *dirs), env=env,
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
@@ -179,6 +192,20 @@ def test_what_saelens_saves_loads_back_as_ours(roundtrip, name):
     assert loaded.metadata["model_name"] == "smollm2-135m"
     assert {k: loaded.metadata[k] for k in ("hook_name", "context_size", "dataset_path", "prepend_bos")} == {
         **{k: OURS[k] for k in ("hook_name", "context_size", "dataset_path")}, "prepend_bos": True}
+
+
+def test_a_topk_sae_rescaled_by_decoder_norm_encodes_as_in_saelens(roundtrip):
+    """SAELens's rescale_acts_by_decoder_norm, folded into the weights by load_sae: the same latents
+    and reconstruction as SAELens computes from the file."""
+    x, _, out, summary = roundtrip
+    theirs = load_file(str(out / "topk_rescaled.safetensors"))
+    assert summary["topk_rescaled"]["class"] == "TopKSAE"
+    ours = load_sae(out.parent / "topk_rescaled")
+    with torch.no_grad():
+        latents = ours.encode(x)
+        reconstruction = ours.decode(latents)
+    torch.testing.assert_close(theirs["latents"], latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs["reconstruction"], reconstruction, rtol=1e-5, atol=1e-5)
 
 
 if __name__ == "__main__":  # pragma: no cover
