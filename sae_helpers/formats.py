@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
 
 from ._dtypes import dtype_name, resolve_dtype
-from ._io import atomic_replace_dir, parse_json, recover_dir
+from ._io import atomic_replace_dir, parse_json, recover_dir, save_tensors
 from .saelens_metadata import from_saelens, to_saelens
 from .saes.provenance import Provenance
 from .saes.registry import from_saelens_architecture
@@ -84,7 +83,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, **extra_json: Any) -> Path:
     in, so a crash leaves the old SAE or the new one, never a mix. Other files already
     in ``path`` are kept.
     """
-    path = Path(path)
+    path = _sae_directory(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"Cannot save an SAE to {path}: it exists and is not a directory.")
     sae = sae.for_inference()  # e.g. a BatchTopK SAE saves as the JumpReLU SAE it is at inference
@@ -108,11 +107,23 @@ def save_sae(sae: SAE, path: str | os.PathLike, **extra_json: Any) -> Path:
                     shutil.copytree(entry, tmp / entry.name, symlinks=True)
                 else:
                     shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
-        save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+        save_tensors(tensors, tmp / WEIGHTS_FILENAME)
         for file, text in texts.items():
             (tmp / file).write_text(text)
 
     return atomic_replace_dir(path, build)
+
+
+def _sae_directory(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded and resolved, refused when it holds the working directory: saving
+    there would copy the working directory into its own replacement (``"."``, ``".."``, ``"/"``)."""
+    given = path
+    path = Path(os.path.expanduser(os.fspath(path))).resolve()
+    cwd = Path.cwd().resolve()
+    if cwd == path or path in cwd.parents:
+        raise ValueError(f"Cannot save an SAE to {given!r} ({path}): it is the working directory or holds it, and "
+                         "save() replaces the whole directory. Name a directory of its own, e.g. sae.save('my_sae').")
+    return path
 
 
 def load_sae(
@@ -131,7 +142,7 @@ def load_sae(
     SAELens's ``rescale_acts_by_decoder_norm: true`` (TopK) is folded into the weights
     (:func:`_fold_decoder_norm_rescaling`): the same latents as SAELens.
     """
-    path = Path(path)
+    path = Path(os.path.expanduser(os.fspath(path)))
     files = read_sae_files(path)
     cfg_path, weights_path = path / CFG_FILENAME, path / WEIGHTS_FILENAME
     if files[CFG_FILENAME] is None:

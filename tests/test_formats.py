@@ -174,14 +174,16 @@ def test_saving_over_an_sae_is_all_or_nothing(tmp_path, monkeypatch):
     b.metadata = {}
     from sae_helpers import formats
 
+    save_tensors = formats.save_tensors
+
     def crash(*args, **kwargs):  # killed right after writing the new weights
-        save_file(*args, **kwargs)
+        save_tensors(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(formats, "save_file", crash)
+    monkeypatch.setattr(formats, "save_tensors", crash)
     with pytest.raises(KeyboardInterrupt):
         b.save(tmp_path / "s")
-    monkeypatch.setattr(formats, "save_file", save_file)
+    monkeypatch.setattr(formats, "save_tensors", save_tensors)
     old = load_sae(tmp_path / "s")
     assert old.k == 4 and torch.equal(old.W_dec, a.W_dec)
     b.save(tmp_path / "s")
@@ -356,3 +358,37 @@ def test_saelens_rescale_acts_by_decoder_norm_is_folded_into_the_weights(tmp_pat
     (tmp_path / "r" / "cfg.json").write_text(json.dumps({**cfg, "rescale_acts_by_decoder_norm": True}))
     with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm=true is supported for .*fold_W_dec_norm"):
         load_sae(tmp_path / "r")
+
+
+def test_paths_are_expanded_and_a_directory_holding_the_working_directory_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    sae = make("relu")
+    sae.save("~/saes/a")
+    assert (tmp_path / "home" / "saes" / "a" / "cfg.json").is_file() and not (work / "~").exists()
+    assert torch.equal(load_sae("~/saes/a").W_dec, sae.W_dec)
+    for target in (".", "..", str(tmp_path), "/"):
+        with pytest.raises(ValueError, match="is the working directory or holds it.*sae.save\\('my_sae'\\)"):
+            sae.save(target)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["here"]  # nothing was copied anywhere
+
+
+def test_saved_files_get_the_umasks_mode_not_a_private_one(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        make("relu").save(tmp_path / "s")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "s").iterdir()}
+    finally:
+        os.umask(umask)
+    assert modes == {"cfg.json": 0o644, "sae_weights.safetensors": 0o644}
+
+
+def test_an_sae_too_large_for_memory_is_refused_before_allocating():
+    with pytest.raises(ValueError, match="d_sae=1000000000000 needs .* GiB .*more than the .* GiB of this device"):
+        create_sae("relu", 16, 10**12)
+    assert create_sae("relu", 16, 10**12, device="meta").d_sae == 10**12  # nothing allocated: allowed

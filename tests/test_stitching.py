@@ -145,6 +145,23 @@ def test_bad_indices_are_refused(add, remove, error, message):
         stitching.stitch(random_sae("relu", 20, 1), random_sae("relu", 33, 2), add=add, remove=remove)
 
 
+@pytest.mark.parametrize("call", ["stitch", "analyze"])
+def test_an_sae_with_a_nan_decoder_row_is_refused(call):
+    small, large = random_sae("relu", 20, 1), random_sae("relu", 33, 2)
+    with torch.no_grad():
+        large.W_dec[3] = float("nan")
+    with pytest.raises(ValueError, match="W_dec holds 12 NaN/inf value\\(s\\).*Train it again"):
+        if call == "stitch":
+            stitching.stitch(small, large, add=[0])
+        else:
+            stitching.analyze(small, large, torch.randn(64, D))
+
+
+def test_analyze_with_saes_of_different_widths_names_both():
+    with pytest.raises(ValueError, match="d_in mismatch: the small SAE has d_in=12, the large SAE d_in=8"):
+        stitching.analyze(random_sae("relu", 20, 1), random_sae("relu", 33, 2, d=8), torch.randn(64, D))
+
+
 # ------------------------------------------------------------------------------ analyze
 @pytest.mark.parametrize("arch", ARCHS)
 def test_closed_form_delta_mse_equals_literal_insertion(arch):

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_replace_dir, read_json, sha256_file
+from .._io import atomic_replace_dir, read_json, save_tensors, sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV_VAR = "SAE_HELPERS_CACHE"
@@ -408,8 +408,6 @@ def _load_from_cache(name: str) -> tuple[Any, Any]:
 
 def _write_cache(name: str, hf_model: Any, tokenizer: Any) -> None:
     """Write weights, config, tokenizer and manifest into a fresh directory, then swap it in."""
-    from safetensors.torch import save_file
-
     config = hf_model.config.to_dict()
     config.pop("quantization_config", None)  # the cached weights are plain float32
     config["_name_or_path"] = EMBEDDED_MODELS[name].hf_name
@@ -422,7 +420,7 @@ def _write_cache(name: str, hf_model: Any, tokenizer: Any) -> None:
         tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
 
     def build(tmp: Path) -> None:
-        save_file(tensors, str(tmp / WEIGHTS_FILENAME), metadata={"format": "pt"})
+        save_tensors(tensors, tmp / WEIGHTS_FILENAME, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         tokenizer.save_pretrained(tmp)
         files = {

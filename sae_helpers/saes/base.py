@@ -92,6 +92,31 @@ def batch_variance(x: Tensor) -> Tensor:
     return all_sum((x - mean).pow(2).sum(), world) / n
 
 
+def _device_memory(device: str | torch.device | None) -> int | None:
+    """Bytes of memory of ``device`` (the machine's RAM for the CPU), ``None`` when unknown or meta."""
+    import os
+
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device.index or 0).total_memory
+    return None
+
+
+def _check_fits(d_in: int, d_sae: int, dtype: torch.dtype, device: str | torch.device | None) -> None:
+    """Refuse, before allocating, an SAE whose encoder and decoder alone exceed the device's memory."""
+    needed = 2 * d_in * d_sae * torch.empty(0, dtype=dtype).element_size()
+    memory = _device_memory(device)
+    if memory is not None and needed > memory:
+        raise ValueError(f"An SAE with d_in={d_in} and d_sae={d_sae} needs {needed / 2**30:,.1f} GiB for its encoder "
+                         f"and decoder ({dtype}), more than the {memory / 2**30:,.1f} GiB of this device. Choose a "
+                         "smaller d_sae (the number of latents).")
+
+
 class SAE(nn.Module, ABC):
     """Base class: decoder, bias handling, constraints, folding, resampling, saving."""
 
@@ -133,6 +158,7 @@ class SAE(nn.Module, ABC):
         #: How it was trained (set by training, kept by conversions, saved and loaded); ``None``: unknown.
         self.provenance: Provenance | None = None
         factory = {"dtype": resolve_dtype(dtype), "device": device}
+        _check_fits(d_in, d_sae, factory["dtype"], device)
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **factory))
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **factory))
         self.b_dec = nn.Parameter(torch.zeros(d_in, **factory))

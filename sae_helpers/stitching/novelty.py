@@ -22,7 +22,7 @@ from ..evaluation.health import NEAR_INITIAL_COSINE
 from ..evaluation.metrics import cosine_blocks
 from ..saes.base import SAE
 from ..training.trainer import decoder_drift
-from .surgery import check_compatible, prepare
+from .surgery import check_compatible, check_same_site, prepare
 
 #: Elements of a [rows, latents] float32 matrix per streamed chunk (256 MiB).
 CHUNK_ELEMENTS = 1 << 26
@@ -202,6 +202,7 @@ def analyze(small: SAE, large: SAE, activations, threshold: float | None = None,
     """
     trained = trained_latents(large)
     small, large = prepare(small), prepare(large)
+    check_same_site(small, large)
     match = decoder_match(large, small, block)
     effect = insertion_effects(small, large, activations, batch_size)
     dead = (effect.density == 0).numpy()

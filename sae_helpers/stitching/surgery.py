@@ -27,6 +27,11 @@ def prepare(sae: SAE) -> SAE:
     """The inference form of ``sae`` if it can be stitched (BatchTopK -> JumpReLU), else an error."""
     if not isinstance(sae, SAE):
         raise TypeError(f"Expected an SAE, got {type(sae).__name__}.")
+    for name, param in sae.named_parameters():
+        finite = torch.isfinite(param)
+        if not bool(finite.all()):
+            raise ValueError(f"{type(sae).__name__}.{name} holds {int((~finite).sum())} NaN/inf value(s): the SAE "
+                             "diverged in training or was damaged. Train it again, or load a saved copy.")
     sae = sae.for_inference()
     if sae.coupled_latents is not None:
         raise ValueError(
@@ -37,16 +42,8 @@ def prepare(sae: SAE) -> SAE:
     return sae
 
 
-def check_compatible(small: SAE, large: SAE) -> None:
-    """Raise a clear error unless the two (prepared) SAEs share architecture, width and site."""
-    if small.architecture != large.architecture:
-        hint = (" Convert Gated SAEs with GatedSAE.to_jumprelu() (exact) so that both are JumpReLU SAEs."
-                if {small.architecture, large.architecture} == {"gated", "jumprelu"} else
-                " Stitch SAEs of one architecture.")
-        raise ValueError(
-            f"Architecture mismatch: the small SAE is {small.architecture!r}, the large SAE "
-            f"{large.architecture!r}.{hint}"
-        )
+def check_same_site(small: SAE, large: SAE) -> None:
+    """Raise a clear error unless the two SAEs read activations of one width and one site."""
     if small.d_in != large.d_in:
         raise ValueError(
             f"d_in mismatch: the small SAE has d_in={small.d_in}, the large SAE d_in={large.d_in}. "
@@ -59,6 +56,19 @@ def check_compatible(small: SAE, large: SAE) -> None:
                 f"Site mismatch: metadata[{field!r}] is {a!r} for the small SAE and {b!r} for the large SAE. "
                 f"Stitch SAEs trained on the same site; if a record is wrong, correct sae.metadata[{field!r}]."
             )
+
+
+def check_compatible(small: SAE, large: SAE) -> None:
+    """Raise a clear error unless the two (prepared) SAEs share architecture, width and site."""
+    if small.architecture != large.architecture:
+        hint = (" Convert Gated SAEs with GatedSAE.to_jumprelu() (exact) so that both are JumpReLU SAEs."
+                if {small.architecture, large.architecture} == {"gated", "jumprelu"} else
+                " Stitch SAEs of one architecture.")
+        raise ValueError(
+            f"Architecture mismatch: the small SAE is {small.architecture!r}, the large SAE "
+            f"{large.architecture!r}.{hint}"
+        )
+    check_same_site(small, large)
 
 
 def _indices(values: LatentIndices, size: int, what: str) -> Tensor:

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .._io import atomic_replace_dir, clean_stale, parse_json, recover_dir
+from .._io import atomic_replace_dir, clean_stale, parse_json, recover_dir, save_tensors
 
 CHECKPOINT_SUBDIR = "checkpoint"
 STATE_FILE = "state.safetensors"
@@ -39,7 +39,7 @@ def write_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], in
     text = (json.dumps(info, indent=1) + "\n").encode()
 
     def build(tmp: Path) -> None:
-        save_file(tensors, str(tmp / STATE_FILE), metadata={TRAINER_SHA256: hashlib.sha256(text).hexdigest()})
+        save_tensors(tensors, tmp / STATE_FILE, metadata={TRAINER_SHA256: hashlib.sha256(text).hexdigest()})
         (tmp / TRAINER_FILE).write_bytes(text)
 
     return atomic_replace_dir(Path(directory) / CHECKPOINT_SUBDIR, build)
