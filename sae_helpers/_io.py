@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,39 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+class DirectoryBusy(RuntimeError):
+    """Another process holds the lock on a directory (:func:`directory_lock`)."""
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``directory`` (its ``.lock`` file, holding this process's pid) while
+    the block runs. Another holder makes it fail at once with :class:`DirectoryBusy`, naming the
+    holder's pid, ``what`` it does there and the ``fix``. The system releases the lock when the
+    process ends, however it ends."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ".lock"
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise DirectoryBusy(f"{directory}: another process (pid {holder}) is {what} there. {fix}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield path
+        finally:
+            handle.seek(0)
+            handle.truncate()
 
 
 def save_tensors(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:

@@ -11,7 +11,7 @@ only once papermill succeeded, and the record is written last. A failed run leav
 ``book/chapters/NAME.failed.ipynb`` and the previous chapter untouched; a killed one leaves the
 previous chapter without a record, so it is executed again next time.
 
-One build at a time: the build holds an exclusive lock on ``book/chapters/.build.lock`` (released
+One build at a time: the build holds an exclusive lock on ``book/chapters/.lock`` (released
 by the system when the process ends, however it ends); a second build stops at once and names the
 process that holds it.
 """
@@ -19,49 +19,26 @@ process that holds it.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from book.tools.inputs import CHAPTERS, current_chapter, inputs_hash, read_build_record, record_path, sha256_file
+from sae_helpers._io import DirectoryBusy as BuildLocked
+from sae_helpers._io import directory_lock
 
 __all__ = ["BuildLocked", "build", "build_lock", "execute_chapter", "main"]
 
-LOCK = ".build.lock"
 
-
-class BuildLocked(RuntimeError):
-    """Another build holds the lock on ``book/chapters``."""
-
-
-@contextmanager
-def build_lock(root: Path = Path(".")) -> Iterator[Path]:
-    """Hold the exclusive build lock on ``root/book/chapters`` (fails at once when another process holds it)."""
-    directory = root / CHAPTERS
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK
-    with open(path, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise BuildLocked(f"{path}: another make book (pid {holder}) is executing chapters into {directory}. "
-                              "Wait for it to finish (or stop it); two builds at once would overwrite each "
-                              "other's chapters") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield path
-        finally:
-            handle.seek(0)
-            handle.truncate()
+def build_lock(root: Path = Path(".")) -> AbstractContextManager[Path]:
+    """Hold the exclusive build lock on ``root/book/chapters`` (fails at once, with :class:`BuildLocked`,
+    when another build holds it)."""
+    return directory_lock(root / CHAPTERS, "executing chapters (make book or make runs)",
+                          "Wait for it to finish (or stop it): two builds at once would overwrite each other's "
+                          "chapters.")
 
 
 def _parameters(name: str, root: Path) -> dict:

@@ -13,6 +13,7 @@ counters, resampling RNG), which makes a resumed run equal an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._dtypes import resolve_dtype
-from .._io import atomic_write_json, read_json, recover_dir
+from .._io import atomic_write_json, directory_lock, read_json, recover_dir
 from .._progress import tqdm
 from ..data.sources import ActivationSource, as_source, data_fingerprint
 from ..distributed import (
@@ -666,6 +667,21 @@ def train_runs(
     what a shorter run would have given (:meth:`TrainConfig.truncated`).
     """
     world = process_group(device) if world is None else world
+    with contextlib.ExitStack() as locks:
+        if world.is_main:  # one training process per run directory
+            for run_dir in dict.fromkeys(d for d in run_dirs if d is not None):
+                locks.enter_context(directory_lock(
+                    run_dir, "training an SAE", "Wait for it to finish, or train into another checkpoint_dir / "
+                    "out_dir: two trainings in one directory would overwrite each other's checkpoints."))
+        return _train_runs(source, cfgs, run_dirs, data_seed=data_seed, device=device, metadata=metadata,
+                           resume=resume, reuse_finished=reuse_finished, checkpoint_every=checkpoint_every,
+                           progress=progress, desc=desc, world=world, heldout=heldout, snapshots=snapshots)
+
+
+def _train_runs(source: ActivationSource, cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path | None], *,
+                data_seed: int, device: torch.device, metadata: dict[str, Any] | None, resume: bool,
+                reuse_finished: bool, checkpoint_every: int | None, progress: bool, desc: str | None, world: World,
+                heldout: Tensor | None, snapshots: Sequence[int]) -> list[SAE]:
     data = data_fingerprint(source) if world.distributed or any(d is not None for d in run_dirs) else None
     check_same_everywhere((data, [cfg.fingerprint() for cfg in cfgs], data_seed, heldout_fingerprint(heldout)),
                           "the data, the configurations, the data order and the held-out rows", world)

@@ -80,7 +80,7 @@ def test_two_builds_at_once_leave_one_complete_chapter_and_its_record(repo: Path
         time.sleep(0.1)
     second = _build_process(repo)
     _, err = second.communicate(timeout=60)
-    assert second.returncode == 2 and f"another make book (pid {first.pid})" in err
+    assert second.returncode == 2 and f"another process (pid {first.pid}) is executing chapters" in err
     assert first.wait(timeout=120) == 0, first.communicate()
     out = repo / "book" / "chapters" / "tiny.ipynb"
     assert current_chapter("tiny", repo) == out and "value 7" in _outputs(out)

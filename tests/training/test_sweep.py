@@ -51,7 +51,7 @@ def test_train_sae_is_the_one_configuration_sweep(tmp_path):
     def files(root):
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
-    assert sorted(files(tmp_path / "alone")) == ["checkpoint/state.safetensors", "checkpoint/trainer.json",
+    assert sorted(files(tmp_path / "alone")) == [".lock", "checkpoint/state.safetensors", "checkpoint/trainer.json",
                                                  "sae/cfg.json", "sae/sae_weights.safetensors",
                                                  "sae/training_config.json", "sae/training_data.json",
                                                  "sae/training_log.json", "training_log.json"]

@@ -82,7 +82,7 @@ def test_resume_recovers_the_checkpoint_a_crashed_swap_left_aside(tmp_path):
         assert steps[0] == 20, state  # continued from the saved step, not from 0
         assert_same(whole, resumed)
         assert resumed.training_log == whole.training_log
-        assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "sae", "training_log.json"], state
+        assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoint", "sae", "training_log.json"], state
 
 
 def test_resume_refuses_another_configuration(tmp_path):
@@ -367,3 +367,32 @@ def test_every_architecture_resumes_past_the_checkpoint_checks(tmp_path, arch, s
     with crashes_at(12):
         train_sae(X, arch, 32, steps=20, checkpoint_dir=tmp_path, checkpoint_every=5, **sparsity, **FAST)
     assert_same(whole, train_sae(X, arch, 32, steps=20, checkpoint_dir=tmp_path, resume=True, **sparsity, **FAST))
+
+
+def test_two_trainings_in_one_directory_refuse_to_share_it(tmp_path):
+    """A second train_sae into a directory another process is training in stops at once and names
+    that process, instead of failing later on a checkpoint the other one swapped away."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from sae_helpers._io import DirectoryBusy
+
+    root = Path(__file__).resolve().parents[2]
+    script = ("import torch\nfrom sae_helpers import train_sae\n"
+              "x = torch.randn(2048, 16, generator=torch.Generator().manual_seed(0))\n"
+              f"train_sae(x, 'relu', 32, 1.0, 10**6, checkpoint_dir={str(tmp_path / 'run')!r}, batch_size=64, "
+              "progress=False)\n")
+    other = subprocess.Popen([sys.executable, "-c", script], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        lock, deadline = tmp_path / "run" / ".lock", time.monotonic() + 60
+        while not (lock.is_file() and lock.read_text().strip()):
+            assert other.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(DirectoryBusy, match=f"another process \\(pid {other.pid}\\) is training an SAE there"):
+            train_sae(X, "relu", 32, 1.0, 20, checkpoint_dir=tmp_path / "run", resume=True, **FAST)
+    finally:
+        other.kill()
+        other.wait()
