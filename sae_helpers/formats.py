@@ -165,6 +165,11 @@ def load_sae(
             "supported; fold the normalisation into the weights first (SAELens: "
             "fold_activation_norm_scaling_factor) so that normalize_activations is 'none'."
         )
+    if cfg.get("reshape_activations", "none") != "none":
+        raise ValueError(
+            f"SAE config {cfg_path}: reshape_activations={cfg['reshape_activations']!r} is not supported: "
+            "sae_helpers reads flat activations [..., d_in]. Use an SAE trained on a flat hook (not hook_z)."
+        )
     if cfg.get("apply_b_dec_to_input", True) is not True:
         raise ValueError(
             f"SAE config {cfg_path}: apply_b_dec_to_input=false is not supported; fold b_dec @ W_enc "

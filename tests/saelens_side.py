@@ -14,6 +14,11 @@ Imports nothing from sae_helpers.
 prints, as JSON, this interpreter's ``sys.path`` and the file ``import kernels`` would load, importing
 nothing else: the check that ``tests/`` (whose ``kernels/`` package would shadow the one transformers
 imports) is not on the path. The round-trip test runs this script isolated (``python -I``) for that reason.
+
+    python -I tests/saelens_side.py --config-fields
+
+prints, as JSON, every field (and default) of the inference config of each SAELens architecture
+that sae_helpers reads, so that the test can check each field's reading one by one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,21 @@ def search_path() -> dict:
     """This interpreter's sys.path, and where ``import kernels`` would come from (None: nowhere)."""
     spec = importlib.util.find_spec("kernels")
     return {"sys_path": sys.path, "kernels": spec.origin if spec else None}
+
+
+def config_fields() -> dict:
+    """For each SAELens architecture sae_helpers reads: its inference config's fields and defaults."""
+    import dataclasses
+
+    from sae_lens.saes.gated_sae import GatedSAEConfig
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
+    from sae_lens.saes.standard_sae import StandardSAEConfig
+    from sae_lens.saes.topk_sae import TopKSAEConfig
+
+    configs = {"standard": StandardSAEConfig, "gated": GatedSAEConfig, "jumprelu": JumpReLUSAEConfig,
+               "topk": TopKSAEConfig}
+    return {arch: {f.name: (repr(f.default) if f.default is not dataclasses.MISSING else None)
+                   for f in dataclasses.fields(config)} for arch, config in configs.items()}
 
 
 def main(inputs: str, out_dir: str, *sae_dirs: str) -> None:
@@ -56,5 +76,7 @@ def main(inputs: str, out_dir: str, *sae_dirs: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--sys-path"]:
         print(json.dumps(search_path()))
+    elif sys.argv[1:] == ["--config-fields"]:
+        print(json.dumps(config_fields()))
     else:
         main(*sys.argv[1:])

@@ -232,6 +232,9 @@ def test_a_lying_cfg_fails_before_allocating(tmp_path, monkeypatch):
     ({"d_in": "6"}, "cfg.json: d_in must be a positive integer, got '6'"),
     ({"architecture": ["standard"]}, "cfg.json: architecture must be a string such as 'standard', got \\['stand"),
     ({"metadata": ["model"]}, "cfg.json: metadata must be a JSON object .*got list"),
+    ({"apply_b_dec_to_input": False}, "cfg.json: apply_b_dec_to_input=false is not supported"),
+    ({"normalize_activations": "expected_average_only_in"}, "normalize_activations='expected_average_only_in' is not"),
+    ({"reshape_activations": "hook_z"}, "cfg.json: reshape_activations='hook_z' is not supported.*flat hook"),
 ])
 def test_bad_cfg_fields_are_named(tmp_path, fields, message):
     make("relu").save(tmp_path / "s")

@@ -194,6 +194,33 @@ def test_what_saelens_saves_loads_back_as_ours(roundtrip, name):
         **{k: OURS[k] for k in ("hook_name", "context_size", "dataset_path")}, "prepend_bos": True}
 
 
+#: How load_sae reads each field of SAELens's inference configs. A field SAELens adds shows up here
+#: as a failure: decide how it is read (and test it) before SAE files with it are trusted.
+FIELD_READING = {
+    "d_in": "read: the activation width", "d_sae": "read: the number of latents", "dtype": "read: the weights' dtype",
+    "device": "ignored: load_sae puts the SAE on the device its caller asks for",
+    "apply_b_dec_to_input": "refused unless true (test_formats: test_bad_cfg_fields_are_named)",
+    "normalize_activations": "refused unless 'none' (test_formats: test_bad_cfg_fields_are_named)",
+    "reshape_activations": "refused unless 'none' (test_formats: test_bad_cfg_fields_are_named)",
+    "metadata": "read: sae_helpers.saelens_metadata", "k": "read: TopK's k",
+    "rescale_acts_by_decoder_norm": "folded into the weights (test_a_topk_sae_rescaled_by_decoder_norm_...)",
+}
+
+
+def test_every_saelens_config_field_has_a_known_reading():
+    done = subprocess.run(side_command(saelens_python(), "--config-fields"), capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    fields = json.loads(done.stdout)
+    assert set(fields) == {"standard", "gated", "jumprelu", "topk"}
+    for arch, config in fields.items():
+        unknown = sorted(set(config) - set(FIELD_READING))
+        assert not unknown, f"SAELens's {arch} config has fields load_sae does not know how to read: {unknown}"
+    assert fields["topk"]["rescale_acts_by_decoder_norm"] == "False" and fields["standard"]["apply_b_dec_to_input"] \
+        == "True" and fields["standard"]["normalize_activations"] == fields["standard"]["reshape_activations"] \
+        == "'none'"  # the defaults load_sae assumes when a file leaves them out
+
+
 def test_a_topk_sae_rescaled_by_decoder_norm_encodes_as_in_saelens(roundtrip):
     """SAELens's rescale_acts_by_decoder_norm, folded into the weights by load_sae: the same latents
     and reconstruction as SAELens computes from the file."""
