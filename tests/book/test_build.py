@@ -98,6 +98,14 @@ def test_a_killed_build_leaves_the_previous_chapter_without_a_record(repo: Path)
     os.killpg(running.pid, signal.SIGKILL)  # the build and its kernel
     running.wait(timeout=30)
     assert out.read_bytes() == before and not record_path("tiny", repo).exists()
+    deadline = time.monotonic() + 30  # the system releases the lock once the killed process is gone
+    while True:
+        try:
+            with build.build_lock(repo):
+                break
+        except build.BuildLocked:
+            assert time.monotonic() < deadline, "the lock outlived the killed build"
+            time.sleep(0.2)
     log: list[str] = []
     (repo / "book" / "params" / "tiny.yaml").write_text("value: 9\n")
     build.build([repo / "notebooks" / "tiny.ipynb"], repo, log=log.append)  # the lock died with the process
