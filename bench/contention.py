@@ -22,7 +22,7 @@ Environment (SAELens is not a project dependency)::
     bench/.saelens-venv/bin/python bench/contention.py             # ~15 minutes on 2 cores
     bench/.saelens-venv/bin/python bench/contention.py --quick     # small shapes, a minute
 
-Targets (issue 18): under the competing load at 2 threads, ours >= 1.5x SAELens for Gated
+Targets: under the competing load at 2 threads, ours >= 1.5x SAELens for Gated
 and >= 1.0x for TopK and BatchTopK; alone at 2 threads, ours >= 2x SAELens for Gated.
 """
 

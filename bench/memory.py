@@ -1,7 +1,7 @@
 """Peak memory of evaluating and training from a ``.safetensors`` file, at 1x and 4x its size.
 
-Issue 15: memory must stay bounded when the activations file is larger than what is
-held in memory. The file source reads each batch's rows from the file with positional
+Memory must stay bounded when the activations file is larger than what is held in memory.
+The file source reads each batch's rows from the file with positional
 reads (:class:`sae_helpers.data.sources.FileSource`), so peak resident memory should not
 grow with the file. (A memory map does not pass this benchmark: every random row touched
 makes the kernel map its whole neighbourhood, so a shuffled batch maps most of the file.)

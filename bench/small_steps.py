@@ -27,8 +27,8 @@ a busy machine the "alone" rows are not alone: the load average at the start is 
 
 Targets: beside the load, ``ours`` at least 3x ``2 threads`` on chapter 00's shapes; alone,
 ``ours`` no slower than ``2 threads`` there, and within the noise of ``2 threads`` above the
-threshold (where they are the same setting: their ratio shows the noise). Session 10 (README,
-Performance): 3.93x beside the load, 1.23x alone.
+threshold (where they are the same setting: their ratio shows the noise). The latest result is in
+bench/README.md.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from the paper by default (the paper's values stay in :data:`PAPER`):
   has the tables.
 * **at least 2,000 optimiser steps** (:data:`MIN_STEPS`) whatever ``epochs`` says: with the
   default 2,000 epochs it changes nothing, but fewer epochs of a small base (500 epochs of
-  4,096 rows are 500 steps) no longer make a run of a few hundred steps.
+  4,096 rows are 500 steps) do not make a run of a few hundred steps.
 * **a null**: :func:`train_meta_sae` also trains the same configuration on as many random
   unit rows (:func:`random_unit_rows`) and reports its FVE as ``MetaSAEResult.fve_null``:
   a meta-SAE of a few hundred latents explains a sizeable share of the variance of *any*

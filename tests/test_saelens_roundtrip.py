@@ -161,7 +161,8 @@ def test_saelens_reads_our_metadata(roundtrip, name):
 
 
 def test_without_sae_lens_version_saelens_drops_the_metadata(roundtrip):
-    """Why metadata.sae_lens_version is written: the failure of issue 14, reproduced."""
+    """Why metadata.sae_lens_version is written: without it SAELens reads a pre-6.0 config and drops
+    the metadata (reproduced here)."""
     *_, summary = roundtrip
     meta = summary["no_version"]["metadata"]
     assert meta.get("model_name") is None and meta.get("hook_name") is None and meta.get("context_size") is None
