@@ -109,10 +109,17 @@ def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
 
 
 def parameters_table(params: dict[str, Any]) -> pd.DataFrame:
-    """The environment (versions, device) and the parameters in effect, one row each."""
+    """The environment (versions, device) and every parameter in effect, one row each, indexed by
+    ``(what, name)``: ``what`` is ``"environment"`` or ``"parameter"``; values shown whole (lists
+    as their text)."""
     from ..reproducibility import environment_report
 
-    return pd.Series(environment_report(params), name="value").to_frame()
+    report = environment_report(params)
+    rows = [("environment", name, value) for name, value in report.items() if name != "parameters"]
+    rows += [("parameter", name, value) for name, value in report.get("parameters", {}).items()]
+    table = pd.DataFrame([{"what": what, "name": name, "value": value if isinstance(value, str) else repr(value)}
+                          for what, name, value in rows])
+    return table.set_index(["what", "name"])
 
 
 def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFrame:
@@ -146,6 +153,7 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
     set_default_text(params.get("dataset"), params.get("text_column", "text"))
     set_seed(params["seed"])
     plotting.use_book_style()
+    pd.set_option("display.max_colwidth", None)  # tables show long values (lists, paths) whole
     global _in_effect
     _in_effect = dict(params)
     return parameters_table(params)

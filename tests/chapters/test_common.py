@@ -19,8 +19,8 @@ def test_parameters_are_the_plain_values_in_definition_order():
 
 def test_setup_returns_the_environment_and_the_parameters():
     table = common.setup({"seed": 3, "steps": 10})
-    assert table.loc["parameters", "value"] == {"seed": 3, "steps": 10}
-    assert table.loc["sae_helpers", "value"] == sh.__version__
+    assert table.xs("parameter")["value"].to_dict() == {"seed": "3", "steps": "10"}
+    assert table.loc[("environment", "sae_helpers"), "value"] == sh.__version__
 
 
 def test_paths_follow_the_convention(tmp_path):
@@ -167,3 +167,12 @@ def test_the_books_parameters_and_profiles_fit_every_notebook(notebook):
     book = yaml.safe_load(params_file.read_text()) if params_file.is_file() else {}
     common.check_parameters({**defaults, **book}, defaults, notebook)
     common.check_parameters({**defaults, **load_profile("gpu", notebook)}, defaults, notebook)
+
+
+def test_the_parameters_table_has_a_row_per_parameter_with_its_whole_value():
+    params = {"steps": 32000, "l1_gated": [1.0, 1.4, 2.0, 2.8, 4.0, 5.6], "dataset": "sotu", "data_root": "../data"}
+    table = common.parameters_table(params)
+    shown = table.xs("parameter")["value"].to_dict()
+    assert shown == {"steps": "32000", "l1_gated": "[1.0, 1.4, 2.0, 2.8, 4.0, 5.6]", "dataset": "sotu",
+                     "data_root": "../data"}
+    assert {"sae_helpers", "torch", "device"} <= set(table.xs("environment").index)
