@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -132,7 +133,8 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
     the default device of model loading and training, a ``dataset`` parameter (with ``text_column``)
     the default text of harvesting and evaluation windows. In Colab the default ``data_root``
     (``"../data"``) becomes :data:`COLAB_DATA_ROOT` (set another, e.g. a mounted Drive folder, to keep
-    caches and SAEs between sessions).
+    caches and SAEs between sessions). A relative ``data_root`` is read from the notebook's folder
+    (:func:`notebook_folder`) whatever the working directory.
     """
     from .. import plotting
     from ..data.text import set_default_text
@@ -141,9 +143,13 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
 
     if "google.colab" in sys.modules and namespace.get("data_root") == DEFAULT_DATA_ROOT:
         namespace["data_root"] = COLAB_DATA_ROOT
+    folder = notebook_folder(notebook) if notebook is not None else Path.cwd()
+    data_root = namespace.get("data_root")
+    if isinstance(data_root, str) and not Path(data_root).expanduser().is_absolute() and folder != Path.cwd():
+        namespace["data_root"] = os.path.normpath(folder / data_root)  # as if run from the notebook's folder
     params = parameters(namespace)
     if notebook is not None:
-        defaults = notebook_defaults(notebook)
+        defaults = notebook_defaults(notebook, folder)
         if defaults is not None:
             check_parameters(params, defaults, notebook)
             check_profile_overrides(params, defaults, notebook)
@@ -157,6 +163,17 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
     global _in_effect
     _in_effect = dict(params)
     return parameters_table(params)
+
+
+def notebook_folder(notebook: str) -> Path:
+    """Where ``<notebook>.ipynb`` is: the working directory (papermill --cwd notebooks, nbval, Jupyter),
+    else this repository's ``notebooks/`` (papermill run from elsewhere), else the working directory
+    (Colab, or an installed package). Relative paths in the parameters are read from there."""
+    cwd = Path.cwd()
+    if (cwd / f"{notebook}.ipynb").is_file():
+        return cwd
+    repository = Path(__file__).resolve().parents[2] / "notebooks"
+    return repository if (repository / f"{notebook}.ipynb").is_file() else cwd
 
 
 def notebook_defaults(notebook: str, folder: str | Path = ".") -> dict[str, Any] | None:

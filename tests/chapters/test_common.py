@@ -176,3 +176,20 @@ def test_the_parameters_table_has_a_row_per_parameter_with_its_whole_value():
     assert shown == {"steps": "32000", "l1_gated": "[1.0, 1.4, 2.0, 2.8, 4.0, 5.6]", "dataset": "sotu",
                      "data_root": "../data"}
     assert {"sae_helpers", "torch", "device"} <= set(table.xs("environment").index)
+
+
+def test_a_relative_data_root_is_read_from_the_notebooks_folder_whatever_the_working_directory(tmp_path,
+                                                                                                  monkeypatch):
+    from pathlib import Path
+
+    repository = Path(common.__file__).resolve().parents[2]
+    monkeypatch.chdir(repository)  # papermill run from the repository root, without --cwd notebooks
+    namespace = {"seed": 0, "data_root": "../data"}
+    common.setup(namespace, "01_training")
+    assert Path(namespace["data_root"]) == repository / "data"
+    monkeypatch.chdir(repository / "notebooks")  # the usual case: left as it is
+    namespace = {"seed": 0, "data_root": "../data"}
+    common.setup(namespace, "01_training")
+    assert namespace["data_root"] == "../data"
+    monkeypatch.chdir(tmp_path)  # no such notebook anywhere near (Colab, an installed package): left as it is
+    assert common.notebook_folder("no_such_chapter") == tmp_path
