@@ -28,7 +28,7 @@ from safetensors.torch import load as load_safetensors
 
 from ._dtypes import dtype_name, resolve_dtype
 from ._io import atomic_replace_dir, parse_json, recover_dir, save_tensors
-from .saelens_metadata import from_saelens, to_saelens
+from .saelens_metadata import from_saelens, to_saelens, v6_config
 from .saes.provenance import Provenance
 from .saes.registry import from_saelens_architecture
 
@@ -131,7 +131,8 @@ def load_sae(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> SAE:
-    """Load an SAE directory in the SAELens layout (ours or SAELens's own).
+    """Load an SAE directory in the SAELens layout (ours or SAELens's own, pre-6.0 configs included),
+    or a published one by its hub name ``"hf://OWNER/REPO/PATH"`` (:mod:`sae_helpers.hub`).
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file and field at fault. The
     weights file's header (tensor names, shapes, dtypes) is checked against ``cfg.json``
@@ -142,12 +143,16 @@ def load_sae(
     SAELens's ``rescale_acts_by_decoder_norm: true`` (TopK) is folded into the weights
     (:func:`_fold_decoder_norm_rescaling`): the same latents as SAELens.
     """
+    if isinstance(path, str) and path.startswith("hf://"):
+        from .hub import download_sae, parse_hub_name
+
+        path = download_sae(*parse_hub_name(path))
     path = Path(os.path.expanduser(os.fspath(path)))
     files = read_sae_files(path)
     cfg_path, weights_path = path / CFG_FILENAME, path / WEIGHTS_FILENAME
     if files[CFG_FILENAME] is None:
         raise FileNotFoundError(f"SAE config not found: {cfg_path}. Check the path.")
-    cfg = parse_json(files[CFG_FILENAME], cfg_path, what="SAE config")
+    cfg = v6_config(parse_json(files[CFG_FILENAME], cfg_path, what="SAE config"))
     for field in ("architecture", "d_in", "d_sae"):
         if field not in cfg:
             raise ValueError(f"SAE config {cfg_path} has no field {field!r}; it is not a SAELens cfg.json.")
@@ -228,8 +233,8 @@ def read_sae_files(path: str | os.PathLike, names: tuple[str, ...] = SAE_FILES,
         try:
             directory = os.open(_settled(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except (FileNotFoundError, NotADirectoryError):
-            if path.with_name(f".{path.name}.old").is_dir():
-                continue  # a save is swapping directories: read the new one
+            if path.with_name(f".{path.name}.old").is_dir() or path.is_dir():
+                continue  # a save is swapping directories (or just did): read the new one
             raise FileNotFoundError(
                 f"No SAE directory at {path}. An SAE directory holds {CFG_FILENAME} and "
                 f"{WEIGHTS_FILENAME}; pass the directory that sae.save() wrote."

@@ -48,7 +48,7 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-__all__ = ["SAELENS_FORMAT_VERSION", "dataset_path_of", "from_saelens", "hf_model_id", "to_saelens"]
+__all__ = ["SAELENS_FORMAT_VERSION", "dataset_path_of", "from_saelens", "hf_model_id", "to_saelens", "v6_config"]
 
 #: The SAELens release whose ``cfg.json`` layout we write: SAELens reads the file as a 6.x
 #: config only when ``metadata.sae_lens_version`` is >= 6.0.0 (else its pre-6.0 path drops our
@@ -135,3 +135,50 @@ def from_saelens(metadata: dict[str, Any]) -> dict[str, Any]:
         if key in out and out[key] is None:
             del out[key]
     return out
+
+
+#: Top-level fields of a pre-6.0 SAELens ``cfg.json`` that 6.0 moved into ``metadata``.
+_PRE_6_METADATA = ("model_name", "hook_name", "hook_head_index", "hook_layer", "context_size", "prepend_bos",
+                   "dataset_path", "neuronpedia_id", "model_from_pretrained_kwargs", "sae_lens_training_version")
+
+
+def _major(version: Any) -> int | None:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return None
+
+
+def v6_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A ``cfg.json`` in SAELens's 6.0 layout: one written before 6.0 (no ``sae_lens_version``
+    of 6 or more) is read as SAELens reads it (``handle_pre_6_0_config``): ``hook_point`` is
+    ``hook_name``, ``activation_fn_str`` ``activation_fn``, the architecture defaults to
+    ``"standard"`` (``"topk"`` with its ``k`` when the activation is top-k), a boolean
+    ``normalize_activations`` means ``"none"`` or ``"expected_average_only_in"``, and the
+    model, hook and context fields move into ``metadata``. Newer configs pass unchanged."""
+    metadata = next((cfg[key] for key in ("metadata", "meta") if isinstance(cfg.get(key), dict)), None)
+    version = cfg.get("sae_lens_version") or (metadata or {}).get("sae_lens_version")
+    if (_major(version) or 0) >= 6:
+        return cfg
+    renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index", "hook_point_layer": "hook_layer",
+               "activation_fn_str": "activation_fn"}
+    new = {renames.get(key, key): value for key, value in cfg.items()}
+    new.setdefault("apply_b_dec_to_input", True)
+    new.setdefault("architecture", "standard")
+    new.setdefault("reshape_activations", "hook_z" if "hook_z" in str(new.get("hook_name") or "") else "none")
+    activation = new.get("activation_fn") or "relu"
+    kwargs = new.get("activation_fn_kwargs") or {}
+    if activation == "topk" and isinstance(kwargs, dict) and kwargs.get("k") is not None:
+        new["architecture"], new["k"] = "topk", kwargs["k"]
+    elif new["architecture"] == "standard" and activation != "relu":
+        raise ValueError(f"A SAELens config with activation_fn {activation!r} is not supported (a standard SAE "
+                         "uses relu).")
+    if isinstance(new.get("normalize_activations"), bool):
+        new["normalize_activations"] = "expected_average_only_in" if new["normalize_activations"] else "none"
+    if new.get("normalize_activations") is None:
+        new["normalize_activations"] = "none"
+    if isinstance(new.get("dtype"), str):
+        new["dtype"] = new["dtype"].removeprefix("torch.")
+    if "metadata" not in cfg and "meta" not in cfg:
+        new["metadata"] = {key: new[key] for key in _PRE_6_METADATA if key in new}
+    return new

@@ -99,6 +99,24 @@ def build(name: str, gen: torch.Generator, x: torch.Tensor):
     return sae.to_jumprelu() if name == "gated_as_jumprelu" else sae
 
 
+#: Configs as SAELens < 6 wrote them (read by both through SAELens's own defaulting), from our SAE of that kind.
+PRE_6 = {"pre6_standard": "relu", "pre6_topk": "topk"}
+
+
+def pre_6(sae, directory):
+    """``sae`` saved with a pre-6.0 SAELens cfg.json: no architecture, no metadata, ``hook_point``,
+    ``activation_fn_str`` (``topk`` with its ``k`` in ``activation_fn_kwargs``), a boolean
+    ``normalize_activations`` and a ``torch.``-prefixed dtype."""
+    sae.save(directory)
+    cfg = {"d_in": D_IN, "d_sae": D_SAE, "dtype": "torch.float32", "device": "cpu", "model_name": "gpt2-small",
+           "hook_point": "blocks.8.hook_resid_pre", "hook_point_layer": 8, "context_size": 128,
+           "normalize_activations": False, "apply_b_dec_to_input": True,
+           "activation_fn_str": "topk" if sae.architecture == "topk" else "relu"}
+    if sae.architecture == "topk":
+        cfg["activation_fn_kwargs"] = {"k": K}
+    (directory / "cfg.json").write_text(json.dumps(cfg))
+
+
 def rescaled_topk(sae, directory, gen):
     """``sae`` (TopK) saved with SAELens's ``rescale_acts_by_decoder_norm: true`` and decoder rows of
     norms between 0.2 and 5, so that the flag changes which latents win the top-k."""
@@ -128,11 +146,13 @@ def roundtrip(tmp_path_factory):
     del cfg["metadata"]["sae_lens_version"]
     cfg_file.write_text(json.dumps(cfg))
     rescaled_topk(saes["topk"], root / "topk_rescaled", gen)
+    for name, source in PRE_6.items():
+        pre_6(saes[source], root / name)
     save_file({"x": x}, str(root / "inputs.safetensors"))
     out = root / "out"
     out.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    dirs = [root / name for name in (*SAELENS_ARCH, "no_version", "topk_rescaled")]
+    dirs = [root / name for name in (*SAELENS_ARCH, "no_version", "topk_rescaled", *PRE_6)]
     done = subprocess.run(side_command(python, root / "inputs.safetensors", out, *dirs), env=env,
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
@@ -220,6 +240,22 @@ def test_every_saelens_config_field_has_a_known_reading():
     assert fields["topk"]["rescale_acts_by_decoder_norm"] == "False" and fields["standard"]["apply_b_dec_to_input"] \
         == "True" and fields["standard"]["normalize_activations"] == fields["standard"]["reshape_activations"] \
         == "'none'"  # the defaults load_sae assumes when a file leaves them out
+
+
+@pytest.mark.parametrize("name", sorted(PRE_6))
+def test_a_pre_6_config_reads_as_saelens_reads_it(roundtrip, name):
+    x, saes, out, summary = roundtrip
+    theirs = load_file(str(out / f"{name}.safetensors"))
+    ours = load_sae(out.parent / name)
+    assert ours.architecture == saes[PRE_6[name]].architecture == summary[name]["architecture"].replace(
+        "standard", "relu")
+    assert ours.metadata["hook_name"] == summary[name]["metadata"]["hook_name"] == "blocks.8.hook_resid_pre"
+    assert ours.metadata["context_size"] == summary[name]["metadata"]["context_size"] == 128
+    with torch.no_grad():
+        latents = ours.encode(x)
+        reconstruction = ours.decode(latents)
+    torch.testing.assert_close(theirs["latents"], latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs["reconstruction"], reconstruction, rtol=1e-5, atol=1e-5)
 
 
 def test_a_topk_sae_rescaled_by_decoder_norm_encodes_as_in_saelens(roundtrip):

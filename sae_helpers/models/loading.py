@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_replace_dir, read_json, save_tensors, sha256_file
+from ..hub import HUB_PROBE_TIMEOUT, hub_unreachable
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV_VAR = "SAE_HELPERS_CACHE"
@@ -259,40 +260,6 @@ def verify_model_cache(name: str = DEFAULT_MODEL) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the hub
-#: Seconds the hub may take to answer before a named model is declared unreachable.
-HUB_PROBE_TIMEOUT = 3.0
-
-
-def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
-    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached, or ``None`` when it answers.
-
-    One HTTP HEAD request, bounded by ``timeout`` seconds in all (name lookup included): any HTTP
-    answer, even an error status, counts as reachable.
-    """
-    import threading
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    endpoint = constants.ENDPOINT
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
-            outcome.append(None)
-        except urllib.error.HTTPError:
-            outcome.append(None)
-        except Exception as err:  # URLError, timeouts, refused connections, failed name lookups
-            outcome.append(f"{endpoint} did not answer ({getattr(err, 'reason', err)})")
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return outcome[0] if outcome else f"{endpoint} did not answer within {timeout:g} s"
-
-
 def check_hub_access(name: str, timeout: float = HUB_PROBE_TIMEOUT) -> None:
     """Fail at once, not after a minute of retries, when model ``name`` can be neither found in the
     local Hugging Face cache (with ``HF_HUB_OFFLINE`` set) nor downloaded (the hub does not answer
