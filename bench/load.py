@@ -1,4 +1,4 @@
-"""A competing load for the shared-CPU benchmarks (``contention.py``, ``wait_policy.py``)."""
+"""A competing load for the shared-CPU benchmarks (``contention.py``, ``small_steps.py``)."""
 
 from __future__ import annotations
 

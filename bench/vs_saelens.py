@@ -46,7 +46,7 @@ What SAELens's Gated step does differently (sae_lens/saes/gated_sae.py, v6):
 * its L1 term is ``sum ReLU(pi_gate) * ||W_dec row||`` with no decoder renormalisation;
 * every step clips the global gradient norm to 1.
 
-Targets (the issue): Gated >= 1.5x SAELens's throughput at any L0 (we compute the
+Targets: Gated >= 1.5x SAELens's throughput at any L0 (we compute the
 encoder matmul once, SAELens three times), and >= 2.5x at L0 <= 64 through a sparse
 decoder path (being added separately; this script just reports what it measures);
 TopK not slower than SAELens at any k.
