@@ -156,6 +156,7 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
         apply_profile(namespace, params, notebook)
         params = parameters(namespace)
     set_default_device(params.get("device", "auto"))
+    warn_if_gpu_profile_on_cpu(params.get("profile", "quick"))
     set_default_text(params.get("dataset"), params.get("text_column", "text"))
     set_seed(params["seed"])
     plotting.use_book_style()
@@ -248,6 +249,18 @@ def check_profile_overrides(params: dict[str, Any], defaults: dict[str, Any], no
     if clashes:
         raise ValueError(f"profile={profile!r} sets parameters you also gave: {'; '.join(clashes)}. Drop them, or "
                          "edit a copy of the profile's YAML file and pass its path as profile.")
+
+
+def warn_if_gpu_profile_on_cpu(profile: str) -> None:
+    """Warn when a profile sized for a GPU (any but ``"quick"``) will run on the CPU."""
+    import warnings
+
+    from ..reproducibility import default_device
+
+    if profile != "quick" and default_device().type == "cpu":
+        warnings.warn(f"profile={profile!r} is sized for a GPU, but this run uses the CPU (no CUDA device, or "
+                      "device='cpu'): expect many hours. In Colab: Runtime -> Change runtime type -> GPU, then "
+                      "restart the notebook.", stacklevel=3)
 
 
 def cache_dir(data_root: str | Path) -> Path:

@@ -193,3 +193,17 @@ def test_a_relative_data_root_is_read_from_the_notebooks_folder_whatever_the_wor
     assert namespace["data_root"] == "../data"
     monkeypatch.chdir(tmp_path)  # no such notebook anywhere near (Colab, an installed package): left as it is
     assert common.notebook_folder("no_such_chapter") == tmp_path
+
+
+def test_a_gpu_profile_on_the_cpu_warns(monkeypatch):
+    import warnings
+
+    from sae_helpers import reproducibility
+
+    monkeypatch.setattr(reproducibility.torch.cuda, "is_available", lambda: False)
+    reproducibility.set_default_device("auto")
+    with pytest.warns(UserWarning, match="profile='gpu' is sized for a GPU, but this run uses the CPU"):
+        common.warn_if_gpu_profile_on_cpu("gpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        common.warn_if_gpu_profile_on_cpu("quick")
