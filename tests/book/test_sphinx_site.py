@@ -65,7 +65,7 @@ def test_the_book_config_points_at_the_installed_mathjax() -> None:
     sphinx = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
     assert sphinx["config"]["mathjax_path"] == "mathjax/tex-mml-chtml.js"
     assert sphinx["config"]["html_static_path"] == [str(sphinx_site.STATIC_DIR)]
-    assert sphinx["local_extensions"] == {"sphinx_site": "book/tools/"}
+    assert sphinx["local_extensions"] == {"sphinx_site": "book/tools/", "api_docstrings": "book/tools/"}
 
 
 def test_configure_fills_the_seed_page_when_the_book_has_one(tmp_path: Path) -> None:
