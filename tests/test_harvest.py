@@ -319,7 +319,11 @@ def test_kill_9_during_a_harvest_leaves_a_complete_prefix_and_resumes_exactly(tm
             complete.append(len(shards))
             shutil.rmtree(out)
 
-    kill_repeatedly(setup, 25, seed=2, max_delay=window, check=check, log=tmp_path / "child.err")
+    for attempt in range(3):  # a machine that got busier since the timing: kill later, until kills spread out
+        kill_repeatedly(setup, 25, seed=2 + attempt, max_delay=window, check=check, log=tmp_path / "child.err")
+        if len(set(listed)) >= 3:
+            break
+        window *= 2
     assert len(set(listed)) >= 3  # kills landed at several points of the harvest (usually some complete too)
     assert shard_digests(harvest(tiny_model(seed=0), SHALLOW, 900, out, dataset=tiny_corpus(), **SMALL)) == whole
 
