@@ -97,13 +97,15 @@ book: install mathjax
 	$(PY) -m book.tools.build $(if $(filter-out 0,$(FORCE)),--force) $(NOTEBOOKS)
 	@$(MAKE) --no-print-directory html
 
-# The html from the executed chapters as they are. Papermill's two parameters cells are tagged
-# remove-cell first (the setup cell shows the parameters in effect); idempotent.
+# The html from the executed chapters as they are (a chapter not executed yet gets a page saying
+# how to execute it). Papermill's two parameters cells are tagged remove-cell first (the setup cell
+# shows the parameters in effect); idempotent.
 html: install mathjax
 	@for nb in $(NOTEBOOKS); do \
 	  out="$(CHAPTERS)/$$(basename "$$nb")"; \
 	  if [ -f "$$out" ]; then $(PY) -m book.tools.clean_chapters "$$out"; fi; \
 	done
+	$(PY) -m book.tools.build --placeholders
 	$(VENV)/bin/jupyter-book build --all -W .
 	@# Every executed chapter must carry its figures into the HTML.
 	@for nb in $(NOTEBOOKS); do \

@@ -119,12 +119,49 @@ def build(notebooks: list[Path], root: Path = Path("."), force: bool = False, ke
     return executed
 
 
+#: The first line of a placeholder page for a chapter not executed yet (so it can be told from a real page).
+PLACEHOLDER = "<!-- placeholder written by book/tools/build.py: the chapter has not been executed -->"
+
+
+def placeholders(root: Path = Path("."), toc: Path | None = None) -> list[Path]:
+    """Give every chapter of ``_toc.yml`` without an executed notebook a short page saying how to
+    execute it (``book/chapters/NAME.md``), so the site builds (under -W) from any subset of
+    chapters; remove the placeholder of every chapter that has been executed since. Returns the
+    placeholders now in place."""
+    from book.tools.check_site import toc_pages
+
+    pages, chapters = toc_pages(toc or root / "_toc.yml")
+    written = []
+    for page in sorted(chapters):
+        name = Path(page).stem
+        executed, placeholder = root / CHAPTERS / f"{name}.ipynb", root / CHAPTERS / f"{name}.md"
+        ours = placeholder.is_file() and placeholder.read_text(encoding="utf-8").startswith(PLACEHOLDER)
+        if executed.is_file():
+            if ours:
+                placeholder.unlink()
+            continue
+        if placeholder.exists() and not ours:
+            raise ValueError(f"{placeholder} exists and is not a placeholder of book/tools/build.py: move it away")
+        placeholder.parent.mkdir(parents=True, exist_ok=True)
+        placeholder.write_text(f"{PLACEHOLDER}\n\n# {name}\n\n*Not executed in this build.* Execute it with "
+                               f"`make book NOTEBOOKS=notebooks/{name}.ipynb` (its source: "
+                               f"`notebooks/{name}.ipynb`).\n", encoding="utf-8")
+        written.append(placeholder)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m book.tools.build", description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="+", type=Path, help="notebooks/NAME.ipynb ...")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks/NAME.ipynb ...")
+    parser.add_argument("--placeholders", action="store_true",
+                        help="only write a page for each chapter not executed yet (make html does this)")
     parser.add_argument("--force", action="store_true", help="execute every notebook, even when up to date")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
     args = parser.parse_args(argv)
+    if args.placeholders:
+        for path in placeholders():
+            print(f"{path}: placeholder (chapter not executed)")
+        return 0
     missing = [str(path) for path in args.notebooks if not path.is_file()]
     if missing:
         print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)

@@ -110,3 +110,20 @@ def test_a_killed_build_leaves_the_previous_chapter_without_a_record(repo: Path)
     (repo / "book" / "params" / "tiny.yaml").write_text("value: 9\n")
     build.build([repo / "notebooks" / "tiny.ipynb"], repo, log=log.append)  # the lock died with the process
     assert "no record" in log[0] and "value 9" in _outputs(out) and current_chapter("tiny", repo) == out
+
+
+def test_chapters_not_executed_get_a_placeholder_page_until_they_are(tmp_path: Path) -> None:
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
+                                       "  - file: book/chapters/a\n  - file: book/chapters/b\n  - file: book/methods\n")
+    chapters = tmp_path / "book" / "chapters"
+    chapters.mkdir(parents=True)
+    (chapters / "a.ipynb").write_text("{}")
+    (written,) = build.placeholders(tmp_path)
+    assert written == chapters / "b.md" and "make book NOTEBOOKS=notebooks/b.ipynb" in written.read_text()
+    assert build.placeholders(tmp_path) == [written]  # idempotent
+    (chapters / "b.ipynb").write_text("{}")  # executed since: the placeholder goes
+    assert build.placeholders(tmp_path) == [] and not written.exists()
+    (chapters / "b.ipynb").unlink()
+    written.write_text("# someone's own page\n")
+    with pytest.raises(ValueError, match="b.md exists and is not a placeholder"):
+        build.placeholders(tmp_path)
