@@ -26,9 +26,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from book.tools.inputs import CHAPTERS, current_chapter, inputs_hash, read_build_record, record_path, sha256_file
+from book.tools.inputs import CHAPTERS, current_chapter, inputs_hash, read_build_record, record_path
 from sae_helpers._io import DirectoryBusy as BuildLocked
-from sae_helpers._io import directory_lock
+from sae_helpers._io import directory_lock, sha256_file
 
 __all__ = ["BuildLocked", "build", "build_lock", "execute_chapter", "main"]
 

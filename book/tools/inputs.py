@@ -35,23 +35,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sae_helpers._io import sha256_file
+
 __all__ = ["CHAPTERS", "current_chapter", "input_lines", "inputs_hash", "installed_packages", "read_build_record",
-           "record_path",
-           "sha256_file"]
+           "record_path"]
 
 #: Where ``make book`` writes the executed chapters and their records.
 CHAPTERS = Path("book/chapters")
 _SHARED = ("requirements.txt", "pyproject.toml")
 _SKIPPED_PARTS = {"__pycache__"}
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _files(directory: Path) -> list[Path]:

@@ -88,7 +88,8 @@ def test_the_books_own_point_uses_the_books_data_root(repo):
 
 def test_the_books_current_execution_is_copied_not_executed_again(repo):
     from book.tools.build import execute_chapter
-    from book.tools.inputs import record_path, sha256_file
+    from book.tools.inputs import record_path
+    from sae_helpers._io import sha256_file
 
     for name in ("requirements.txt", "pyproject.toml"):
         (repo / name).write_text("")
