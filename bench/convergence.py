@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                            lr=1e-3, seed=0, adam_beta2=beta2, progress=False)
         evaluation = sh.evaluate(sae, caches.eval, return_density=True)
         health = sh.training_health(sae, evaluation=evaluation)
-        near = sh.decoder_drift(sae).numpy() > 0.9
+        near = sh.training.decoder_drift(sae).numpy() > 0.9
         density = np.asarray(evaluation["feature_density"])
         by_density = {f"near-initial, density {lo:g}-{hi:g}": float(near[(density > lo) & (density <= hi)].mean())
                       for lo, hi in ((0, 1e-3), (1e-3, 1e-2), (1e-2, 1))}

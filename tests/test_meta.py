@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import sae_helpers as sh
-from sae_helpers import create_sae, load_sae, max_cosine_similarity, tiny_model, train_sae
+from sae_helpers import create_sae, load_sae, tiny_model, train_sae
 from sae_helpers.analysis import logit_tokens
+from sae_helpers.evaluation import max_cosine_similarity
 from sae_helpers.meta import (
     DEFAULT_LR,
     MIN_STEPS,

@@ -259,7 +259,7 @@ def test_hand_built_known_features_are_classed_exactly():
 def trained_known_features():
     """A JumpReLU SAE of 16 latents (too narrow for 48 features) and one of 64, trained on
     features with graded (Zipf) firing rates (about 15 s on one thread)."""
-    data = sh.SyntheticFeatures(d=24, n_features=48, firing_prob=sh.zipf_firing_probs(48, p_max=0.3, exponent=0.7),
+    data = sh.SyntheticFeatures(d=24, n_features=48, firing_prob=sh.data.zipf_firing_probs(48, p_max=0.3, exponent=0.7),
                                 seed=0)
     train, held_out = data.sample(60_000, seed=0).x, data.sample(20_000, seed=1).x
     common = dict(steps=2000, batch_size=512, lr=3e-3, seed=0, progress=False, l0_coefficient=3.0)
@@ -541,7 +541,7 @@ def test_cosine_nulls_and_trained_latents_against_independent_computations():
     np.testing.assert_allclose(nulls["initial"], (initial[0] @ initial[1].T).max(1).values.numpy(), rtol=1e-12)
     np.testing.assert_allclose(nulls["trained"], stitching.decoder_match(large, small).max_cos.numpy())
     table, summary = stitching.analyze(small, large, x)
-    trained = (sh.decoder_drift(large) <= 0.9).numpy()
+    trained = (sh.training.decoder_drift(large) <= 0.9).numpy()
     assert 0 < trained.sum() < 12  # 30 steps: some latents moved, some did not
     assert (table.trained.to_numpy() == trained).all() and summary["n_trained"] == trained.sum()
     live_trained = table[trained & ~table.dead.to_numpy()]

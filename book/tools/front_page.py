@@ -3,7 +3,7 @@
 Every chapter listed in ``_toc.yml`` under ``book/chapters/`` gets a substitution
 ``headline_NAME`` (``NAME`` the notebook's name, e.g. ``{{ headline_01_training }}`` in
 book/intro.md): the headline the executed notebook recorded with
-``sae_helpers.chapters.record.headline``, or a clear placeholder when the chapter has not been
+``sae_book.record.headline``, or a clear placeholder when the chapter has not been
 executed or recorded none. An unknown name in intro.md is an error of the ``-W`` build.
 
 Run ``python -m book.tools.front_page`` to print what the front page will show.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from sae_helpers.chapters.record import read_record
+from sae_book.record import read_record
 
 __all__ = ["CHAPTERS_DIR", "NOT_EXECUTED", "NO_HEADLINE", "chapter_names", "headlines", "substitution_name"]
 

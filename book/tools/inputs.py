@@ -4,8 +4,9 @@
 by :mod:`book.tools.build` after papermill succeeded) names both today's inputs hash and the sha256
 of the executed notebook beside it. The inputs are everything that can change the chapter's numbers:
 the source notebook ``notebooks/NAME.ipynb``, ``book/params/NAME.yaml`` (or its absence),
-``requirements.txt``, ``pyproject.toml``, every file of ``sae_helpers/`` (its GPU profiles and
-embedded text as much as its code; paths included, so a rename counts), a local text corpus the
+``requirements.txt``, ``pyproject.toml``, every file of the two packages ``sae_helpers/`` and
+``book/sae_book/`` (the GPU profiles and embedded text as much as the code; paths included, so a
+rename counts), a local text corpus the
 parameter file names as ``dataset`` (every file's content), and the installed Python packages with
 their versions: the transitive ones the requirements do not pin, and the embedded model's package
 the Makefile pins (``make install`` runs again when the Makefile changes). The hash is the sha256 of
@@ -16,6 +17,8 @@ the text::
     <sha256>  requirements.txt                 (sha256sum's lines, package files in byte order)
     <sha256>  pyproject.toml
     <sha256>  sae_helpers/__init__.py
+    ...
+    <sha256>  book/sae_book/__init__.py
     ...
     dataset <sha256>  <path>                   (one line per file of a local corpus)
     installed <name>==<version>                (one line per distribution, sorted)
@@ -88,6 +91,14 @@ def _shown(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+#: The packages whose every file is an input: the library and the book's chapters as code.
+PACKAGE_DIRS = ("sae_helpers", "book/sae_book")
+
+
+def _package_files(root: Path) -> list[Path]:
+    return [path for folder in PACKAGE_DIRS for path in _files(root / folder)]
+
+
 def input_lines(name: str, root: Path = Path("."), packages: list[str] | None = None) -> list[str]:
     """The lines whose sha256 is :func:`inputs_hash` (``packages``: the installed ones by default)."""
     notebook = root / "notebooks" / f"{name}.ipynb"
@@ -98,7 +109,7 @@ def input_lines(name: str, root: Path = Path("."), packages: list[str] | None = 
     lines = [f"notebook {name} {sha256_file(notebook)}",
              f"params {sha256_file(params)}" if params.is_file() else "params none",
              *(f"{sha256_file(path)}  {path.relative_to(root).as_posix()}" for path in [*shared,
-                                                                                    *_files(root / "sae_helpers")])]
+                                                                                    *_package_files(root)])]
     dataset = _local_dataset(params, root)
     if dataset is not None:
         files = _files(dataset) if dataset.is_dir() else [dataset]

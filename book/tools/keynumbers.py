@@ -2,7 +2,7 @@
 setting of the other axes, one column per value of the summarised axis (``over``, e.g. the
 seed), then n, mean, std (sample, ddof 1), min and max over that axis.
 
-Numbers come from each executed notebook (:func:`sae_helpers.chapters.record.read_record`);
+Numbers come from each executed notebook (:func:`sae_book.record.read_record`);
 booleans count as 0/1, text values are listed but not summarised, missing values are left out.
 
 When the grid names the nulls of some key numbers (``nulls:``, see :mod:`book.tools.grids`), a
@@ -28,7 +28,7 @@ STATS = ("n", "mean", "std", "min", "max")
 
 def collect(runs: Iterable[Any], over: str | None) -> pd.DataFrame:
     """One row per (run, key number): ``chapter``, the point's axes, ``number``, ``value``."""
-    from sae_helpers.chapters.record import read_record
+    from sae_book.record import read_record
 
     rows, axes = [], {}
     for run in runs:

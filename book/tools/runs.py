@@ -7,7 +7,7 @@ Each run goes to ``data/runs/batch/<grid>/<chapter>/<run-id>/``:
 * ``parameters.yaml``   the parameters given to papermill (base file, ``set`` and the grid point);
 * ``environment.json``  :func:`sae_helpers.environment_report` of those parameters;
 * ``<chapter>.ipynb``   the executed notebook (``<chapter>.failed.ipynb`` with the error if it failed);
-* ``record.json``       its headline and key numbers (:func:`sae_helpers.chapters.record.read_record`);
+* ``record.json``       its headline and key numbers (:func:`sae_book.record.read_record`);
 * ``finished.json``     written last, atomically, only after papermill succeeded, with the chapter's
   inputs hash (:mod:`book.tools.inputs`) at the time: a rerun skips the run while that hash is
   today's, and executes it again when the package, notebook, parameters or environment changed
@@ -234,8 +234,8 @@ def _start(run: Run) -> None:
 
 def _finish(run: Run, **facts: Any) -> None:
     """Record what the executed notebook recorded, then the marker that the run finished (last)."""
+    from sae_book.record import read_record
     from sae_helpers._io import atomic_write_json
-    from sae_helpers.chapters.record import read_record
 
     atomic_write_json(run.directory / "record.json", read_record(run.notebook)._asdict())
     atomic_write_json(run.directory / MARKER, {

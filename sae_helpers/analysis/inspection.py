@@ -15,15 +15,17 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .._progress import tqdm
 from ..data.cache import CacheSource
 from ..saes.base import SAE
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @torch.no_grad()
@@ -43,6 +45,8 @@ def top_activating_contexts(
     and 3 after, as a list) and ``focus`` (the token's index in ``context_ids``).
     Memory holds one shard and ``k`` candidates per latent.
     """
+    import pandas as pd
+
     source = cache if isinstance(cache, CacheSource) else CacheSource(cache)
     if source.d != sae.d_in:
         raise ValueError(f"SAE d_in={sae.d_in} does not match the cache's width {source.d}.")
@@ -246,6 +250,8 @@ def logit_tokens(
     Returns a DataFrame with columns ``latent`` (``labels[i]``, default ``i``), ``side``,
     ``rank``, ``token_id``, ``token`` (the decoded string) and ``logit``.
     """
+    import pandas as pd
+
     logits = direction_logits(model, directions, ln_scale).float().cpu()
     labels = list(range(len(logits))) if labels is None else list(labels)
     k = min(k, logits.shape[1])

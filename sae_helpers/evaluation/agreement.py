@@ -19,16 +19,18 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
 from ..saes.base import SAE
 from ..training.trainer import initial_decoder
 from .metrics import cosine_blocks
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Agreement(NamedTuple):
@@ -125,6 +127,8 @@ def agreement_table(saes: Mapping[str, SAE | Tensor], pairs: Iterable[tuple[str,
     ``median_best_reverse``, indexed by ``(a, b)``; with ``nulls=True`` indexed by
     ``(a, b, null)`` with every null of :func:`agreement_nulls`.
     """
+    import pandas as pd
+
     pairs = list(itertools.combinations(saes, 2) if pairs is None else pairs)
     records = []
     for name_a, name_b in pairs:

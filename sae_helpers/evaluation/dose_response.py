@@ -10,12 +10,13 @@ without training again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ..saes.base import SAE
 from .metrics import evaluate
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The columns :func:`snapshot_table` takes from :func:`evaluate` (and from ``splice_eval`` with a model).
 EVALUATION_COLUMNS = ("l0", "fvu", "relative_reconstruction_bias", "dead_fraction", "dense_fraction")
@@ -45,6 +46,8 @@ def snapshot_table(
     every snapshot on the same tokens, with ``ce_clean`` and ``ce_zero_ablation``).
     ``runs``: ``{name: {step: sae}}`` (:func:`~sae_helpers.training.load_snapshots`, with the
     final SAE at its last step)."""
+    import pandas as pd
+
     rows, saes = [], []
     for name, by_step in runs.items():
         for step, sae in sorted(by_step.items()):
@@ -63,6 +66,8 @@ def snapshot_table(
 def training_trend(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per run, ``column`` at its last two snapshots and the relative change between them
     (``change``: ``(last - previous) / |previous|``), with the tokens of each."""
+    import pandas as pd
+
     out = []
     for name, group in table.sort_values("tokens", kind="stable").groupby("name", sort=False):
         if len(group) < 2:

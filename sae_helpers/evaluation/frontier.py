@@ -4,15 +4,20 @@ architecture needs to match another's fidelity."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def pareto_frontier(results: pd.DataFrame, x: str = "l0", y: str = "loss_recovered", group: str = "arch",
                     higher_is_better: bool = True) -> pd.DataFrame:
     """The runs of each ``group`` not beaten by another run of the same group with both
     lower (or equal) ``x`` and better ``y``; sorted by ``x`` within each group."""
+    import pandas as pd
+
     frames = []
     for _, runs in results.groupby(group, sort=False):
         runs = runs.sort_values([x, y], ascending=[True, not higher_is_better])
@@ -47,6 +52,8 @@ def compare_at_equal_fidelity(results: pd.DataFrame, reference: str = "relu", ot
     for the same ``y``, and the ratio ``other / reference`` (below 1: ``other`` is sparser
     at equal fidelity). Rows where ``other`` cannot be interpolated (outside its range)
     get NaN."""
+    import pandas as pd
+
     frontier = pareto_frontier(results, x, y, group)
     ref = frontier[frontier[group] == reference]
     oth = frontier[frontier[group] == other]
@@ -109,6 +116,8 @@ def l0_ratio_at_fidelity(results: pd.DataFrame, targets: list[float], *, y: str 
     seed spread. Returns one row per target: ``target``, ``ratio`` (on all runs), ``low`` and
     ``high`` (the central ``confidence`` interval of the resampled ratios), ``resolved`` (the share
     of resamples in which both frontiers reach the target) and the two L0s."""
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     pair = results[results[group].isin([reference, other])]
     clusters = (sorted(pair[cluster].unique()) if cluster is not None and cluster in pair.columns

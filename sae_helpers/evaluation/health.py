@@ -26,15 +26,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ..saes.base import SAE
 from ..training.config import TrainConfig
 from ..training.plateau import run_plateau
 from ..training.trainer import decoder_drift
 from .metrics import evaluate
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The checks behind ``passes``: each value must be at most its limit.
 HEALTH_LIMITS: dict[str, float] = {"near_initial_fraction": 0.05, "dead_fraction": 0.05}
@@ -176,6 +177,8 @@ def health_table(
     ``evaluations`` (optional, by the same names) holds precomputed :func:`evaluate` results,
     so SAEs already evaluated are not evaluated again.
     """
+    import pandas as pd
+
     evaluations = evaluations or {}
     rows = {
         name: training_health(sae, eval_activations, near_initial_cosine=near_initial_cosine,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from ..saes.base import SAE
 from .metrics import max_cosine_similarity
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @torch.no_grad()
@@ -29,6 +33,8 @@ def magnitude_ratios(sae: SAE, x: Tensor, coefficients: Tensor, true_features: T
     (mean of latent / coefficient: 1 means no shrinkage) and ``recall`` (fraction of the
     feature's occurrences on which the latent fires).
     """
+    import pandas as pd
+
     latent_idx, cosine = best_matching_latents(true_features, sae.W_dec)
     acts = sae.encode(x.to(device=sae.device, dtype=sae.dtype)).double().cpu()[:, latent_idx]
     coeffs = coefficients.double().cpu()
@@ -53,6 +59,8 @@ def match_by_l0(results: pd.DataFrame, reference: str, other: str, arch_column: 
     ``other`` run with the reference's columns suffixed ``_<reference>`` and its own
     suffixed ``_<other>``, plus ``l0_ratio`` (other / reference).
     """
+    import pandas as pd
+
     ref = results[results[arch_column] == reference].sort_values("l0")
     oth = results[results[arch_column] == other].sort_values("l0")
     if ref.empty or oth.empty:

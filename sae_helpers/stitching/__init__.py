@@ -30,7 +30,7 @@ Definitions (also in the book's methods page):
   between two neighbouring observed ``max_cos`` values).
 
 Supported architectures: ``relu``, ``gated``, ``jumprelu`` and ``batchtopk`` (a trained
-BatchTopK SAE *is* a JumpReLU SAE; a raw :class:`~sae_helpers.BatchTopKSAE` is converted
+BatchTopK SAE *is* a JumpReLU SAE; a raw :class:`~sae_helpers.saes.BatchTopKSAE` is converted
 with ``for_inference()``, i.e. threshold inference). ``topk`` is refused: per-token
 top-k couples the latents, so adding one changes which others fire.
 """

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -23,6 +22,9 @@ from ..evaluation.metrics import cosine_blocks
 from ..saes.base import SAE
 from ..training.trainer import decoder_drift
 from .surgery import check_compatible, check_same_site, prepare
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Elements of a [rows, latents] float32 matrix per streamed chunk (256 MiB).
 CHUNK_ELEMENTS = 1 << 26
@@ -200,6 +202,8 @@ def analyze(small: SAE, large: SAE, activations, threshold: float | None = None,
         (bool), ``proxy_accuracy`` (on the live latents), ``majority_accuracy`` (the accuracy
         of always predicting the more common class, the proxy's baseline) and ``n_tokens``.
     """
+    import pandas as pd
+
     trained = trained_latents(large)
     small, large = prepare(small), prepare(large)
     check_same_site(small, large)

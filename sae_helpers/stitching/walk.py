@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -14,6 +13,9 @@ from ..evaluation.metrics import cosine_blocks, evaluate
 from ..saes.base import SAE
 from .novelty import _row_chunks, _small_error, analyze, decoder_match, fit_threshold
 from .surgery import prepare, stitch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Group(NamedTuple):
@@ -357,6 +359,8 @@ def curve(small: SAE, large: SAE, activations, model: Any = None, *, threshold: 
         ``loss_recovered`` and ``delta_lm_loss``; ``steps`` counts the steps of each kind;
         ``largest_group`` is the largest swap group's size (latents of both SAEs).
     """
+    import pandas as pd
+
     small_p, large_p = prepare(small), prepare(large)
     if table is None:
         table, summary = analyze(small_p, large_p, activations, threshold, block, batch_size)
@@ -407,6 +411,8 @@ def count_rises(values: Sequence[float] | np.ndarray, tol: float = 1e-9) -> tupl
 
 def _splice(model: Any, saes: Sequence[SAE], n_tokens: int, chunk: int, progress: bool) -> pd.DataFrame:
     """``loss_recovered`` and ``delta_lm_loss`` of each SAE, ``chunk`` SAEs per shared splice pass."""
+    import pandas as pd
+
     from ..models.splice import splice_eval
 
     out = []
@@ -420,6 +426,8 @@ def grouping_report(small: SAE, large: SAE, table: pd.DataFrame, threshold: floa
     """Per grouping rule of :func:`walk_groups`: the latents inserted alone, the swap groups, and
     the largest group's size and share of all latents of both SAEs (a rule whose largest group
     holds most latents swaps them in one jump)."""
+    import pandas as pd
+
     rows = {}
     for grouping in GROUPINGS:
         inserts, groups = walk_groups(small, large, table, grouping, threshold, block)

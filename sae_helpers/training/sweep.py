@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pandas as pd
 import torch
 
 from .._io import atomic_write
@@ -26,6 +25,9 @@ from ..saes.base import SAE
 from .checkpoint import SAE_SUBDIR
 from .config import TrainConfig
 from .trainer import heldout_rows, resolve_device, train_runs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class SweepResult(NamedTuple):
@@ -129,6 +131,8 @@ def train_saes(
         no communication during training) and evaluates them; every process then returns all
         SAEs and the whole table, which process 0 writes.
     """
+    import pandas as pd
+
     from ..evaluation.health import training_health
     from ..evaluation.metrics import evaluate
 

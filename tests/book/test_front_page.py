@@ -4,7 +4,7 @@ from pathlib import Path
 import nbformat
 
 from book.tools.front_page import NO_HEADLINE, NOT_EXECUTED, chapter_names, headlines, substitution_name
-from sae_helpers.chapters.record import GLUE_PREFIX, HEADLINE
+from sae_book.record import GLUE_PREFIX, HEADLINE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ chapters:
 
 def _notebook(path: Path, headline: str | None) -> None:
     nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("sh.chapters.record.headline(...)")
+    cell = nbformat.v4.new_code_cell("sae_book.record.headline(...)")
     if headline is not None:  # the output record.headline writes
         cell.outputs = [nbformat.v4.new_output(
             "display_data", data={GLUE_PREFIX + "text/plain": headline, GLUE_PREFIX + "text/markdown": headline},

@@ -22,7 +22,9 @@ echo "notebook $1 $(sha256sum < "notebooks/$1.ipynb" | cut -c1-64)"
 if [ -f "book/params/$1.yaml" ]; then echo "params $(sha256sum < "book/params/$1.yaml" | cut -c1-64)";
 else echo "params none"; fi
 sha256sum requirements.txt pyproject.toml
-find sae_helpers -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+for package in sae_helpers book/sae_book; do
+  find "$package" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+done
 """
     out = subprocess.run(["bash", "-c", script, "sh", name], cwd=root, check=True, capture_output=True, text=True)
     return out.stdout.splitlines()
@@ -33,7 +35,8 @@ def repo(tmp_path: Path) -> Path:
     for path, text in {"notebooks/a.ipynb": "{}", "notebooks/b.ipynb": "{ }", "book/params/a.yaml": "steps: 5\n",
                        "requirements.txt": "torch==2.13.0\n", "pyproject.toml": "[project]\n",
                        "sae_helpers/__init__.py": "", "sae_helpers/Z.py": "z = 1\n", "sae_helpers/_a.py": "",
-                       "sae_helpers/sub/x.py": "x = 1\n", "sae_helpers/profiles/gpu/a.yaml": "steps: 9\n",
+                       "sae_helpers/sub/x.py": "x = 1\n", "book/sae_book/profiles/gpu/a.yaml": "steps: 9\n",
+                       "book/sae_book/shrinkage.py": "",
                        "sae_helpers/__pycache__/Z.cpython-311.pyc": "bytecode"}.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
@@ -52,7 +55,8 @@ def test_the_hash_follows_every_input(repo: Path) -> None:
     for change, packages in (
             (lambda: (repo / "sae_helpers/sub/x.py").write_text("x = 2\n"), PACKAGES),
             (lambda: (repo / "sae_helpers/sub/x.py").rename(repo / "sae_helpers/sub/y.py"), PACKAGES),
-            (lambda: (repo / "sae_helpers/profiles/gpu/a.yaml").write_text("steps: 10\n"), PACKAGES),
+            (lambda: (repo / "book/sae_book/profiles/gpu/a.yaml").write_text("steps: 10\n"), PACKAGES),
+            (lambda: (repo / "book/sae_book/shrinkage.py").write_text("ratio = 1\n"), PACKAGES),
             (lambda: (repo / "book/params/a.yaml").write_text("steps: 6\n"), PACKAGES),
             (lambda: (repo / "requirements.txt").write_text("torch==2.13.0\nnumpy\n"), PACKAGES),
             (lambda: None, ["numpy==2.3.1", "torch==2.13.0"]),  # an unpinned package upgraded

@@ -13,7 +13,7 @@ from tests.book.notebooks import write_notebook
 
 PARAMETERS = 'seed = 0\nscale = 1.0\nfail = False\ndata_root = "../data"\n'
 BODY = ("from pathlib import Path\n"
-        "from sae_helpers.chapters import record\n"
+        "from sae_book import record\n"
         "assert not fail, 'planted failure'\n"
         "Path(data_root, 'results').mkdir(parents=True, exist_ok=True)\n"
         "Path(data_root, 'results', 'out.txt').write_text(str(seed))\n"

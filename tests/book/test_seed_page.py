@@ -13,7 +13,7 @@ GRID = "chapters: [tiny]\nbase: book\ngrid:\n  seed: [1, 2, 3]\nnulls:\n  tiny: 
 
 def _book(root: Path) -> Path:
     write_notebook(root / "notebooks" / "tiny.ipynb", "seed = 0\n",
-                   "from sae_helpers.chapters import record\nrecord.key_numbers({'value': seed - 1.5})\n")
+                   "from sae_book import record\nrecord.key_numbers({'value': seed - 1.5})\n")
     (root / "book" / "grids").mkdir(parents=True)
     (root / seed_page.SEED_GRID).write_text(GRID)
     return root

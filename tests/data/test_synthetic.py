@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from sae_helpers import SyntheticFeatures, appendix_f_toy, zipf_firing_probs
+from sae_helpers import SyntheticFeatures
+from sae_helpers.data import appendix_f_toy, zipf_firing_probs
 
 
 def test_samples_are_the_stated_combinations():

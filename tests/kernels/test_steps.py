@@ -7,9 +7,9 @@ import functools
 import pytest
 import torch
 
-from sae_helpers import GatedSAE, ReluSAE
 from sae_helpers.kernels import sparse as sd
 from sae_helpers.kernels.sparse import DENSITY_CROSSOVER
+from sae_helpers.saes import GatedSAE, ReluSAE
 
 F32 = {"rtol": 1e-4, "atol": 1e-5}
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sae_helpers import GatedSAE
+from sae_helpers.saes import GatedSAE
 
 B, D, M, LAM = 64, 12, 40, 0.7
 

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from sae_helpers import JumpReluSAE
-from sae_helpers.saes import JumpReluTrainingSAE
+from sae_helpers.saes import JumpReluSAE, JumpReluTrainingSAE
 
 
 def _training_sae(d=6, m=20, bandwidth=0.4, seed=0):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sae_helpers import ReluSAE
+from sae_helpers.saes import ReluSAE
 
 
 @pytest.mark.parametrize("decoder", ["auto", "sparse"])  # the fused step on both decoder paths

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sae_helpers import BatchTopKSAE, JumpReluSAE, TopKSAE
 from sae_helpers.formats import load_sae
+from sae_helpers.saes import BatchTopKSAE, JumpReluSAE, TopKSAE
 
 
 def _sae(cls, d=8, m=24, k=3, seed=0, **kwargs):

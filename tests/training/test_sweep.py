@@ -116,7 +116,8 @@ def test_family_configs_give_each_width_its_own_initialisation():
 def test_results_report_training_health(tmp_path):
     import math
 
-    from sae_helpers import create_sae, loss_plateau, training_health
+    from sae_helpers import create_sae, training_health
+    from sae_helpers.evaluation import loss_plateau
 
     # 30 steps at lr 0.03 leave about half the latents near their random start; at lr 0.1 almost none.
     configs = [{**CONFIGS[0], "steps": 30, "lr": 0.03}, {**CONFIGS[2], "steps": 30, "lr": 0.1}]

@@ -228,7 +228,8 @@ def test_jumprelu_thresholds_get_their_own_learning_rate_scale():
 
 
 def test_decoder_drift_is_one_at_the_start_and_falls_with_training():
-    from sae_helpers import SyntheticFeatures, create_sae, decoder_drift, train_sae
+    from sae_helpers import SyntheticFeatures, create_sae, train_sae
+    from sae_helpers.training import decoder_drift
 
     x = SyntheticFeatures(d=12, n_features=24, firing_prob=0.1).sample(4000, seed=0).x
     common = {"batch_size": 128, "seed": 4, "progress": False}

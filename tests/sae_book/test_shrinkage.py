@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from sae_helpers.chapters import shrinkage as ch
+from sae_book import shrinkage as ch
 
 
 def at_site(gated_l0_factor=0.5, relu_gamma=(0.80, 0.85), gated_gamma=(0.99, 1.01), others=True):

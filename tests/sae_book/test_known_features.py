@@ -1,6 +1,6 @@
 import pandas as pd
 
-from sae_helpers.chapters import known_features as ch
+from sae_book import known_features as ch
 
 
 def pairs(relu_gamma, gated_gamma):

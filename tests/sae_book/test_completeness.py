@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_helpers.chapters import completeness as ch
+from sae_book import completeness as ch
 from sae_helpers.stitching import Curve
 
 CONTROL = "control: 8 -> 8 (seed 1)"
@@ -146,8 +146,8 @@ def test_agreement_verdict_reads_the_control_and_its_trend():
 
 
 def test_training_length_recomputes_the_numbers_at_each_snapshot(tmp_path):
+    from sae_book import common
     from sae_helpers import SyntheticFeatures, stitching
-    from sae_helpers.chapters import common
 
     syn = SyntheticFeatures(d=16, n_features=48, firing_prob=0.05)
     x, held_out = syn.sample(6000, seed=0).x, syn.sample(1000, seed=1).x

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_helpers.chapters import atomicity as ch
+from sae_book import atomicity as ch
 from sae_helpers.meta import MetaSAEResult
 
 

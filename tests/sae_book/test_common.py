@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import sae_helpers as sh
-from sae_helpers.chapters import common
+from sae_book import common
 
 
 def test_parameters_are_the_plain_values_in_definition_order():
@@ -142,7 +142,7 @@ def test_setup_checks_the_parameters_against_the_notebook_in_the_working_directo
 
 def test_a_value_the_profile_would_replace_is_refused():
     defaults = common.notebook_defaults("01_training", sh_notebooks())
-    gpu = __import__("sae_helpers.profiles", fromlist=["load_profile"]).load_profile("gpu", "01_training")
+    gpu = __import__("sae_book.profiles", fromlist=["load_profile"]).load_profile("gpu", "01_training")
     name = next(key for key in gpu if isinstance(defaults.get(key), int) and not isinstance(defaults[key], bool))
     params = {**defaults, "profile": "gpu", name: gpu[name] + 1}
     with pytest.raises(ValueError, match=f"profile='gpu' sets parameters you also gave: {name}="):
@@ -160,7 +160,7 @@ def sh_notebooks():
 def test_the_books_parameters_and_profiles_fit_every_notebook(notebook):
     import yaml
 
-    from sae_helpers.profiles import load_profile
+    from sae_book.profiles import load_profile
 
     defaults = common.notebook_defaults(notebook, sh_notebooks())
     params_file = sh_notebooks().parent / "book" / "params" / f"{notebook}.yaml"

@@ -9,13 +9,12 @@ import pytest
 import torch
 import yaml
 
-from sae_helpers import profiles
-from sae_helpers.chapters import common
+from sae_book import common, profiles
 from sae_helpers.data import text
 from sae_helpers.reproducibility import set_default_device
 from tests.models.conftest import no_network  # noqa: F401 (fixture: no test here may reach the network)
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 #: Layers, width and context of the models a profile may name (their Hugging Face configurations).
 MODELS = {"gpt2": ("gpt2", 12, 768, 1024), "EleutherAI/pythia-70m": ("gpt_neox", 6, 512, 2048)}
 SITE_KEYS = ("hook_name", "site", "sites")
@@ -166,7 +165,7 @@ def test_the_gpu_profile_runs_chapter_01_end_to_end(tmp_path, monkeypatch, no_ne
 
     monkeypatch.setattr(models, "load_model", load_model)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    cells = code_cells(Path(__file__).resolve().parents[1] / "notebooks" / "01_training.ipynb")
+    cells = code_cells(Path(__file__).resolve().parents[2] / "notebooks" / "01_training.ipynb")
     namespace = {}
     for cell in cells:  # every code cell, the Colab install cell too (a no-op here), as papermill runs them
         exec("".join(cell["source"]), namespace)

@@ -50,8 +50,8 @@ def family_overview(family: Any) -> tuple[dict[int, Any], pd.DataFrame, pd.DataF
     """The family (a :func:`~sae_helpers.train_saes` result) by width, its table (with each SAE's
     median decoder cosine to its initialisation, ``cos_to_init``: near 1, barely trained) and its
     health table."""
-    from ..evaluation import health_table
-    from ..training import decoder_drift
+    from sae_helpers.evaluation import health_table
+    from sae_helpers.training import decoder_drift
 
     saes = {sae.d_sae: sae for sae in family.saes}
     table = family.results[["arch", "width", "k", "l0", "fvu", "dead_fraction"]].copy()
@@ -62,7 +62,7 @@ def family_overview(family: Any) -> tuple[dict[int, Any], pd.DataFrame, pd.DataF
 
 def meta_widths(base_width: int, meta_width: int | None, meta_comparison_width: int | None) -> dict[str, int]:
     """The two meta-SAE widths: the paper's ratio (``meta.default_width``) and ``d_sae / 4``, unless given."""
-    from .. import meta
+    from sae_helpers import meta
 
     return {"paper ratio": meta_width if meta_width is not None else meta.default_width(base_width),
             "d_sae / 4": meta_comparison_width if meta_comparison_width is not None else base_width // 4}
@@ -76,7 +76,7 @@ def train_metas(base: Any, base_run: str, widths: dict[str, int], run_dir: Path,
     ``settings``: ``k``, ``epochs``, ``seed``, ``lr``, ``batch_size``, ``min_steps``. Returns
     ``{name: meta_sae}``, ``{name: null}``, ``{name: MetaSAEResult}``.
     """
-    from .. import meta
+    from sae_helpers import meta
 
     metas, nulls, results = {}, {}, {}
     for name, width in widths.items():
@@ -93,7 +93,7 @@ def meta_dir(run_dir: Path, base_run: str, n_rows: int, options: dict[str, Any],
     """Where a meta-SAE of ``options`` (``width`` and the settings of :func:`train_metas`) on the decoder rows
     of the run ``base_run`` is checkpointed: ``run_dir/meta-of-<base_run>-<fingerprint>``, or
     ``run_dir/meta-of-<base_run>-step<step>-<fingerprint>`` for the run's snapshot at ``step``."""
-    from .. import meta
+    from sae_helpers import meta
 
     fingerprint = meta.meta_config(n_rows, **options).fingerprint()[:8]
     return run_dir / (f"meta-of-{base_run}-{fingerprint}" if step is None
@@ -113,7 +113,7 @@ def train_nulls(base: Any, base_run: str, widths: dict[str, int], run_dir: Path,
     meta-SAE (:func:`null_dir`).
 
     Returns ``{name: {null: null meta-SAE}}`` and ``{name: {null: its FVE on the null's rows}}``."""
-    from .. import meta
+    from sae_helpers import meta
 
     saes: dict[str, dict[str, Any]] = {}
     fves: dict[str, dict[str, float]] = {}
@@ -130,7 +130,7 @@ def train_nulls(base: Any, base_run: str, widths: dict[str, int], run_dir: Path,
 def meta_trend(snapshots: dict[int, Any], base_run: str, width: int, run_dir: Path, constant_nulls: dict[str, float],
                **settings: Any) -> pd.DataFrame:
     """The meta-SAE of ``width`` (settings as for :func:`train_metas`) on the decoder rows of each of the
-    base SAE's snapshots (``{step: sae}``, :func:`~sae_helpers.chapters.common.family_snapshots`; the last
+    base SAE's snapshots (``{step: sae}``, :func:`~sae_book.common.family_snapshots`; the last
     step is the finished SAE), and its covariance null on the covariance-matched rows of that snapshot.
 
     Nulls that do not depend on the snapshot (the random rows, the initial decoder rows) are given as
@@ -144,9 +144,9 @@ def meta_trend(snapshots: dict[int, Any], base_run: str, width: int, run_dir: Pa
     ``null_<null>`` and ``gap_<null>`` (FVE - null) for each null, and the health (``passes`` or why not) of
     the meta-SAE (on the snapshot's rows) and of its covariance null (on its rows).
     """
-    from .. import meta
-    from ..evaluation import evaluate, health_table
-    from ..evaluation.dose_response import training_tokens
+    from sae_helpers import meta
+    from sae_helpers.evaluation import evaluate, health_table
+    from sae_helpers.evaluation.dose_response import training_tokens
 
     seed = settings.get("seed", 0)
     options = dict(width=width, **settings)
@@ -174,7 +174,7 @@ def meta_health(metas: dict[str, Any], nulls: dict[str, Any], rows: Any, null_ro
                 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """The health table of every meta-SAE (on the decoder rows, as ``meta-SAE, <name>``) and random null (on
     the random rows, as ``random null, <name>``); returns the SAEs by display name and the table."""
-    from ..evaluation import evaluate, health_table
+    from sae_helpers.evaluation import evaluate, health_table
 
     saes = {**{f"meta-SAE, {name}": metas[name] for name in metas},
             **{f"random null, {name}": nulls[name] for name in nulls}}
@@ -186,7 +186,7 @@ def meta_health(metas: dict[str, Any], nulls: dict[str, Any], rows: Any, null_ro
 def nulls_health(nulls: dict[str, dict[str, Any]], rows: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
     """The health table of the nulls of :func:`train_nulls` (each on its null's ``rows[null]``), as
     ``<null> null, <name>``; returns the SAEs by display name and the table."""
-    from ..evaluation import evaluate, health_table
+    from sae_helpers.evaluation import evaluate, health_table
 
     saes = {f"{null} null, {name}": sae for name, by_null in nulls.items() for null, sae in by_null.items()}
     evaluations = {f"{null} null, {name}": evaluate(sae, rows[null])
@@ -201,7 +201,7 @@ def _health_word(health: pd.DataFrame, name: str) -> str:
 def summary_table(metas: dict[str, Any], results: dict[str, Any], health: pd.DataFrame, base_width: int
                   ) -> pd.DataFrame:
     """One row per meta-SAE (FVE, its random null, L0, dead fraction, health) and the paper's row."""
-    from ..meta import PAPER
+    from sae_helpers.meta import PAPER
 
     summary = pd.DataFrame({
         name: {"base latents per meta-latent": base_width / metas[name].d_sae, "meta-latents": metas[name].d_sae,
@@ -219,7 +219,7 @@ def summary_table(metas: dict[str, Any], results: dict[str, Any], health: pd.Dat
 
 def render_training(meta_sae: Any, base_width: int, meta_lr: float) -> str:
     """How long every meta-SAE trained, against the paper."""
-    from ..meta import PAPER
+    from sae_helpers.meta import PAPER
 
     steps, batch = meta_sae.training_config["steps"], meta_sae.training_config["batch_size"]
     return (f"Every meta-SAE and null trains {steps:,} optimiser steps of {batch:,} rows at learning rate "
@@ -254,7 +254,7 @@ def fve_comparison(metas: dict[str, Any], results: dict[str, Any], base_width: i
 
 def render_fve(v: FveComparison) -> str:
     """The meta-SAEs' paragraph."""
-    from ..meta import PAPER
+    from sae_helpers.meta import PAPER
 
     p, c, wp, wc, base_width = v.paper, v.comparison, v.paper_width, v.comparison_width, v.base_width
     gap_p, gap_c = p.fve - p.fve_null, c.fve - c.fve_null
@@ -399,8 +399,8 @@ def trend(table: pd.DataFrame, tolerance: float = TREND_TOLERANCE) -> MetaTrend:
 
 def render_trend(t: MetaTrend, tolerance: float = TREND_TOLERANCE) -> str:
     """Which way FVE - null moves with the base SAE's training length, and how far the budget is from the
-    paper's (:data:`~sae_helpers.chapters.common.PAPER_TOKENS`)."""
-    from ..meta import PAPER
+    paper's (:data:`~sae_book.common.PAPER_TOKENS`)."""
+    from sae_helpers.meta import PAPER
 
     last, fve = t.tokens[-1], t.fve[-1]
     side = "below" if fve < PAPER["fve"] else "above"
@@ -445,8 +445,9 @@ def plot_trend(table: pd.DataFrame) -> Any:
     FVE with the paper's FVE marked at the papers' budget, and FVE - each null."""
     from matplotlib.ticker import LogLocator
 
-    from .. import plotting
-    from ..meta import PAPER
+    from sae_helpers.meta import PAPER
+
+    from . import plotting
 
     nulls = [column.removeprefix("gap_") for column in table.columns if column.startswith("gap_")]
     lines = [pd.DataFrame({"name": "meta-SAE", "tokens": table["tokens"], "FVE": table["fve"],
@@ -488,7 +489,7 @@ def decomposition_text(meta_result: Any, i: int) -> str:
 def decompositions(meta_result: Any, density: np.ndarray, n: int, min_coefficient: float) -> Decompositions:
     """Pick ``n`` readable, well reconstructed base latents (:func:`~sae_helpers.meta.pick_decompositions`)
     and tabulate their decompositions."""
-    from ..meta import pick_decompositions
+    from sae_helpers.meta import pick_decompositions
 
     low, high = READABLE_DENSITY
     readable = (density >= low) & (density <= high)
@@ -575,7 +576,7 @@ def render_similarity(s: Similarity, smaller: int) -> str:
 
 def render_scope(base_width: int, gaps: NullGaps) -> str:
     """What the chapter's scale allows to conclude, against the paper's (``gaps``: the paper-ratio meta-SAE's)."""
-    from ..meta import PAPER
+    from sae_helpers.meta import PAPER
 
     return (
         f"The paper's numbers come from a base SAE {PAPER['base_width'] / base_width:.1f} times wider than this "

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sae_helpers import plotting  # noqa: E402
+from sae_book import plotting  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -32,8 +32,8 @@ def sweep(train: Tensor, held_out: Tensor, features: Tensor, l1: dict[str, list[
 
     Returns the results (one row per SAE) and ``{(arch, l1): (sae, feature_density)}``.
     """
-    from ..evaluation import evaluate, mmcs
-    from ..training import train_sae
+    from sae_helpers.evaluation import evaluate, mmcs
+    from sae_helpers.training import train_sae
 
     rows, saes = [], {}
     for arch, coefficients in l1.items():
@@ -50,7 +50,7 @@ class MatchedPair(NamedTuple):
     """The Gated run and the baseline run whose L0s are closest, and what their γ say."""
 
     pair: pd.Series
-    """The row of :func:`~sae_helpers.match_by_l0` (columns suffixed ``_relu`` / ``_gated``)."""
+    """The row of :func:`~sae_helpers.evaluation.match_by_l0` (columns suffixed ``_relu`` / ``_gated``)."""
     baseline_gamma: float
     gated_gamma: float
     shrinks: bool
@@ -60,7 +60,7 @@ class MatchedPair(NamedTuple):
 
 
 def matched_pair(pairs: pd.DataFrame) -> MatchedPair:
-    """The pair of :func:`~sae_helpers.match_by_l0` whose L0 ratio is closest to 1, and its verdict."""
+    """The pair of :func:`~sae_helpers.evaluation.match_by_l0` whose L0 ratio is closest to 1, and its verdict."""
     best = pairs.iloc[(pairs["l0_ratio"] - 1).abs().argmin()]
     b_gamma, g_gamma = best["relative_reconstruction_bias_relu"], best["relative_reconstruction_bias_gated"]
     return MatchedPair(best, b_gamma, g_gamma, bool(b_gamma < SHRINKS_BELOW), bool(abs(g_gamma - 1) <= UNBIASED_WITHIN))
@@ -87,10 +87,10 @@ def toy_sweep(toy: Any, n_train: int, n_eval: int, l1: float, steps: int, *, bat
 
     Returns the held-out sample, ``{arch: sae}`` and one row per SAE: its metrics, the mean
     cosine of each feature's best latent (``mmcs``) and the median magnitude ratio and recall
-    of the matched latents (:func:`~sae_helpers.magnitude_ratios`).
+    of the matched latents (:func:`~sae_helpers.evaluation.magnitude_ratios`).
     """
-    from ..evaluation import evaluate, magnitude_ratios
-    from ..training import train_sae
+    from sae_helpers.evaluation import evaluate, magnitude_ratios
+    from sae_helpers.training import train_sae
 
     toy_train, toy_eval = toy.sample(n_train, seed=seed), toy.sample(n_eval, seed=seed + 1)
     saes, rows = {}, []

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from sae_helpers.chapters import record
+from sae_book import record
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def executed(tmp_path_factory):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
         "import numpy as np\n"
-        "from sae_helpers.chapters import record\n"
+        "from sae_book import record\n"
         "record.headline('Gated SAEs shrink **less**: 0.97 against 0.80.')\n"
         "record.key_numbers({'gamma_gated': np.float32(0.97), 'n': 3, 'nan': float('nan'), 'arch': 'gated'})\n")]
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()

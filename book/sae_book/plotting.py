@@ -24,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.legend import Legend
 from matplotlib.ticker import Formatter, FuncFormatter, LogLocator, NullFormatter
 
-from .evaluation.metrics import log10_density_histogram
+from sae_helpers.evaluation.metrics import log10_density_histogram
 
 ARCH_LABELS = {"relu": "Baseline (ReLU + L1)", "gated": "Gated", "topk": "TopK", "batchtopk": "BatchTopK",
                "jumprelu": "JumpReLU"}
@@ -328,7 +328,7 @@ def plot_dose_response(table: pd.DataFrame, metrics: Sequence[str], *, paper_tok
 def plot_frontier(results: pd.DataFrame, x: str = "l0", y: str = "loss_recovered", hue: str = "arch",
                   ax: Axes | None = None, logx: bool = True, higher_is_better: bool = True) -> Axes:
     """Every run as a point, each architecture's Pareto frontier as a line (labelled with the architecture)."""
-    from .evaluation.frontier import pareto_frontier
+    from sae_helpers.evaluation.frontier import pareto_frontier
 
     ax = _ax(ax)
     frontier = pareto_frontier(results, x, y, hue, higher_is_better)

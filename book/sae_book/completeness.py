@@ -57,9 +57,9 @@ def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, width
     if control_seed == seed:
         raise ValueError(f"control_seed = seed = {seed}: the control pair would be one SAE compared with itself. "
                          "Choose another control_seed (the notebook's None means seed + 1).")
-    from ..evaluation import health_table
-    from ..models import splice_eval
-    from ..training import decoder_drift
+    from sae_helpers.evaluation import health_table
+    from sae_helpers.models import splice_eval
+    from sae_helpers.training import decoder_drift
 
     settings = dict(k=k, steps=steps, batch_size=batch_size, lr=lr, seed=seed, data_root=data_root,
                     plateau_tolerance=plateau_tolerance, n_snapshots=n_snapshots)
@@ -97,7 +97,7 @@ def analyze_pairs(pairs: dict[str, tuple[Any, Any]], eval_cache: Any, threshold:
 
     Returns ``{pair: (table, summary)}``, ``{pair: nulls}`` and the pairs' summary (a row per pair).
     """
-    from .. import stitching
+    from sae_helpers import stitching
 
     analyses, nulls, rows = {}, {}, []
     for name, (small_sae, large_sae) in pairs.items():
@@ -117,7 +117,7 @@ def analyze_pairs(pairs: dict[str, tuple[Any, Any]], eval_cache: Any, threshold:
 def curves(pairs: dict[str, tuple[Any, Any]], analyses: dict, eval_cache: Any, model: Any, **options: Any) -> dict:
     """:func:`~sae_helpers.stitching.curve` of each pair, with its analysis's table and threshold;
     ``options``: ``grouping``, ``n_points``, ``n_splice_points``, ``n_splice_tokens``, ``splice_chunk``."""
-    from .. import stitching
+    from sae_helpers import stitching
 
     out = {}
     for name, (small_sae, large_sae) in pairs.items():
@@ -141,7 +141,7 @@ def agreement(pairs: dict[str, tuple[Any, Any]], seed: int) -> pd.DataFrame:
     """Per pair and null (``trained``, ``random``, ``initial``): the share of the larger SAE's latents
     whose best match among the smaller SAE's decoder rows has a cosine above :data:`AGREEMENT_COSINE`,
     and the median best match (:func:`~sae_helpers.evaluation.agreement_nulls`)."""
-    from ..evaluation import agreement_nulls
+    from sae_helpers.evaluation import agreement_nulls
 
     rows = [{"pair": name, "null": null, "shared_fraction": a.shared_fraction, "median_best": a.median_best}
             for name, (small, large) in pairs.items()
@@ -163,9 +163,9 @@ def training_length(family: Family, control_seed: int, eval_cache: Any, data_roo
     (:func:`agreement`, trained) and ``rising_share``, the share of a walk's evaluated intervals
     (``n_points`` points, no splicing) on which FVU rises. ``tokens``: activations the less trained
     SAE of the pair had seen; ``stage``: the step, or ``"final"``."""
-    from .. import stitching
-    from ..evaluation import dictionary_agreement
-    from ..evaluation.dose_response import training_tokens
+    from sae_helpers import stitching
+    from sae_helpers.evaluation import dictionary_agreement
+    from sae_helpers.evaluation.dose_response import training_tokens
 
     by_name = _stages(family, data_root, site)
     finals = {name: max(steps) for name, steps in by_name.items()}
@@ -211,7 +211,7 @@ def agreement_verdict(table: pd.DataFrame, control_name: str, tokens: int,
                       length: pd.DataFrame | None = None) -> AgreementVerdict:
     """The verdict from :func:`agreement`'s table, the activations the SAEs saw (``tokens``) and, for the
     trend, :func:`training_length`'s table."""
-    from ..evaluation.dose_response import training_trend
+    from sae_helpers.evaluation.dose_response import training_trend
 
     control = table.loc[control_name]
     family_ = table.drop(index=control_name, level="pair").xs("trained", level="null")["shared_fraction"]
@@ -269,7 +269,7 @@ class CurveVerdict(NamedTuple):
 
 def curve_verdict(c: Any) -> CurveVerdict:
     """Count the rises of a :class:`~sae_helpers.stitching.Curve`'s FVU and falls of its loss recovered."""
-    from ..stitching import count_rises
+    from sae_helpers.stitching import count_rises
 
     p = c.points
     n_up, n_steps, worst = count_rises(p["fvu"])

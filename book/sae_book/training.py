@@ -35,7 +35,7 @@ def configs(gated_width: int, relu_width_factor: float, l1_relu: float, l1_gated
 
 def snapshot_runs(out_dir: Any, configs: list[dict], saes: dict[str, Any]) -> dict[str, dict[int, Any]]:
     """Each SAE's snapshots and its final SAE, by step, under the SAE's name (``{arch: sae}``)."""
-    from ..training import run_snapshots
+    from sae_helpers.training import run_snapshots
 
     return dict(zip(saes, run_snapshots(out_dir, configs, list(saes.values())), strict=True))
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from ..profiles import type_matches
+from .profiles import type_matches
 
 __all__ = ["PAPER_TOKENS", "Summary", "cache_dir", "family_settings", "harvest", "parameters", "parameters_table",
            "plateau_settings", "render_trend", "results_file", "run_dir", "setup", "snapshot_steps", "train_family",
@@ -45,7 +45,7 @@ def plateau_settings(plateau_tolerance: float | None) -> dict[str, Any]:
 def snapshot_steps(steps: int, n_snapshots: int) -> list[int]:
     """The steps at which a run of at most ``steps`` keeps snapshots: ``steps / 2, steps / 4, ...``,
     ``n_snapshots`` of them (the final SAE is the last point of every dose-response)."""
-    from ..training import geometric_steps
+    from sae_helpers.training import geometric_steps
 
     if n_snapshots < 1:
         return []
@@ -79,7 +79,7 @@ def render_trend(trends: dict[str, pd.DataFrame], labels: dict[str, str], tokens
 
 
 class Summary(NamedTuple):
-    """A chapter's result for :mod:`~sae_helpers.chapters.record`: its one-sentence headline (with its
+    """A chapter's result for :mod:`~sae_book.record`: its one-sentence headline (with its
     control or null beside it) and its key numbers, both computed from the chapter's verdicts."""
 
     headline: str
@@ -113,7 +113,7 @@ def parameters_table(params: dict[str, Any]) -> pd.DataFrame:
     """The environment (versions, device) and every parameter in effect, one row each, indexed by
     ``(what, name)``: ``what`` is ``"environment"`` or ``"parameter"``; values shown whole (lists
     as their text)."""
-    from ..reproducibility import environment_report
+    from sae_helpers.reproducibility import environment_report
 
     report = environment_report(params)
     rows = [("environment", name, value) for name, value in report.items() if name != "parameters"]
@@ -129,17 +129,18 @@ def setup(namespace: dict[str, Any], notebook: str | None = None) -> pd.DataFram
 
     ``namespace`` is the notebook's ``globals()``. With a ``profile`` parameter other than ``"quick"``
     the values of that profile for ``notebook`` (e.g. ``"01_training"``) replace the parameters'
-    (:mod:`sae_helpers.profiles`). A ``device`` parameter (``"auto"``, ``"cpu"``, ``"cuda"`` ...) becomes
+    (:mod:`sae_book.profiles`). A ``device`` parameter (``"auto"``, ``"cpu"``, ``"cuda"`` ...) becomes
     the default device of model loading and training, a ``dataset`` parameter (with ``text_column``)
     the default text of harvesting and evaluation windows. In Colab the default ``data_root``
     (``"../data"``) becomes :data:`COLAB_DATA_ROOT` (set another, e.g. a mounted Drive folder, to keep
     caches and SAEs between sessions). A relative ``data_root`` is read from the notebook's folder
     (:func:`notebook_folder`) whatever the working directory.
     """
-    from .. import plotting
-    from ..data.text import set_default_text
-    from ..profiles import apply_profile
-    from ..reproducibility import set_default_device, set_seed
+    from sae_helpers.data.text import set_default_text
+    from sae_helpers.reproducibility import set_default_device, set_seed
+
+    from . import plotting
+    from .profiles import apply_profile
 
     if "google.colab" in sys.modules and namespace.get("data_root") == DEFAULT_DATA_ROOT:
         namespace["data_root"] = COLAB_DATA_ROOT
@@ -238,7 +239,7 @@ def check_parameters(params: dict[str, Any], defaults: dict[str, Any], notebook:
 
 def check_profile_overrides(params: dict[str, Any], defaults: dict[str, Any], notebook: str) -> None:
     """A value given for a parameter that the chosen profile also sets would be replaced silently: refuse it."""
-    from ..profiles import QUICK, load_profile
+    from .profiles import QUICK, load_profile
 
     profile = params.get("profile", QUICK)
     if profile == QUICK:
@@ -255,7 +256,7 @@ def warn_if_gpu_profile_on_cpu(profile: str) -> None:
     """Warn when a profile sized for a GPU (any but ``"quick"``) will run on the CPU."""
     import warnings
 
-    from ..reproducibility import default_device
+    from sae_helpers.reproducibility import default_device
 
     if profile != "quick" and default_device().type == "cpu":
         warnings.warn(f"profile={profile!r} is sized for a GPU, but this run uses the CPU (no CUDA device, or "
@@ -297,7 +298,7 @@ def write_results(table: pd.DataFrame, data_root: str | Path, name: str, model_n
                   parameters: dict[str, Any] | None = None, *, index: bool = True) -> Path:
     """Write ``table`` atomically to :func:`results_file` and, beside it, the parameters that name
     it (``<same name>.parameters.json``); returns the CSV's path."""
-    from .._io import atomic_write, atomic_write_json
+    from sae_helpers._io import atomic_write, atomic_write_json
 
     path = results_file(data_root, name, model_name, parameters)
     atomic_write_json(path.with_suffix(".parameters.json"), _naming_parameters(parameters, name))
@@ -312,9 +313,9 @@ def harvest(model_name: str, sites: list[str], n_train_tokens: int, n_eval_token
     and held-out caches of ``sites`` from ``dataset`` (``None``: the default text, set by :func:`setup`):
     ``(model, {site: (train_cache, eval_cache)})`` (:func:`~sae_helpers.harvest_splits`, one forward
     pass for all sites)."""
-    from ..data.text import as_text_source
-    from ..harvest import harvest_splits
-    from ..models import load_model
+    from sae_helpers.data.text import as_text_source
+    from sae_helpers.harvest import harvest_splits
+    from sae_helpers.models import load_model
 
     model = load_model(model_name)
     caches = harvest_splits(model, sites, n_train_tokens, n_eval_tokens, cache_dir(data_root),
@@ -332,7 +333,7 @@ def train_family(site: str, train_cache: Any, eval_cache: Any, widths: list[int]
     snapshots (:func:`snapshot_steps`), checkpointed in ``runs/family/<site>`` and evaluated on
     ``eval_cache``; the :func:`~sae_helpers.train_saes` result (``family_seed`` gives a control: the
     same widths from other initial weights, fed the same batches)."""
-    from ..training import family_configs, train_saes
+    from sae_helpers.training import family_configs, train_saes
 
     configs = family_configs(widths, seed=seed if family_seed is None else family_seed,
                              **family_settings(k, steps, batch_size, lr, plateau_tolerance))
@@ -342,7 +343,7 @@ def train_family(site: str, train_cache: Any, eval_cache: Any, widths: list[int]
 
 def family_snapshots(data_root: str | Path, site: str, saes: list[Any]) -> list[dict[int, Any]]:
     """Each finished SAE of :func:`train_family` by step: its snapshots and itself at its last step."""
-    from ..training import run_snapshots
+    from sae_helpers.training import run_snapshots
 
     return run_snapshots(run_dir(data_root, "family", site), [sae.training_config for sae in saes], saes)
 

@@ -85,9 +85,9 @@ def sweep_site(model: Any, site: str, train_cache: Any, eval_cache: Any, configs
                n_splice_tokens: int, n_snapshots: int = 0) -> SiteSweep:
     """Train ``configs`` in one pass at ``site`` (with ``n_snapshots`` snapshots each, at halvings of
     ``steps``), evaluate them on held-out activations and splice them into ``model``."""
-    from ..evaluation import health_table
-    from ..models import splice_eval
-    from ..training import run_snapshots, train_saes
+    from sae_helpers.evaluation import health_table
+    from sae_helpers.models import splice_eval
+    from sae_helpers.training import run_snapshots, train_saes
 
     out_dir = common.run_dir(data_root, "02_shrinkage", site)
     steps = max(c["steps"] for c in configs)
@@ -110,8 +110,8 @@ def snapshot_results(site: str, sweep: SiteSweep, eval_activations: Any, archs: 
     """L0 and FVU on held-out activations (the first ``max_tokens``) of every snapshot of the ``archs``
     runs, a row per run and stage: ``stage`` (the step, or ``"final"``), ``tokens``, ``arch``, ``l0``,
     ``fvu``. Stages are the snapshot steps every run reached, then each run's end."""
-    from ..evaluation import evaluate
-    from ..evaluation.dose_response import training_tokens
+    from sae_helpers.evaluation import evaluate
+    from sae_helpers.evaluation.dose_response import training_tokens
 
     runs = [(row["arch"], by_step) for row, by_step in zip(sweep.rows, sweep.snapshots, strict=True)
             if row["arch"] in archs]
@@ -132,7 +132,7 @@ def ratio_trend(snapshots: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> pd
     """The Gated/baseline L0 ratio at the middle of the two sweeps' common FVU range, at every stage
     of :func:`snapshot_results` (a row per site and stage, with its bootstrap interval and the
     fewest activations any run of the stage had seen)."""
-    from ..evaluation.frontier import fidelity_targets, l0_ratio_at_fidelity
+    from sae_helpers.evaluation.frontier import fidelity_targets, l0_ratio_at_fidelity
 
     rows = []
     for (site, stage), runs in snapshots.groupby(["site", "stage"], sort=False):
@@ -149,7 +149,7 @@ def fidelity_ratios(at_site: pd.DataFrame, n_boot: int = 2000, seed: int = 0) ->
     """The Gated/baseline L0 ratio at three fidelities (the quartiles of the two sweeps' common range)
     of each :data:`FIDELITY_METRICS`, with bootstrap intervals over runs (and seeds, when ``at_site``
     has a ``seed`` column with several values); a row per metric and fidelity."""
-    from ..evaluation.frontier import fidelity_targets, l0_ratio_at_fidelity
+    from sae_helpers.evaluation.frontier import fidelity_targets, l0_ratio_at_fidelity
 
     frames = []
     for metric, (_, higher) in FIDELITY_METRICS.items():
@@ -187,7 +187,7 @@ class SiteVerdict(NamedTuple):
 
 def site_verdict(at_site: pd.DataFrame, site: str) -> SiteVerdict:
     """Claim (a), claim (b) and the other architectures' γ at one site (rows of that site)."""
-    from ..evaluation import compare_at_equal_fidelity
+    from sae_helpers.evaluation import compare_at_equal_fidelity
 
     comparison = compare_at_equal_fidelity(at_site, "relu", "gated")
     ratios = comparison["l0_ratio"].dropna()
@@ -213,7 +213,7 @@ def _delta_lm_ranges(at_site: pd.DataFrame) -> tuple[tuple[float, float] | None,
 
 def render_verdict(v: SiteVerdict) -> str:
     """One site's line (markdown list item)."""
-    from ..plotting import ARCH_LABELS
+    from .plotting import ARCH_LABELS
 
     if v.l0_ratio is not None:
         ratio = v.l0_ratio
@@ -270,12 +270,12 @@ def render_verdicts(verdicts: list[SiteVerdict]) -> str:
 
 def equivalence_check(model: Any, gated: Any, eval_cache: Any, n_samples: int, seed: int,
                       n_splice_tokens: int) -> dict[str, float]:
-    """A Gated SAE against its :meth:`~sae_helpers.GatedSAE.to_jumprelu` conversion on ``n_samples``
+    """A Gated SAE against its :meth:`~sae_helpers.saes.GatedSAE.to_jumprelu` conversion on ``n_samples``
     held-out activations (drawn with ``seed``) and in the spliced loss."""
     import torch
 
-    from ..data import as_source
-    from ..models import splice_eval
+    from sae_helpers.data import as_source
+    from sae_helpers.models import splice_eval
 
     jump = gated.to_jumprelu()
     x = as_source(eval_cache).sample(n_samples, seed)

@@ -2,8 +2,8 @@
 
 A notebook's parameters cell holds its quick defaults (``profile = "quick"``: nothing is
 changed). ``profile = "gpu"`` (or ``papermill -p profile gpu``) makes the chapter's setup
-(:func:`sae_helpers.chapters.common.setup`) replace the values listed in
-``sae_helpers/profiles/gpu/<notebook>.yaml``: GPT-2 small by name through TransformerLens,
+(:func:`sae_book.common.setup`) replace the values listed in
+``sae_book/profiles/gpu/<notebook>.yaml``: GPT-2 small by name through TransformerLens,
 a streamed Hugging Face dataset, and widths and token counts near the papers' scale, sized for
 a Colab T4. The files are package data, so a ``pip install`` (Colab) has them without a clone.
 A profile may also be the path of a YAML file of the same form. A profile's values win over
@@ -42,8 +42,8 @@ def _profile_text(profile: str, notebook: str) -> tuple[str, str]:
     entry = resources.files(__name__) / profile / f"{notebook}.yaml"
     if not entry.is_file():
         raise ValueError(f"The profile {profile!r} has no parameters for the notebook {notebook!r} "
-                         f"(sae_helpers/profiles/{profile}/{notebook}.yaml is missing).")
-    return entry.read_text(encoding="utf-8"), f"sae_helpers/profiles/{profile}/{notebook}.yaml"
+                         f"(sae_book/profiles/{profile}/{notebook}.yaml is missing).")
+    return entry.read_text(encoding="utf-8"), f"sae_book/profiles/{profile}/{notebook}.yaml"
 
 
 def load_profile(profile: str, notebook: str) -> dict[str, Any]:
