@@ -98,7 +98,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
 import sae_helpers
 from sae_helpers.saes import architectures
 from sae_helpers.training.config import TrainConfig
-from sae_helpers.training.trainer import TrainingRun
+from sae_helpers.training.run import TrainingRun
 
 LR = 3e-4
 BETAS = (0.0, 0.999)

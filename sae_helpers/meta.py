@@ -76,9 +76,10 @@ from torch import Tensor
 from .evaluation.metrics import max_cosine_similarity
 from .kernels.sparse import Support, embedding_decode
 from .saes.base import SAE
+from .saes.initial import initial_decoder
 from .training.checkpoint import has_checkpoint, read_checkpoint
 from .training.config import TrainConfig
-from .training.trainer import initial_decoder, train_sae
+from .training.train import train_sae
 
 #: Added to ``seed`` to seed the meta-SAE's training (see :func:`meta_config`).
 SEED_OFFSET = 1_000_000
@@ -214,7 +215,7 @@ def covariance_matched_rows(rows: SAE | Tensor, seed: int = 0) -> Tensor:
 def initial_decoder_rows(sae: SAE | Tensor) -> Tensor:
     """The initial null's rows: the base SAE's decoder rows at initialisation, unit norm (float32, CPU).
 
-    Redrawn from the SAE's ``training_config`` (:func:`~sae_helpers.training.trainer.initial_decoder`).
+    Redrawn from the SAE's ``training_config`` (:func:`~sae_helpers.saes.initial.initial_decoder`).
     """
     if not isinstance(sae, SAE) or not sae.training_config:
         raise ValueError("initial_decoder_rows needs the base SAE with its training_config (its initial decoder is "

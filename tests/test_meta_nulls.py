@@ -21,7 +21,7 @@ from sae_helpers.meta import (
     train_meta_sae,
     train_null_meta_sae,
 )
-from sae_helpers.training.trainer import initial_decoder
+from sae_helpers.saes.initial import initial_decoder
 from tests.test_meta import composed_dictionary, float64_fve
 
 

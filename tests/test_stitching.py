@@ -537,7 +537,7 @@ def test_cosine_nulls_and_trained_latents_against_independent_computations():
     rand_large, rand_small = (torch.nn.functional.normalize(torch.randn(n, 16, generator=gen, dtype=torch.float64),
                                                             dim=1) for n in (12, 8))
     np.testing.assert_allclose(nulls["random"], (rand_large @ rand_small.T).max(1).values.numpy(), rtol=1e-12)
-    initial = [torch.nn.functional.normalize(sh.training.trainer.initial_decoder(s), dim=1) for s in (large, small)]
+    initial = [torch.nn.functional.normalize(sh.saes.initial.initial_decoder(s), dim=1) for s in (large, small)]
     np.testing.assert_allclose(nulls["initial"], (initial[0] @ initial[1].T).max(1).values.numpy(), rtol=1e-12)
     np.testing.assert_allclose(nulls["trained"], stitching.decoder_match(large, small).max_cos.numpy())
     table, summary = stitching.analyze(small, large, x)

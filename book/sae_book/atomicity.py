@@ -50,8 +50,7 @@ def family_overview(family: Any) -> tuple[dict[int, Any], pd.DataFrame, pd.DataF
     """The family (a :func:`~sae_helpers.train_saes` result) by width, its table (with each SAE's
     median decoder cosine to its initialisation, ``cos_to_init``: near 1, barely trained) and its
     health table."""
-    from sae_helpers.evaluation import health_table
-    from sae_helpers.training import decoder_drift
+    from sae_helpers.training import decoder_drift, health_table
 
     saes = {sae.d_sae: sae for sae in family.saes}
     table = family.results[["arch", "width", "k", "l0", "fvu", "dead_fraction"]].copy()
@@ -145,8 +144,9 @@ def meta_trend(snapshots: dict[int, Any], base_run: str, width: int, run_dir: Pa
     the meta-SAE (on the snapshot's rows) and of its covariance null (on its rows).
     """
     from sae_helpers import meta
-    from sae_helpers.evaluation import evaluate, health_table
+    from sae_helpers.evaluation import evaluate
     from sae_helpers.evaluation.dose_response import training_tokens
+    from sae_helpers.training import health_table
 
     seed = settings.get("seed", 0)
     options = dict(width=width, **settings)
@@ -174,7 +174,8 @@ def meta_health(metas: dict[str, Any], nulls: dict[str, Any], rows: Any, null_ro
                 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """The health table of every meta-SAE (on the decoder rows, as ``meta-SAE, <name>``) and random null (on
     the random rows, as ``random null, <name>``); returns the SAEs by display name and the table."""
-    from sae_helpers.evaluation import evaluate, health_table
+    from sae_helpers.evaluation import evaluate
+    from sae_helpers.training import health_table
 
     saes = {**{f"meta-SAE, {name}": metas[name] for name in metas},
             **{f"random null, {name}": nulls[name] for name in nulls}}
@@ -186,7 +187,8 @@ def meta_health(metas: dict[str, Any], nulls: dict[str, Any], rows: Any, null_ro
 def nulls_health(nulls: dict[str, dict[str, Any]], rows: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
     """The health table of the nulls of :func:`train_nulls` (each on its null's ``rows[null]``), as
     ``<null> null, <name>``; returns the SAEs by display name and the table."""
-    from sae_helpers.evaluation import evaluate, health_table
+    from sae_helpers.evaluation import evaluate
+    from sae_helpers.training import health_table
 
     saes = {f"{null} null, {name}": sae for name, by_null in nulls.items() for null, sae in by_null.items()}
     evaluations = {f"{null} null, {name}": evaluate(sae, rows[null])

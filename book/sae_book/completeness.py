@@ -57,9 +57,8 @@ def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, width
     if control_seed == seed:
         raise ValueError(f"control_seed = seed = {seed}: the control pair would be one SAE compared with itself. "
                          "Choose another control_seed (the notebook's None means seed + 1).")
-    from sae_helpers.evaluation import health_table
     from sae_helpers.models import splice_eval
-    from sae_helpers.training import decoder_drift
+    from sae_helpers.training import decoder_drift, health_table
 
     settings = dict(k=k, steps=steps, batch_size=batch_size, lr=lr, seed=seed, data_root=data_root,
                     plateau_tolerance=plateau_tolerance, n_snapshots=n_snapshots)

@@ -85,9 +85,8 @@ def sweep_site(model: Any, site: str, train_cache: Any, eval_cache: Any, configs
                n_splice_tokens: int, n_snapshots: int = 0) -> SiteSweep:
     """Train ``configs`` in one pass at ``site`` (with ``n_snapshots`` snapshots each, at halvings of
     ``steps``), evaluate them on held-out activations and splice them into ``model``."""
-    from sae_helpers.evaluation import health_table
     from sae_helpers.models import splice_eval
-    from sae_helpers.training import run_snapshots, train_saes
+    from sae_helpers.training import health_table, run_snapshots, train_saes
 
     out_dir = common.run_dir(data_root, "02_shrinkage", site)
     steps = max(c["steps"] for c in configs)

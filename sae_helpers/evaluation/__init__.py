@@ -1,17 +1,9 @@
-"""Evaluation: reconstruction and sparsity metrics, feature recovery, comparisons, training health."""
+"""Evaluation: reconstruction and sparsity metrics, feature recovery, dictionary agreement, comparisons at
+matched fidelity, results against training length."""
 
 from .agreement import Agreement, agreement_nulls, agreement_table, dictionary_agreement
 from .dose_response import snapshot_table, training_tokens, training_trend
 from .frontier import compare_at_equal_fidelity, l0_to_reach, pareto_frontier
-from .health import (
-    HEALTH_LIMITS,
-    NEAR_INITIAL_COSINE,
-    health_display,
-    health_summary,
-    health_table,
-    loss_plateau,
-    training_health,
-)
 from .metrics import MetricAccumulator, cosine_blocks, evaluate, log10_density_histogram, max_cosine_similarity, mmcs
 from .recovery import best_matching_latents, magnitude_ratios, match_by_l0
 
@@ -20,8 +12,6 @@ __all__ = [
     "agreement_nulls",
     "agreement_table",
     "dictionary_agreement",
-    "HEALTH_LIMITS",
-    "NEAR_INITIAL_COSINE",
     "MetricAccumulator",
     "best_matching_latents",
     "compare_at_equal_fidelity",
@@ -29,11 +19,6 @@ __all__ = [
     "l0_to_reach",
     "pareto_frontier",
     "evaluate",
-    "health_display",
-    "health_summary",
-    "health_table",
-    "loss_plateau",
-    "training_health",
     "log10_density_histogram",
     "magnitude_ratios",
     "match_by_l0",

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..saes.base import SAE
-from ..training.trainer import initial_decoder
+from ..saes.initial import initial_decoder
 from .metrics import cosine_blocks
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def agreement_nulls(a: SAE | Tensor, b: SAE | Tensor, threshold: float = 0.7, se
     ``"trained"``: the SAEs as they are; ``"random"``: as many random unit directions
     (Gaussian, ``torch.Generator().manual_seed(seed)``, ``a``'s drawn first) in ``d_in`` as
     each SAE has latents; ``"initial"``: the two SAEs' decoders at initialisation (redrawn from
-    their ``training_config`` by :func:`~sae_helpers.training.trainer.initial_decoder`; left out
+    their ``training_config`` by :func:`~sae_helpers.saes.initial.initial_decoder`; left out
     when either is a tensor or has no ``training_config``). Agreement at or below the nulls'
     says nothing about what training found: two SAEs of one seed share their initial
     directions, and any two large dictionaries in few dimensions have close rows by chance.

@@ -117,6 +117,14 @@ def _check_fits(d_in: int, d_sae: int, dtype: torch.dtype, device: str | torch.d
                          "smaller d_sae (the number of latents).")
 
 
+
+def uniform_rows(d_sae: int, d_in: int, generator: torch.Generator | None = None) -> Tensor:
+    """``[d_sae, d_in]`` float32 rows drawn uniformly from ``[-sqrt(6/d_in), sqrt(6/d_in)]`` on the CPU
+    (the decoder's initial draw, before its rows are scaled to unit norm)."""
+    rows = torch.empty(d_sae, d_in, dtype=torch.float32, device="cpu")
+    bound = math.sqrt(6.0 / d_in)
+    return rows.uniform_(-bound, bound, generator=generator)
+
 class SAE(nn.Module, ABC):
     """Base class: decoder, bias handling, constraints, folding, resampling, saving."""
 
@@ -229,10 +237,7 @@ class SAE(nn.Module, ABC):
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> SAE:
         """Random unit-norm decoder rows; the encoder starts as the decoder's transpose."""
-        w = torch.empty(self.d_sae, self.d_in, dtype=torch.float32, device="cpu")
-        bound = math.sqrt(6.0 / self.d_in)
-        w.uniform_(-bound, bound, generator=generator)
-        self.W_dec.copy_(w)
+        self.W_dec.copy_(uniform_rows(self.d_sae, self.d_in, generator))
         self.normalize_decoder_()
         self.W_enc.copy_(self.W_dec.T)
         for name, param in self.named_parameters():

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from ..data.sources import as_source
-from ..evaluation.health import NEAR_INITIAL_COSINE
 from ..evaluation.metrics import cosine_blocks
 from ..saes.base import SAE
-from ..training.trainer import decoder_drift
+from ..saes.initial import decoder_drift
+from ..training.health import NEAR_INITIAL_COSINE
 from .surgery import check_compatible, check_same_site, prepare
 
 if TYPE_CHECKING:

@@ -1,11 +1,18 @@
-"""Initialisation from a data sample: the decoder bias and the activation scale."""
+"""A run's starting point: the module that trains a configuration, and from a data sample the decoder
+bias and the activation scale."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from .._dtypes import resolve_dtype
+from ..saes.base import SAE
+from ..saes.registry import get_sae_class
+from .config import TrainConfig
 
 
 @torch.no_grad()
@@ -42,3 +49,16 @@ def initial_b_dec(x: Tensor, method: str) -> Tensor:
     if method == "zeros":
         return torch.zeros(x.shape[1], dtype=x.dtype)
     raise ValueError(f"Unknown b_dec_init {method!r}.")
+
+
+def build_training_sae(
+    cfg: TrainConfig, d_in: int, device: torch.device, metadata: dict[str, Any] | None = None
+) -> SAE:
+    """The module that trains ``cfg``'s architecture (weights zero; call ``init_weights``)."""
+    cls = get_sae_class(cfg.arch)
+    try:
+        return cls.for_training(
+            d_in, cfg.width, dtype=resolve_dtype(cfg.dtype), device=device, metadata=metadata, **cfg.sae_kwargs()
+        )
+    except TypeError as err:
+        raise ValueError(f"Bad sae_options {cfg.sae_options!r} for architecture {cfg.arch!r}: {err}") from err

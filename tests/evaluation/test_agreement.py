@@ -8,8 +8,8 @@ import torch
 
 from sae_helpers import create_sae, train_sae
 from sae_helpers.evaluation import Agreement, agreement_nulls, agreement_table, dictionary_agreement
+from sae_helpers.saes.initial import initial_decoder
 from sae_helpers.stitching.novelty import cosine_nulls
-from sae_helpers.training.trainer import initial_decoder
 
 
 def brute_force(a, b, threshold):

@@ -54,7 +54,7 @@ def test_conversions_carry_the_provenance():
     assert batchtopk.architecture == "jumprelu" and batchtopk.metadata["trained_as"] == "batchtopk"
     assert batchtopk.provenance.config["arch"] == "batchtopk"
     from sae_helpers.training.config import TrainConfig
-    from sae_helpers.training.trainer import build_training_sae
+    from sae_helpers.training.init import build_training_sae
 
     training = build_training_sae(TrainConfig(arch="batchtopk", width=16, steps=1, k=3), 12, torch.device("cpu"))
     training.provenance = batchtopk.provenance

@@ -47,7 +47,7 @@ def test_select_latents_slices_every_per_latent_parameter():
 def test_training_starts_with_unit_decoder_rows_and_the_encoder_as_their_transpose(arch):
     """Gao et al.'s initialisation, for every architecture the trainer builds."""
     from sae_helpers.training.config import TrainConfig
-    from sae_helpers.training.trainer import TrainingRun
+    from sae_helpers.training.run import TrainingRun
 
     sparsity = {"relu": {"l1_coefficient": 1.0}, "gated": {"l1_coefficient": 1.0}, "topk": {"k": 4},
                 "batchtopk": {"k": 4}, "jumprelu": {"l0_coefficient": 1.0}}[arch]

@@ -11,7 +11,7 @@ import os
 import signal
 
 from sae_helpers import train_sae, train_saes
-from sae_helpers.training.trainer import TrainingRun
+from sae_helpers.training.run import TrainingRun
 
 SETTINGS = {"relu": {"l1_coefficient": 1.0}, "gated": {"l1_coefficient": 1.0}, "topk": {"k": 4},
             "batchtopk": {"k": 4}, "jumprelu": {"l0_coefficient": 0.1}}

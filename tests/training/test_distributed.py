@@ -180,7 +180,8 @@ def test_a_sweep_over_configs_refuses_processes_with_other_evaluation_data(data,
 def test_a_batch_that_does_not_split_evenly_is_refused(data, tmp_path):
     from sae_helpers.data.sources import as_source
     from sae_helpers.training import TrainConfig
-    from sae_helpers.training.trainer import TrainingRun, drive
+    from sae_helpers.training.loop import drive
+    from sae_helpers.training.run import TrainingRun
 
     source = as_source(str(data))
     cfg = TrainConfig.from_dict({"arch": "relu", "width": 8, "steps": 2, "l1_coefficient": 1.0, "batch_size": 63,

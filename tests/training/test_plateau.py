@@ -155,7 +155,7 @@ def test_a_run_stops_at_its_plateau_and_says_so():
     # It had not plateaued one evaluation earlier: it stopped at the first plateau.
     assert not plateau_check([r for r in log if r["step"] < stopped], tolerance=0.02).plateaued
     # Held-out FVU equals an independent computation on the final SAE (raw activations).
-    from sae_helpers.training.trainer import heldout_rows
+    from sae_helpers.training.run import heldout_rows
 
     x = heldout_rows(HELDOUT).double()
     with torch.no_grad():

@@ -51,7 +51,7 @@ def test_training_resamples_from_a_pool_larger_than_the_batch():
     """At a resampling step the trainer draws inputs from ``pool`` (the training data), not only the batch:
     a badly reconstructed row that is only in the pool is where every dead latent is pointed."""
     from sae_helpers.training.config import TrainConfig
-    from sae_helpers.training.trainer import TrainingRun
+    from sae_helpers.training.run import TrainingRun
 
     gen = torch.Generator().manual_seed(0)
     batch = torch.randn(32, 6, generator=gen)

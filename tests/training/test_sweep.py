@@ -10,7 +10,7 @@ import torch
 
 from sae_helpers import SyntheticFeatures, train_sae
 from sae_helpers.training import TrainingRun
-from sae_helpers.training.sweep import family_configs, train_saes
+from sae_helpers.training.train import family_configs, train_saes
 from tests.training.crashes import crashes_at
 
 X = SyntheticFeatures(d=12, n_features=24, firing_prob=0.1).sample(3000, seed=0).x
@@ -117,7 +117,7 @@ def test_results_report_training_health(tmp_path):
     import math
 
     from sae_helpers import create_sae, training_health
-    from sae_helpers.evaluation import loss_plateau
+    from sae_helpers.training import loss_plateau
 
     # 30 steps at lr 0.03 leave about half the latents near their random start; at lr 0.1 almost none.
     configs = [{**CONFIGS[0], "steps": 30, "lr": 0.03}, {**CONFIGS[2], "steps": 30, "lr": 0.1}]

@@ -310,7 +310,7 @@ def test_kill_9_during_checkpoint_writes_leaves_a_complete_checkpoint_and_resume
     started over once finished): the checkpoint on disk is always the complete state of the uninterrupted
     run at some step, the log a prefix of its log, and resuming gives the uninterrupted SAE."""
     from sae_helpers import load_sae
-    from sae_helpers.training import checkpoint, trainer
+    from sae_helpers.training import checkpoint, lifecycle
     from sae_helpers.training.config import TrainConfig
     from tests.faults import kill_repeatedly
 
@@ -321,9 +321,9 @@ def test_kill_9_during_checkpoint_writes_leaves_a_complete_checkpoint_and_resume
         states[info["step"]] = {k: v.detach().clone() for k, v in tensors.items()}
         return checkpoint.write_checkpoint(directory, tensors, info)
 
-    monkeypatch.setattr(trainer, "write_checkpoint", recording)
+    monkeypatch.setattr(lifecycle, "write_checkpoint", recording)
     whole = train_sae(X, "relu", 32, L1, 60, checkpoint_dir=tmp_path / "whole", checkpoint_every=1, **opts)
-    monkeypatch.setattr(trainer, "write_checkpoint", checkpoint.write_checkpoint)
+    monkeypatch.setattr(lifecycle, "write_checkpoint", checkpoint.write_checkpoint)
     cfg = TrainConfig.from_dict({"arch": "relu", "width": 32, "steps": 60, "l1_coefficient": L1, "batch_size": 256,
                                  "lr": 3e-3, "init_sample_size": 1024, "resample_every": 10, "dead_after": 5})
     run = tmp_path / "run"

@@ -28,11 +28,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..evaluation.metrics import evaluate
 from ..saes.base import SAE
-from ..training.config import TrainConfig
-from ..training.plateau import run_plateau
-from ..training.trainer import decoder_drift
-from .metrics import evaluate
+from ..saes.initial import decoder_drift
+from .config import TrainConfig
+from .plateau import run_plateau
 
 if TYPE_CHECKING:
     import pandas as pd

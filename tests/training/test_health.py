@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-import sae_helpers.evaluation.health as health_module
+import sae_helpers.training.health as health_module
 from sae_helpers import create_sae, health_table, training_health
-from sae_helpers.evaluation import HEALTH_LIMITS, health_display, loss_plateau
-from sae_helpers.evaluation.health import DISPLAY_COLUMNS
+from sae_helpers.training import HEALTH_LIMITS, health_display, loss_plateau
 from sae_helpers.training.config import TrainConfig
+from sae_helpers.training.health import DISPLAY_COLUMNS
 
 D_IN, WIDTH, SEED = 16, 40, 7
 
@@ -243,7 +243,7 @@ def test_health_table_has_one_row_per_sae():
 
 
 def test_health_summary_counts_passes_and_names_the_failures():
-    from sae_helpers.evaluation import health_summary
+    from sae_helpers.training import health_summary
 
     table = pd.DataFrame(
         {"near_initial_fraction": [0.01, 0.30], "dead_fraction": [0.0, 0.02], "dense_fraction": [0.0, 0.0],

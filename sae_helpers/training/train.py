@@ -1,11 +1,10 @@
-"""Many SAEs from one pass over the data.
+"""Training's entry points: :func:`train_sae` (one SAE) and :func:`train_saes` (many from one pass).
 
 ``train_saes`` feeds every batch to every configuration, so a sweep over sparsity
 coefficients, widths and architectures costs one read of the activations (one
 harvest, one pass over the cache) instead of one per SAE. Each run keeps its own
 checkpoint; a rerun of the same sweep skips finished runs and resumes the others.
-The lifecycle of the runs (open, checkpoint, finish) is :func:`~.trainer.train_runs`,
-shared with ``train_sae``.
+Both go through the one lifecycle of runs, :func:`~.lifecycle.train_runs`.
 """
 
 from __future__ import annotations
@@ -21,10 +20,12 @@ from .._io import atomic_write
 from ..data.sources import as_source, data_fingerprint
 from ..distributed import SINGLE, all_gather_objects, barrier, check_same_everywhere, process_group
 from ..formats import load_sae
+from ..reproducibility import resolve_device
 from ..saes.base import SAE
 from .checkpoint import SAE_SUBDIR
 from .config import TrainConfig
-from .trainer import heldout_rows, resolve_device, train_runs
+from .lifecycle import train_runs
+from .run import heldout_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +42,7 @@ def run_snapshots(out_dir: str | os.PathLike, configs: Sequence[TrainConfig | di
                   saes: Sequence[SAE] | None = None) -> list[dict[int, SAE]]:
     """Each configuration's snapshots from ``train_saes(..., out_dir=out_dir, snapshots=...)``, by step
     (:func:`~.trainer.load_snapshots`); with the finished ``saes``, each run's final SAE at its last step."""
-    from .trainer import load_snapshots
+    from .lifecycle import load_snapshots
 
     cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
     out = [load_snapshots(Path(out_dir) / run_name(cfg)) for cfg in cfgs]
@@ -119,22 +120,22 @@ def train_saes(
     results_csv : where to write the results table (atomically).
     data_seed : seed of the data order; default the first configuration's ``seed``. With
         equal seeds, each SAE equals :func:`train_sae` run alone on the same data (both go
-        through :func:`~sae_helpers.training.trainer.train_runs`, and a run directory holds the
+        through :func:`~sae_helpers.training.lifecycle.train_runs`, and a run directory holds the
         same files either way).
     device, metadata, progress, checkpoint_every : as for :func:`train_sae`.
     snapshots : steps at which every run saves its SAE in its directory
         (:func:`~.trainer.load_snapshots`); needs ``out_dir``.
     parallel : how processes launched by ``torchrun`` share the work (one process: no
         difference). ``"data"``: every process trains every configuration on its share of each
-        batch (:func:`~sae_helpers.training.trainer.train_runs`). ``"configs"``: process ``r`` of
+        batch (:func:`~sae_helpers.training.lifecycle.train_runs`). ``"configs"``: process ``r`` of
         ``W`` trains configurations ``r, r + W, ...`` alone on the whole data (needs ``out_dir``;
         no communication during training) and evaluates them; every process then returns all
         SAEs and the whole table, which process 0 writes.
     """
     import pandas as pd
 
-    from ..evaluation.health import training_health
     from ..evaluation.metrics import evaluate
+    from .health import training_health
 
     cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
     if not cfgs:
@@ -189,3 +190,72 @@ def train_saes(
     if results_csv is not None and world.is_main:
         atomic_write(results_csv, lambda tmp: table.to_csv(tmp, index=False))
     return SweepResult(saes, table)
+
+
+def train_sae(
+    activations,
+    arch: str,
+    width: int,
+    l1_coefficient: float | None = None,
+    steps: int | None = None,
+    *,
+    k: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    device: str | torch.device | None = None,
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+    heldout=None,
+    snapshots: Sequence[int] = (),
+    **options: Any,
+) -> SAE:
+    """Train one SAE and return it, ready for raw activations: ``train_saes`` with one configuration,
+    kept in ``checkpoint_dir`` itself.
+
+    Parameters
+    ----------
+    activations : a 2-D tensor ``[n, d]``, a ``.safetensors`` file holding one 2-D
+        tensor named ``activations``, an activation cache directory, or an iterable of
+        ``[batch, d]`` tensors.
+    arch, width, l1_coefficient, steps, k, options : the :class:`TrainConfig` (each of its
+        fields may be passed as a keyword: ``batch_size``, ``lr``, ``seed``, ``l0_coefficient``,
+        ``sae_options`` ...; its defaults apply). ``steps`` is required; the sparsity setting is
+        ``l1_coefficient`` for ``"relu"`` and ``"gated"``, ``k`` for ``"topk"`` and
+        ``"batchtopk"``, ``l0_coefficient`` for ``"jumprelu"``. ``seed`` also sets the data order.
+    checkpoint_dir : where to write atomic checkpoints (every ``checkpoint_every``
+        steps, default ``steps // 10``, and at the end), the training log
+        (``training_log.json``) and the final SAE (``sae/``).
+    resume : continue from the checkpoint in ``checkpoint_dir``; the result equals an
+        uninterrupted run. A finished run returns at once. The checkpoint records a
+        fingerprint of the data (:meth:`ActivationSource.fingerprint`): resuming it on
+        other activations, or without such a record, is an error. Without ``resume``, an
+        existing checkpoint is an error.
+    device : ``"cpu"``, ``"cuda"``...; default CUDA when available (``"cuda"`` without CUDA is an error).
+    metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``);
+        an activation cache supplies the ones not given here.
+    progress : show a progress bar with loss, L0 and dead fraction.
+    heldout : held-out activations (anything ``activations`` accepts; up to :data:`HELDOUT_ROWS`
+        rows are used) to evaluate on every ``eval_every`` steps; needed by ``plateau_tolerance``.
+    snapshots : steps at which to save the SAE in ``checkpoint_dir/snapshots/`` (:func:`load_snapshots`).
+
+    The returned SAE carries its :attr:`~SAE.provenance` (the configuration and the training
+    log, also as ``sae.training_config`` and ``sae.training_log``); ``sae.save(path)`` stores it
+    beside the weights and ``load_sae`` reads it back.
+    """
+    if steps is None:
+        raise ValueError("train_sae needs steps=... (the number of optimiser steps).")
+    cfg = TrainConfig.from_dict(
+        {"arch": arch, "width": width, "steps": steps, "l1_coefficient": l1_coefficient, "k": k, **options}
+    )
+    device = resolve_device(device)
+    source = as_source(activations)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume and ckpt is None:
+        raise ValueError("resume=True needs a checkpoint_dir to resume from.")
+    if snapshots and ckpt is None:
+        raise ValueError("snapshots are saved in the run's directory: pass checkpoint_dir=... as well.")
+    (sae,) = train_runs(source, [cfg], [ckpt], data_seed=cfg.seed, device=device, metadata=metadata, resume=resume,
+                        checkpoint_every=checkpoint_every, progress=progress, desc=f"{arch} SAE",
+                        heldout=heldout_rows(heldout), snapshots=snapshots)
+    return sae

@@ -1,108 +1,40 @@
-"""The training loop: one :class:`TrainingRun` per SAE, and the one lifecycle of runs.
-
-A run owns its SAE, optimiser and schedule state and advances by one optimiser step
-per :meth:`TrainingRun.step` call, so several runs can share one pass over the data.
-:func:`train_runs` opens runs (fresh, resumed from their checkpoint, or finished),
-drives them through one pass with checkpoints and finishes them (the final SAE, saved
-with its provenance): ``train_saes`` calls it with many configurations, ``train_sae``
-with one.
-Everything a step depends on is either a pure function of the step number (data
-order, schedules) or saved in the checkpoint (parameters, Adam moments, dead-latent
-counters, resampling RNG), which makes a resumed run equal an uninterrupted one.
+"""One SAE's training: :class:`TrainingRun` owns its SAE, optimiser and schedule state and
+advances by one optimiser step per :meth:`TrainingRun.step` call, so several runs can share one
+pass over the data (:mod:`.loop`). Everything a step depends on is either a pure function of the
+step number (data order, schedules) or saved in the checkpoint (parameters, Adam moments,
+dead-latent counters, resampling RNG), which makes a resumed run equal an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import math
-import os
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._dtypes import resolve_dtype
-from .._io import atomic_write_json, directory_lock, read_json, recover_dir
-from .._progress import tqdm
-from ..data.sources import ActivationSource, as_source, data_fingerprint
+from ..data.sources import as_source
 from ..distributed import (
     SINGLE,
     World,
     all_max,
     all_mean_,
-    barrier,
-    check_same_everywhere,
     over_batch_group,
-    process_group,
 )
-from ..formats import TRAINING_CONFIG_FILENAME, load_sae, save_sae
 from ..reproducibility import default_device, resolve_device  # noqa: F401 (re-exported for sweep)
 from ..saes.base import SAE, batch_variance
 from ..saes.provenance import Provenance
-from ..saes.registry import get_sae_class
 from .checkpoint import (
-    LOG_FILE,
-    SAE_SUBDIR,
     STATE_FILE,
-    clean_checkpoint_dir,
-    has_checkpoint,
-    read_checkpoint,
-    read_checkpoint_info,
-    write_checkpoint,
 )
-from .config import EXECUTION_FIELDS, HELDOUT_ROWS, TrainConfig
-from .init import activation_scale, initial_b_dec
+from .config import HELDOUT_ROWS, TrainConfig
+from .init import activation_scale, build_training_sae, initial_b_dec
 from .plateau import plateau_check
 from .resampling import resample_dead_latents
 from .schedules import constant_from, lr_multiplier, sparsity_multiplier
-from .threads import step_work, threads_for
-
-
-def build_training_sae(
-    cfg: TrainConfig, d_in: int, device: torch.device, metadata: dict[str, Any] | None = None
-) -> SAE:
-    """The module that trains ``cfg``'s architecture (weights zero; call ``init_weights``)."""
-    cls = get_sae_class(cfg.arch)
-    try:
-        return cls.for_training(
-            d_in, cfg.width, dtype=resolve_dtype(cfg.dtype), device=device, metadata=metadata, **cfg.sae_kwargs()
-        )
-    except TypeError as err:
-        raise ValueError(f"Bad sae_options {cfg.sae_options!r} for architecture {cfg.arch!r}: {err}") from err
-
-
-@torch.no_grad()
-def initial_decoder(sae: SAE) -> Tensor:
-    """The decoder rows ``[d_sae, d_in]`` that ``sae`` started from (float64, CPU).
-
-    Needs the SAE's ``training_config`` (its :attr:`~SAE.provenance`: set by :func:`train_sae` /
-    ``train_saes``, saved beside the weights and loaded back); the initial rows are redrawn from its seed.
-    """
-    config = sae.training_config
-    if not config:
-        raise ValueError("This SAE has no training_config: its initial decoder is redrawn from the training seed, "
-                         "so it needs an SAE trained with train_sae/train_saes (or loaded with load_sae from a "
-                         "directory that holds its training_config.json).")
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    start = build_training_sae(cfg, sae.d_in, torch.device("cpu"))
-    start.init_weights(torch.Generator().manual_seed(cfg.seed))
-    return start.W_dec.detach().double()
-
-
-def decoder_drift(sae: SAE) -> Tensor:
-    """Per latent, the cosine between a trained SAE's decoder row and the same row at initialisation.
-
-    Needs the SAE's ``training_config`` (see :func:`initial_decoder`). Values near 1 mean the
-    latent has barely left its random start: the run was too short for it, and its decoder
-    direction says little about the data (decoder cosines between such SAEs measure the
-    initialisation, not what was learned).
-    """
-    return torch.nn.functional.cosine_similarity(sae.W_dec.detach().double().cpu(), initial_decoder(sae), dim=1)
 
 
 def check_same_data(info: dict[str, Any], data: str | None, where: str, data_seed: int | None = None) -> None:
@@ -125,10 +57,6 @@ def check_same_data(info: dict[str, Any], data: str | None, where: str, data_see
         raise ValueError(f"The {where} has no record of the data it was trained on. {fix}")
     if data is not None and saved != data:
         raise ValueError(f"The {where} was trained on other data ({saved}; now {data}). {fix}")
-
-
-#: Subdirectory of a run directory holding its snapshots, one ``step_NNNNNNN/`` SAE each.
-SNAPSHOT_SUBDIR = "snapshots"
 
 
 def heldout_rows(activations, n: int = HELDOUT_ROWS, seed: int = 0) -> Tensor | None:
@@ -483,331 +411,3 @@ class TrainingRun:
         return sae
 
 
-def _resampling_pool(source: ActivationSource, seed: int) -> Callable[[int], Tensor]:
-    """``pool(n)``: ``n`` rows sampled from ``source`` with ``seed``, drawn once and shared by the runs of a step."""
-    drawn: dict[int, Tensor] = {}
-
-    def pool(n: int) -> Tensor:
-        if n not in drawn:
-            drawn[n] = source.sample(n, seed)
-        return drawn[n]
-
-    return pool
-
-
-def drive(
-    runs: Sequence[TrainingRun],
-    source: ActivationSource,
-    data_seed: int,
-    on_checkpoint: Callable[[int], None] | None = None,
-    checkpoint_every: int | None = None,
-    progress: bool = True,
-    desc: str = "SAEs",
-    snapshot_steps: Sequence[int] = (),
-    on_snapshot: Callable[[int], None] | None = None,
-) -> None:
-    """Advance every run to its last step, feeding batch ``t`` to each run at step ``t``.
-
-    ``on_checkpoint(i)`` is called when run ``i`` is due a checkpoint, ``on_snapshot(i)`` when it
-    has just taken one of ``snapshot_steps`` steps.
-
-    Runs may start at different steps (after a partial resume): the data stream starts
-    at the earliest, and each run joins when the stream reaches its step. With several
-    processes (the runs' :class:`~sae_helpers.distributed.World`), each reads the global batch
-    ``t`` and trains on its equal share of the rows (process ``r`` of ``W``: the ``r``-th of ``W``
-    consecutive slices), so the step is the single-process step on the whole batch.
-    """
-    pending = [r for r in runs if not r.finished]
-    if not pending:
-        return
-    batch_sizes = {r.cfg.batch_size for r in runs}
-    if len(batch_sizes) != 1:
-        raise ValueError(
-            f"One pass feeds every SAE the same batches: batch_size must agree, got {sorted(batch_sizes)}."
-        )
-    (batch_size,) = batch_sizes
-    world = runs[0].world
-    if batch_size % world.size:
-        raise ValueError(f"batch_size={batch_size} is the global batch, split evenly over {world.size} processes: "
-                         f"choose a multiple of {world.size}.")
-    share = batch_size // world.size
-    start = min(r.step_count for r in pending)
-    # A one-shot iterator cannot be sampled mid-run without losing the rows read ahead:
-    # its runs resample from the current batch instead of a larger pool.
-    one_shot = bool(getattr(source, "one_shot", False))
-    if one_shot and world.distributed:
-        raise ValueError(f"{source.description} can be read only once; with {world.size} processes every one reads "
-                         "each batch: pass a tensor, a .safetensors file or an activation cache instead.")
-    total = max(r.cfg.steps for r in runs)
-    snapshots = frozenset(snapshot_steps)
-    # Small steps run on one thread (threads.py); the choice follows the shapes, never the load.
-    work = step_work(share, [(r.sae.d_in, r.sae.d_sae) for r in pending])
-    with (threads_for(work, pending[0].device),
-          tqdm(total=total, initial=start, desc=desc, disable=not (progress and world.is_main), unit="step") as bar):
-        for step, batch in enumerate(source.batches(batch_size, data_seed, start_step=start), start=start):
-            if world.distributed:
-                batch = batch[world.rank * share: (world.rank + 1) * share]
-            pool = _resampling_pool(source, data_seed + 104_729 * (step + 1))
-            for index, run in enumerate(runs):
-                if run.finished or run.step_count != step:
-                    continue
-                record = run.step(batch, None if one_shot else pool)
-                if on_snapshot is not None and run.step_count in snapshots:
-                    on_snapshot(index)
-                every = checkpoint_every or max(1, run.cfg.steps // 10)
-                if on_checkpoint is not None and (run.finished or run.step_count % every == 0):
-                    on_checkpoint(index)
-                if record is not None and len(runs) == 1:
-                    bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
-                                    dead=f"{record['dead_fraction']:.1%}", refresh=False)
-            bar.update(1)
-            if all(r.finished for r in runs):
-                break
-    unfinished = [r for r in runs if not r.finished]
-    if unfinished:
-        done = min(r.step_count for r in unfinished)
-        raise ValueError(
-            f"{source.description} ran out after {done} of {total} steps of {batch_size} activations. "
-            "Pass fewer steps, a smaller batch_size, or more data (a re-iterable source is looped over)."
-        )
-
-
-def write_run(run_dir: Path, run: TrainingRun) -> None:
-    """Checkpoint ``run`` in ``run_dir``: ``checkpoint/`` (atomic) and ``training_log.json`` (atomic)."""
-    write_checkpoint(run_dir, *run.state())
-    atomic_write_json(run_dir / LOG_FILE, run.log)
-
-
-def open_run(
-    cfg: TrainConfig, source: ActivationSource, device: torch.device, run_dir: Path | None,
-    data: str | None, metadata: dict[str, Any] | None, resume: bool = True, world: World = SINGLE,
-    data_seed: int | None = None, heldout: Tensor | None = None,
-) -> TrainingRun:
-    """``cfg``'s run: resumed from the checkpoint in ``run_dir`` (refused unless ``resume``), else
-    started from a sample of ``source``; ``data`` is the source's fingerprint (``None`` without
-    ``run_dir``), ``data_seed`` the order the run is fed in, ``heldout`` the rows it is evaluated on."""
-    if run_dir is not None:
-        if world.is_main:
-            clean_checkpoint_dir(run_dir)
-        barrier(world)
-        if has_checkpoint(run_dir):
-            if not resume:
-                raise FileExistsError(
-                    f"{run_dir} already holds a checkpoint. Pass resume=True to continue it, "
-                    "or choose another checkpoint_dir (nothing was overwritten)."
-                )
-            tensors, info = read_checkpoint(run_dir)
-            return TrainingRun.restore(cfg, source.d, tensors, info, device, where=f"checkpoint in {run_dir}",
-                                       data=data, world=world, data_seed=data_seed, heldout=heldout)
-    return TrainingRun.start(cfg, source.sample(cfg.init_sample_size, cfg.seed), device, metadata, data, world,
-                             data_seed, heldout)
-
-
-#: Beside a finished run's SAE: the fingerprint and order of the data it was trained on.
-TRAINING_DATA = "training_data"
-
-
-def finished_sae(run_dir: Path, cfg: TrainConfig, data: str | None, data_seed: int | None = None) -> SAE | None:
-    """The run's saved SAE if it is finished with ``cfg``, after checking it was trained on ``data``
-    in the order ``data_seed``: the record saved with the SAE (``sae/training_data.json``), else its
-    checkpoint's. A run with neither is trained again (``None``)."""
-    sae_dir = recover_dir(run_dir / SAE_SUBDIR)
-    config_file = sae_dir / TRAINING_CONFIG_FILENAME
-    saved = read_json(config_file, what="Training config") if config_file.is_file() else None
-    if saved is None or {k: v for k, v in saved.items() if k not in EXECUTION_FIELDS} != cfg.to_dict():
-        return None
-    record = sae_dir / f"{TRAINING_DATA}.json"
-    if record.is_file():
-        info = read_json(record, what="Training data record")
-    elif has_checkpoint(run_dir):
-        info = read_checkpoint_info(run_dir)
-    else:
-        warnings.warn(f"The finished run in {run_dir} has no record of the data it was trained on ({record}, or "
-                      "its checkpoint): training it again.", stacklevel=3)
-        return None
-    check_same_data(info, data, f"finished run in {run_dir}", data_seed=data_seed)
-    return load_sae(sae_dir)  # with its provenance: this configuration and the saved log
-
-
-def train_runs(
-    source: ActivationSource,
-    cfgs: Sequence[TrainConfig],
-    run_dirs: Sequence[Path | None],
-    *,
-    data_seed: int,
-    device: torch.device,
-    metadata: dict[str, Any] | None = None,
-    resume: bool = True,
-    reuse_finished: bool = False,
-    checkpoint_every: int | None = None,
-    progress: bool = True,
-    desc: str | None = None,
-    world: World | None = None,
-    heldout: Tensor | None = None,
-    snapshots: Sequence[int] = (),
-) -> list[SAE]:
-    """The lifecycle of training runs, one per configuration: open -> one pass -> finish.
-
-    Each run with a directory (``run_dirs[i]``, else ``None``: nothing written) is resumed from
-    its checkpoint there (refused unless ``resume``), or, with ``reuse_finished``, taken as the
-    finished SAE saved there when that was trained with the same configuration on the same data.
-    The others start afresh. :func:`drive` then feeds all of them the same batches (order
-    ``data_seed``), checkpointing each (:func:`write_run`); each finished run's SAE (with its
-    :class:`Provenance`) is saved to ``sae/`` in its directory. The SAEs' metadata is the
-    source's (``model_name``, ``hook_name``, ``context_size`` of a cache), updated by ``metadata``.
-
-    Under ``torchrun`` (:func:`~sae_helpers.distributed.process_group`, or ``world``) every
-    process runs this with the same arguments and trains on its share of each batch; only
-    process 0 writes files (each process returns the same SAEs, once process 0 has saved them).
-    ``world=SINGLE`` trains in this process alone, whatever the launcher.
-
-    ``heldout``: raw activations every run is evaluated on (see :class:`TrainingRun`).
-    ``snapshots``: steps at which each run with a directory saves its SAE as it is then, to
-    ``snapshots/step_NNNNNNN/`` (:func:`load_snapshots`); at constant learning rate a snapshot is
-    what a shorter run would have given (:meth:`TrainConfig.truncated`).
-    """
-    world = process_group(device) if world is None else world
-    with contextlib.ExitStack() as locks:
-        if world.is_main:  # one training process per run directory
-            for run_dir in dict.fromkeys(d for d in run_dirs if d is not None):
-                locks.enter_context(directory_lock(
-                    run_dir, "training an SAE", "Wait for it to finish, or train into another checkpoint_dir / "
-                    "out_dir: two trainings in one directory would overwrite each other's checkpoints."))
-        return _train_runs(source, cfgs, run_dirs, data_seed=data_seed, device=device, metadata=metadata,
-                           resume=resume, reuse_finished=reuse_finished, checkpoint_every=checkpoint_every,
-                           progress=progress, desc=desc, world=world, heldout=heldout, snapshots=snapshots)
-
-
-def _train_runs(source: ActivationSource, cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path | None], *,
-                data_seed: int, device: torch.device, metadata: dict[str, Any] | None, resume: bool,
-                reuse_finished: bool, checkpoint_every: int | None, progress: bool, desc: str | None, world: World,
-                heldout: Tensor | None, snapshots: Sequence[int]) -> list[SAE]:
-    data = data_fingerprint(source) if world.distributed or any(d is not None for d in run_dirs) else None
-    check_same_everywhere((data, [cfg.fingerprint() for cfg in cfgs], data_seed, heldout_fingerprint(heldout)),
-                          "the data, the configurations, the data order and the held-out rows", world)
-    if metadata is None or isinstance(metadata, Mapping):  # anything else: the SAE refuses it, clearly
-        metadata = {**source.metadata, **(metadata or {})}
-    saes: list[SAE | None] = [None] * len(cfgs)
-    runs: list[TrainingRun] = []
-    slots: list[int] = []
-    for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        done = (finished_sae(run_dir, cfg, data, data_seed=data_seed)
-                if reuse_finished and run_dir is not None else None)
-        if done is not None:
-            saes[i] = done
-            continue
-        runs.append(open_run(cfg, source, device, run_dir, data, metadata, resume, world, data_seed, heldout))
-        slots.append(i)
-    starts: list[str | int] = ["finished" if sae is not None else 0 for sae in saes]
-    for run, slot in zip(runs, slots, strict=True):
-        starts[slot] = run.step_count
-    check_same_everywhere(starts, "where each run starts (finished, or the step its checkpoint resumes from); the "
-                          "run directories must be on a filesystem every process shares", world)
-
-    def checkpoint(index: int) -> None:
-        run_dir = run_dirs[slots[index]]
-        if run_dir is not None and world.is_main:
-            write_run(run_dir, runs[index])
-
-    def snapshot(index: int) -> None:
-        run_dir = run_dirs[slots[index]]
-        if run_dir is not None and world.is_main:
-            save_sae(runs[index].final_sae(), snapshot_dir(run_dir, runs[index].step_count))
-
-    opened_at = [run.step_count for run in runs]
-    drive(runs, source, data_seed, checkpoint, checkpoint_every, progress, desc=desc or f"{len(runs)} SAEs, one pass",
-          snapshot_steps=snapshots, on_snapshot=snapshot)
-    for index, (run, slot) in enumerate(zip(runs, slots, strict=True)):
-        run_dir = run_dirs[slot]
-        writes = run_dir is not None and world.is_main
-        if writes and run.step_count == opened_at[index]:
-            write_run(run_dir, run)  # a run resumed finished
-        sae = run.final_sae()
-        if writes:
-            save_sae(sae, run_dir / SAE_SUBDIR, **{TRAINING_DATA: {"data": data, "data_seed": data_seed}})
-        saes[slot] = sae
-    barrier(world)  # every process returns once the files are written
-    return [sae for sae in saes if sae is not None]
-
-
-def snapshot_dir(run_dir: str | os.PathLike, step: int) -> Path:
-    """Where a run keeps its SAE as it was after ``step`` steps."""
-    return Path(run_dir) / SNAPSHOT_SUBDIR / f"step_{int(step):07d}"
-
-
-def load_snapshots(run_dir: str | os.PathLike) -> dict[int, SAE]:
-    """A run directory's snapshots by step (in step order), each with its provenance (the
-    configuration and the log up to that step); empty when it has none."""
-    root = Path(run_dir) / SNAPSHOT_SUBDIR
-    found = sorted((int(p.name.removeprefix("step_")), p) for p in root.glob("step_*")
-                   if p.is_dir() and p.name.removeprefix("step_").isdigit()) if root.is_dir() else []
-    return {step: load_sae(path) for step, path in found}
-
-
-def train_sae(
-    activations,
-    arch: str,
-    width: int,
-    l1_coefficient: float | None = None,
-    steps: int | None = None,
-    *,
-    k: int | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    checkpoint_every: int | None = None,
-    device: str | torch.device | None = None,
-    metadata: dict[str, Any] | None = None,
-    progress: bool = True,
-    heldout=None,
-    snapshots: Sequence[int] = (),
-    **options: Any,
-) -> SAE:
-    """Train one SAE and return it, ready for raw activations: ``train_saes`` with one configuration,
-    kept in ``checkpoint_dir`` itself.
-
-    Parameters
-    ----------
-    activations : a 2-D tensor ``[n, d]``, a ``.safetensors`` file holding one 2-D
-        tensor named ``activations``, an activation cache directory, or an iterable of
-        ``[batch, d]`` tensors.
-    arch, width, l1_coefficient, steps, k, options : the :class:`TrainConfig` (each of its
-        fields may be passed as a keyword: ``batch_size``, ``lr``, ``seed``, ``l0_coefficient``,
-        ``sae_options`` ...; its defaults apply). ``steps`` is required; the sparsity setting is
-        ``l1_coefficient`` for ``"relu"`` and ``"gated"``, ``k`` for ``"topk"`` and
-        ``"batchtopk"``, ``l0_coefficient`` for ``"jumprelu"``. ``seed`` also sets the data order.
-    checkpoint_dir : where to write atomic checkpoints (every ``checkpoint_every``
-        steps, default ``steps // 10``, and at the end), the training log
-        (``training_log.json``) and the final SAE (``sae/``).
-    resume : continue from the checkpoint in ``checkpoint_dir``; the result equals an
-        uninterrupted run. A finished run returns at once. The checkpoint records a
-        fingerprint of the data (:meth:`ActivationSource.fingerprint`): resuming it on
-        other activations, or without such a record, is an error. Without ``resume``, an
-        existing checkpoint is an error.
-    device : ``"cpu"``, ``"cuda"``...; default CUDA when available (``"cuda"`` without CUDA is an error).
-    metadata : stored in the SAE's ``cfg.json`` (``model_name``, ``hook_name``, ``context_size``);
-        an activation cache supplies the ones not given here.
-    progress : show a progress bar with loss, L0 and dead fraction.
-    heldout : held-out activations (anything ``activations`` accepts; up to :data:`HELDOUT_ROWS`
-        rows are used) to evaluate on every ``eval_every`` steps; needed by ``plateau_tolerance``.
-    snapshots : steps at which to save the SAE in ``checkpoint_dir/snapshots/`` (:func:`load_snapshots`).
-
-    The returned SAE carries its :attr:`~SAE.provenance` (the configuration and the training
-    log, also as ``sae.training_config`` and ``sae.training_log``); ``sae.save(path)`` stores it
-    beside the weights and ``load_sae`` reads it back.
-    """
-    if steps is None:
-        raise ValueError("train_sae needs steps=... (the number of optimiser steps).")
-    cfg = TrainConfig.from_dict(
-        {"arch": arch, "width": width, "steps": steps, "l1_coefficient": l1_coefficient, "k": k, **options}
-    )
-    device = resolve_device(device)
-    source = as_source(activations)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if resume and ckpt is None:
-        raise ValueError("resume=True needs a checkpoint_dir to resume from.")
-    if snapshots and ckpt is None:
-        raise ValueError("snapshots are saved in the run's directory: pass checkpoint_dir=... as well.")
-    (sae,) = train_runs(source, [cfg], [ckpt], data_seed=cfg.seed, device=device, metadata=metadata, resume=resume,
-                        checkpoint_every=checkpoint_every, progress=progress, desc=f"{arch} SAE",
-                        heldout=heldout_rows(heldout), snapshots=snapshots)
-    return sae

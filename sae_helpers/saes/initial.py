@@ -1,0 +1,41 @@
+"""Where an SAE started: its initial decoder rows, redrawn from its training seed, and how far
+each trained row has moved from them."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._dtypes import resolve_dtype
+from .base import SAE, uniform_rows
+
+
+@torch.no_grad()
+def initial_decoder(sae: SAE) -> Tensor:
+    """The decoder rows ``[d_sae, d_in]`` that ``sae`` started from (float64, CPU).
+
+    Needs the SAE's ``training_config`` (its :attr:`~SAE.provenance`: set by ``train_sae`` /
+    ``train_saes``, saved beside the weights and loaded back): the rows are redrawn from its seed
+    (:meth:`SAE.init_weights`) in its parameter dtype.
+    """
+    config = sae.training_config
+    if not config:
+        raise ValueError("This SAE has no training_config: its initial decoder is redrawn from the training seed, "
+                         "so it needs an SAE trained with train_sae/train_saes (or loaded with load_sae from a "
+                         "directory that holds its training_config.json).")
+    seed = config.seed if hasattr(config, "seed") else config.get("seed", 0)
+    dtype = config.dtype if hasattr(config, "dtype") else config.get("dtype", "float32")
+    rows = uniform_rows(sae.d_sae, sae.d_in, torch.Generator().manual_seed(int(seed))).to(resolve_dtype(dtype))
+    rows /= rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return rows.double()
+
+
+def decoder_drift(sae: SAE) -> Tensor:
+    """Per latent, the cosine between a trained SAE's decoder row and the same row at initialisation.
+
+    Needs the SAE's ``training_config`` (see :func:`initial_decoder`). Values near 1 mean the
+    latent has barely left its random start: the run was too short for it, and its decoder
+    direction says little about the data (decoder cosines between such SAEs measure the
+    initialisation, not what was learned).
+    """
+    return torch.nn.functional.cosine_similarity(sae.W_dec.detach().double().cpu(), initial_decoder(sae), dim=1)
