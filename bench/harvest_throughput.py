@@ -98,7 +98,7 @@ def n_batches_for(n_tokens: int, batch_size: int, context_size: int) -> int:
 
 
 class ForwardTimer:
-    """Wrap the ``activations_at`` that ``sae_helpers.harvest`` calls and time each call.
+    """Wrap the ``activations_at`` that ``sae_helpers.harvest`` calls (``sae_helpers.models.harvesting``); time each.
 
     With ``paired``, every call is paired with a bare ``activations_at`` on the same tokens,
     timed apart: before the harvest's call on even batches and after it on odd ones, or the
@@ -106,7 +106,7 @@ class ForwardTimer:
     """
 
     def __init__(self, paired: bool = False, swap: bool = False) -> None:
-        self.module = importlib.import_module("sae_helpers.harvest")
+        self.module = importlib.import_module("sae_helpers.models.harvesting")
         self.original = self.module.activations_at
         self.paired = paired
         self.swap = swap

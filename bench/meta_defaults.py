@@ -49,7 +49,7 @@ BOOK_BASE = ROOT / "data" / "runs" / "family" / "blocks.6.hook_resid_post"
 def planted_rows(n_atoms: int, d: int, n: int, max_atoms: int = 4, seed: int = 0):
     """``n`` unit rows, each the normalised sum of 2..max_atoms of ``n_atoms`` random unit atoms
     (weights in [0.75, 1.25]); returns ``(atoms, rows, members)``. As ``composed_dictionary`` in
-    ``tests/test_meta.py``."""
+    ``tests/meta/test_meta_sae.py``."""
     gen = torch.Generator().manual_seed(seed)
     atoms = torch.nn.functional.normalize(torch.randn(n_atoms, d, generator=gen), dim=1)
     counts = torch.randint(2, max_atoms + 1, (n,), generator=gen).tolist()

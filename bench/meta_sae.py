@@ -14,7 +14,7 @@ load hits all alike. Epochs per second and the paper's 2,000 epochs follow from 
 step.
 
 Part 2 runs ``train_meta_sae`` end to end for a few epochs and splits its time into the
-steps, the final analysis (``analyse_meta_sae``) and the one-off set-up.
+steps, the final analysis (``analyze_meta_sae``) and the one-off set-up.
 
 Usage::
 
@@ -32,7 +32,7 @@ import torch
 
 from sae_helpers.data.sources import TensorSource
 from sae_helpers.kernels.topk import batch_topk, batch_topk_reference
-from sae_helpers.meta import PAPER, analyse_meta_sae, meta_config, train_meta_sae
+from sae_helpers.meta import PAPER, analyze_meta_sae, meta_config, train_meta_sae
 from sae_helpers.training import TrainingRun
 
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                                   min_steps=1, null=False, device="cpu", progress=False)  # exactly args.epochs
     total = time.perf_counter() - start
     start = time.perf_counter()
-    analyse_meta_sae(meta, rows)
+    analyze_meta_sae(meta, rows)
     analysis = time.perf_counter() - start
     steps = meta.training_config["steps"]
     print(f"\ntrain_meta_sae, {args.epochs} epoch(s) = {steps} steps: {total:.1f} s = {steps} x the median step "

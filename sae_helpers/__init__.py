@@ -30,8 +30,7 @@ from .data import SyntheticFeatures
 from .data.text import text_dataset
 from .evaluation import best_matching_latents, evaluate, mmcs
 from .formats import load_sae, save_sae
-from .harvest import harvest, harvest_sites, harvest_splits
-from .models import load_model, splice_eval, tiny_model
+from .models import harvest, harvest_sites, harvest_splits, load_model, splice_eval, tiny_model
 from .reproducibility import environment_report, set_seed
 from .saes import SAE, architectures, create_sae
 from .training import TrainConfig, family_configs, health_table, train_sae, train_saes, training_health

@@ -6,8 +6,7 @@ A directory holds ``cfg.json`` (``architecture``, ``d_in``, ``d_sae``, ``dtype``
 what SAELens >= 6 and Neuronpedia read (``sae_lens_version``, ``model_name`` as a Hugging
 Face id, ``hook_name``, ``context_size``, ``prepend_bos``, ``dataset_path``,
 ``neuronpedia_id``): :mod:`sae_helpers.saelens_metadata` maps an SAE's own metadata to it and
-back, so files written before it existed load as they did. Anything
-else we record lives in separate JSON files beside them, which SAELens ignores: the
+back. Anything else we record lives in separate JSON files beside them, which SAELens ignores: the
 SAE's :class:`~sae_helpers.saes.Provenance` as ``training_config.json`` and
 ``training_log.json`` (read back by :func:`load_sae`), results, notes.
 

@@ -124,8 +124,8 @@ def to_saelens(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_saelens(metadata: dict[str, Any]) -> dict[str, Any]:
-    """An SAE's metadata from cfg.json's ``metadata`` (ours, SAELens's, or ours written before
-    :func:`to_saelens` existed): our model name back, the file-format fields dropped."""
+    """An SAE's metadata from cfg.json's ``metadata`` (ours or SAELens's): our model name back, the
+    file-format fields dropped."""
     out = dict(metadata)
     own = out.pop(OWN_FIELD, None)
     if isinstance(own, dict) and own.get("model_name") is not None:

@@ -4,7 +4,7 @@ one harvest of held-out and training activations, and the site metadata given to
 The path convention (all under a chapter's ``data_root``, git-ignored):
 
 * ``<data_root>/cache``: activation caches, shared by every chapter whose harvest parameters
-  agree (:func:`harvest`);
+  agree (:func:`activation_caches`);
 * ``<data_root>/runs/<group>/<site>``: trained SAEs, checkpointed (:func:`run_dir`); chapters
   03 and 04 share ``runs/family``;
 * ``<data_root>/results/<name>_<model_name>-<hash>.csv``: tables a chapter writes, named by the
@@ -27,10 +27,9 @@ import pandas as pd
 
 from .profiles import type_matches
 
-__all__ = ["PAPER_TOKENS", "Summary", "cache_dir", "family_settings", "harvest", "parameters", "parameters_table",
-           "plateau_settings", "render_trend", "results_file", "run_dir", "setup", "snapshot_steps", "train_family",
-           "family_snapshots",
-           "trend_display", "write_results"]
+__all__ = ["PAPER_TOKENS", "Summary", "activation_caches", "cache_dir", "family_settings", "family_snapshots",
+           "parameters", "parameters_table", "plateau_settings", "render_trend", "results_file", "run_dir", "setup",
+           "snapshot_steps", "train_family", "trend_display", "write_results"]
 
 #: The papers' training budgets: Rajamanoharan et al. 2024 and Leask et al. 2025 trained on 1.2-1.6B tokens.
 PAPER_TOKENS = 1.2e9
@@ -306,16 +305,16 @@ def write_results(table: pd.DataFrame, data_root: str | Path, name: str, model_n
     return path
 
 
-def harvest(model_name: str, sites: list[str], n_train_tokens: int, n_eval_tokens: int, data_root: str | Path, *,
-            context_size: int, cache_dtype: str, outlier_factor: float, dataset: Any = None,
-            text_column: str = "text") -> tuple[Any, dict[str, Any]]:
+def activation_caches(model_name: str, sites: list[str], n_train_tokens: int, n_eval_tokens: int,
+                      data_root: str | Path, *, context_size: int, cache_dtype: str, outlier_factor: float,
+                      dataset: Any = None, text_column: str = "text") -> tuple[Any, dict[str, Any]]:
     """Load the model (on the default device, set by :func:`setup`) and harvest (or reuse) the training
     and held-out caches of ``sites`` from ``dataset`` (``None``: the default text, set by :func:`setup`):
     ``(model, {site: (train_cache, eval_cache)})`` (:func:`~sae_helpers.harvest_splits`, one forward
     pass for all sites)."""
     from sae_helpers.data.text import as_text_source
-    from sae_helpers.harvest import harvest_splits
     from sae_helpers.models import load_model
+    from sae_helpers.models.harvesting import harvest_splits
 
     model = load_model(model_name)
     caches = harvest_splits(model, sites, n_train_tokens, n_eval_tokens, cache_dir(data_root),

@@ -14,8 +14,8 @@ from .common import Summary
 __all__ = ["ABOVE_NULL_FACTOR", "AGREEMENT_COSINE", "CONTROL_LIKE_SHARE", "CURVE_COLUMNS", "NEAR_PAPER",
            "PAIR_COLUMNS", "PAPER_NOVEL", "PUBLISHED_AGREEMENT", "TRAINING_METRICS", "AgreementVerdict",
            "CurveVerdict", "Family", "Verdict", "agreement", "agreement_verdict", "analyze_pairs", "curve_verdict",
-           "curves", "family_pairs", "render_agreement", "render_verdict", "save_results", "summary",
-           "train_family", "training_length", "verdict"]
+           "curves", "family_pairs", "family_with_control", "render_agreement", "render_verdict", "save_results",
+           "summary", "training_length", "verdict"]
 
 PAPER_NOVEL = 0.35
 """The paper's fraction of novel latents (~35%)."""
@@ -49,9 +49,10 @@ class Family(NamedTuple):
     health: pd.DataFrame
 
 
-def train_family(model: Any, site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int, steps: int,
-                 batch_size: int, lr: float, seed: int, control_seed: int, data_root: str,
-                 n_splice_tokens: int, plateau_tolerance: float | None = None, n_snapshots: int = 0) -> Family:
+def family_with_control(model: Any, site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int,
+                        steps: int, batch_size: int, lr: float, seed: int, control_seed: int, data_root: str,
+                        n_splice_tokens: int, plateau_tolerance: float | None = None,
+                        n_snapshots: int = 0) -> Family:
     """Every width trained in one pass (one init seed per width, the same data order), the
     control (the smallest width again from ``control_seed``), the family spliced into ``model``."""
     if control_seed == seed:

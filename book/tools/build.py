@@ -123,17 +123,15 @@ def build(notebooks: list[Path], root: Path = Path("."), force: bool = False, ke
 PLACEHOLDER = "<!-- placeholder written by book/tools/build.py: the chapter has not been executed -->"
 
 
-def placeholders(root: Path = Path("."), toc: Path | None = None) -> list[Path]:
-    """Give every chapter of ``_toc.yml`` without an executed notebook a short page saying how to
-    execute it (``book/chapters/NAME.md``), so the site builds (under -W) from any subset of
-    chapters; remove the placeholder of every chapter that has been executed since. Returns the
-    placeholders now in place."""
-    from book.tools.check_site import toc_pages
+def placeholders(root: Path = Path(".")) -> list[Path]:
+    """Give every chapter (:func:`book.tools.chapters.chapter_names`) without an executed notebook a
+    short page saying how to execute it (``book/chapters/NAME.md``), so the site builds (under -W)
+    from any subset of chapters; remove the placeholder of every chapter that has been executed
+    since. Returns the placeholders now in place."""
+    from book.tools.chapters import chapter_names, title_and_summary
 
-    pages, chapters = toc_pages(toc or root / "_toc.yml")
     written = []
-    for page in sorted(chapters):
-        name = Path(page).stem
+    for name in chapter_names(root):
         executed, placeholder = root / CHAPTERS / f"{name}.ipynb", root / CHAPTERS / f"{name}.md"
         ours = placeholder.is_file() and placeholder.read_text(encoding="utf-8").startswith(PLACEHOLDER)
         if executed.is_file():
@@ -143,7 +141,8 @@ def placeholders(root: Path = Path("."), toc: Path | None = None) -> list[Path]:
         if placeholder.exists() and not ours:
             raise ValueError(f"{placeholder} exists and is not a placeholder of book/tools/build.py: move it away")
         placeholder.parent.mkdir(parents=True, exist_ok=True)
-        placeholder.write_text(f"{PLACEHOLDER}\n\n# {name}\n\n*Not executed in this build.* Execute it with "
+        title, _ = title_and_summary(root / "notebooks" / f"{name}.ipynb")
+        placeholder.write_text(f"{PLACEHOLDER}\n\n# {title}\n\n*Not executed in this build.* Execute it with "
                                f"`make book NOTEBOOKS=notebooks/{name}.ipynb` (its source: "
                                f"`notebooks/{name}.ipynb`).\n", encoding="utf-8")
         written.append(placeholder)

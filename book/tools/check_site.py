@@ -176,7 +176,12 @@ class PageReport:
 
 
 def toc_pages(toc: Path) -> tuple[list[str], set[str]]:
-    """The html pages of a jb-book ``_toc.yml`` (root first) and which of them are chapters."""
+    """The html pages of a jb-book ``_toc.yml`` (root first) and which of them are chapters. A
+    ``glob`` entry over ``book/chapters/`` is the book's chapters (:mod:`book.tools.chapters`)."""
+    from fnmatch import fnmatch
+
+    from book.tools.chapters import CHAPTERS_DIR, chapter_names
+
     try:
         data = yaml.safe_load(toc.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
@@ -190,6 +195,9 @@ def toc_pages(toc: Path) -> tuple[list[str], set[str]]:
             if isinstance(entry, dict):
                 if "file" in entry:
                     files.append(str(entry["file"]))
+                if "glob" in entry:
+                    files.extend(f"{CHAPTERS_DIR}/{name}" for name in chapter_names(toc.parent)
+                                 if fnmatch(f"{CHAPTERS_DIR}/{name}", str(entry["glob"])))
                 walk(entry.get("chapters"))
                 walk(entry.get("sections"))
 

@@ -46,8 +46,6 @@ from ..distributed import SINGLE, World, broadcast_object, check_same_everywhere
 
 MANIFEST = "manifest.json"
 FORMAT = "sae_helpers.activation_cache/1"
-#: Settings added to manifests after caches were first written (see ``_open_for_writing``).
-LATER_SETTINGS = ("model_identity",)
 REQUIRED_KEYS = ("model", "hook_name", "d_model", "n_tokens", "context_size", "dtype", "shards")
 
 
@@ -521,9 +519,6 @@ def _open_for_writing(out: Path, settings: dict[str, Any], create: bool = True) 
                 tmp.unlink()
         old = manifest.get("settings") or {}
         new = json.loads(json.dumps(settings))
-        # Settings recorded only by newer versions: a cache written before them is compared without.
-        unrecorded = [k for k in LATER_SETTINGS if k in new and k not in old]
-        new = {k: v for k, v in new.items() if k not in unrecorded}
         if old != new:
             diffs = [f"{k}: cache {old.get(k)!r}, now {new.get(k)!r}"
                      for k in [*new, *(k for k in old if k not in new)] if old.get(k) != new.get(k)]
@@ -534,9 +529,6 @@ def _open_for_writing(out: Path, settings: dict[str, Any], create: bool = True) 
                 f"{out} holds an activation cache made with other settings ({'; '.join(diffs)}).{hint} "
                 "Use another out_dir, or delete this one to harvest again."
             )
-        if unrecorded and create and not manifest.get("complete"):
-            warnings.warn(f"The unfinished activation cache {out} was started before {unrecorded} were recorded: "
-                          "cannot check that it is resumed with the same model; resuming it.", stacklevel=4)
         check_shard_entries(manifest, out)
         listed = sum(int(shard["n_tokens"]) for shard in manifest["shards"])
         if manifest.get("n_tokens") != listed:

@@ -6,9 +6,12 @@
   with the forward pass stopped right after it
 * :func:`splice_losses` / :func:`splice_eval` -- loss recovered, delta LM loss, KL and SAE
   metrics with each SAE spliced in at its site (always a list, one result per SAE)
+* :func:`harvest`, :func:`harvest_sites`, :func:`harvest_splits` -- activation caches of a
+  model's sites (:mod:`.harvesting`)
 * :func:`tiny_model` -- a tiny random Llama for tests and demos (no download)
 """
 
+from .harvesting import harvest, harvest_sites, harvest_splits
 from .hooks import activations_at, check_hook_name, d_at, hook_names, layer_of
 from .loading import (
     DEFAULT_MODEL,
@@ -26,6 +29,9 @@ from .tiny import tiny_hf_model, tiny_model, tiny_tokenizer
 __all__ = [
     "DEFAULT_MODEL",
     "activations_at",
+    "harvest",
+    "harvest_sites",
+    "harvest_splits",
     "build_model_cache",
     "cache_root",
     "check_hook_name",

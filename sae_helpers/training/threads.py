@@ -3,8 +3,7 @@
 A step of a small SAE (chapter 00 trains 64 latents on 32-dimensional data) is a few dozen
 tiny ops. On a quiet machine two threads make it no faster than one; on a shared machine
 every op's OpenMP region waits at its barrier for a thread the OS has paused, and the step
-takes several times as long as on one thread (``bench/wait_policy.py``: chapter 00's shapes
-beside a 2-thread load, about 10x). So when the step's work is below
+takes several times as long as on one thread (``bench/small_steps.py`` measures it). So when the step's work is below
 :data:`ONE_THREAD_BELOW` multiply-adds, training runs on one thread. The choice depends on
 the shapes only, never on the load, so a run gives the same numbers on a busy machine as
 on a quiet one.

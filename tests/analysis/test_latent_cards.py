@@ -16,7 +16,7 @@ from sae_helpers.analysis import (
 )
 from sae_helpers.data.cache import CacheSource
 from sae_helpers.models.tiny import tiny_hf_model
-from tests.test_harvest import tiny_corpus
+from tests.models.test_harvesting import tiny_corpus
 
 SITE = "blocks.1.hook_resid_post"
 

@@ -14,7 +14,7 @@ import pytest
 
 from book.tools import build
 from book.tools.inputs import current_chapter, read_build_record, record_path
-from tests.book.notebooks import write_notebook
+from tests.book.notebooks import titled_notebook, write_notebook
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,13 +113,14 @@ def test_a_killed_build_leaves_the_previous_chapter_without_a_record(repo: Path)
 
 
 def test_chapters_not_executed_get_a_placeholder_page_until_they_are(tmp_path: Path) -> None:
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
-                                       "  - file: book/chapters/a\n  - file: book/chapters/b\n  - file: book/methods\n")
+    for name in ("a", "b"):  # the chapters are the notebooks
+        titled_notebook(tmp_path / "notebooks" / f"{name}.ipynb", f"Chapter {name}")
     chapters = tmp_path / "book" / "chapters"
     chapters.mkdir(parents=True)
     (chapters / "a.ipynb").write_text("{}")
     (written,) = build.placeholders(tmp_path)
     assert written == chapters / "b.md" and "make book NOTEBOOKS=notebooks/b.ipynb" in written.read_text()
+    assert "# Chapter b" in written.read_text()
     assert build.placeholders(tmp_path) == [written]  # idempotent
     (chapters / "b.ipynb").write_text("{}")  # executed since: the placeholder goes
     assert build.placeholders(tmp_path) == [] and not written.exists()

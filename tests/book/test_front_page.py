@@ -3,21 +3,12 @@ from pathlib import Path
 
 import nbformat
 
-from book.tools.front_page import NO_HEADLINE, NOT_EXECUTED, chapter_names, headlines, substitution_name
+from book.tools.chapters import chapter_names, title_and_summary
+from book.tools.front_page import NO_HEADLINE, NOT_EXECUTED, headlines, substitution_name
 from sae_book.record import GLUE_PREFIX, HEADLINE
+from tests.book.notebooks import titled_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
-
-TOC = """format: jb-book
-root: book/intro
-chapters:
-  - file: book/methods
-  - file: book/chapters/00_a
-    sections:
-      - file: book/chapters/01_b
-  - file: book/chapters/02_c
-"""
-
 
 def _notebook(path: Path, headline: str | None) -> None:
     nb = nbformat.v4.new_notebook()
@@ -30,27 +21,38 @@ def _notebook(path: Path, headline: str | None) -> None:
     nbformat.write(nb, path)
 
 
-def test_chapter_names_in_toc_order(tmp_path: Path) -> None:
-    (tmp_path / "_toc.yml").write_text(TOC)
-    assert chapter_names(tmp_path / "_toc.yml") == ["00_a", "01_b", "02_c"]
+def test_the_chapters_are_the_notebooks_in_name_order(tmp_path: Path) -> None:
+    for name in ("01_b", "00_a", "02_c"):
+        titled_notebook(tmp_path / "notebooks" / f"{name}.ipynb", f"Title {name}")
+    (tmp_path / "notebooks" / ".hidden.ipynb").write_text("{}")
+    assert chapter_names(tmp_path) == ["00_a", "01_b", "02_c"]
+    assert title_and_summary(tmp_path / "notebooks" / "01_b.ipynb") == ("Title 01_b", "What it does.")
 
 
 def test_headlines_recorded_missing_and_not_executed(tmp_path: Path) -> None:
-    (tmp_path / "_toc.yml").write_text(TOC)
+    for name in ("00_a", "01_b", "02_c"):
+        titled_notebook(tmp_path / "notebooks" / f"{name}.ipynb", f"Title {name} | pipe", f"Does {name}.")
     chapters = tmp_path / "book" / "chapters"
     chapters.mkdir(parents=True)
     _notebook(chapters / "00_a.ipynb", "Gated SAEs shrink\nless: $\\gamma = 0.98$.")
     _notebook(chapters / "01_b.ipynb", None)
-    assert headlines(tmp_path) == {
+    found = headlines(tmp_path)
+    table = found.pop("chapters_table").splitlines()
+    assert found == {
         "headline_00_a": "Gated SAEs shrink less: $\\gamma = 0.98$.",
         "headline_01_b": NO_HEADLINE,
         "headline_02_c": NOT_EXECUTED,
     }
+    assert table[2] == ("| {doc}`Title 00_a \\| pipe <chapters/00_a>` | Does 00_a. | Gated SAEs shrink less: "
+                        "$\\gamma = 0.98$. |")
+    assert len(table) == 2 + 3 and NOT_EXECUTED in table[4]
 
 
-def test_intro_uses_exactly_the_toc_chapters() -> None:
-    """Every chapter of the book's toc has its headline on the front page, and no other name is used
-    (an unknown substitution would fail the -W build)."""
-    used = set(re.findall(r"\{\{\s*(headline_\w+)\s*\}\}", (ROOT / "book" / "intro.md").read_text()))
-    assert used == {substitution_name(name) for name in chapter_names(ROOT / "_toc.yml")}
-    assert "forthcoming" not in (ROOT / "book" / "intro.md").read_text()
+def test_intro_shows_the_computed_table_and_the_toc_globs_the_chapters() -> None:
+    """The front page's table is computed (an unknown substitution would fail the -W build), and the table
+    of contents lists the chapters by a glob, so a new notebook needs neither file edited."""
+    intro = (ROOT / "book" / "intro.md").read_text()
+    assert "{{ chapters_table }}" in intro and "forthcoming" not in intro
+    assert not set(re.findall(r"\{\{\s*(headline_\w+)\s*\}\}", intro)) - {
+        substitution_name(name) for name in chapter_names(ROOT)}
+    assert "- glob: book/chapters/*" in (ROOT / "_toc.yml").read_text()

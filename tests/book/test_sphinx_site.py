@@ -6,7 +6,7 @@ from sphinx.builders.html._assets import _JavaScript
 from sphinx.errors import ConfigError
 
 from book.tools import sphinx_site
-from tests.book.notebooks import write_notebook
+from tests.book.notebooks import titled_notebook, write_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,8 @@ def _config(tmp_path: Path, **changes: object) -> SimpleNamespace:
 
 def _book(tmp_path: Path, mathjax: bool = True) -> SimpleNamespace:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/chapters/00_a\n")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - glob: book/chapters/*\n")
+    titled_notebook(tmp_path / "notebooks" / "00_a.ipynb", "A", "Does a.")
     if mathjax:
         entry = tmp_path / "book" / "_static" / "mathjax" / "tex-mml-chtml.js"
         entry.parent.mkdir(parents=True)
@@ -43,7 +44,9 @@ def test_configure_derives_the_address_and_the_headlines(tmp_path: Path) -> None
     config = _config(tmp_path)
     sphinx_site._configure(_book(tmp_path), config)
     assert config.html_baseurl == "https://o.github.io/r/"
+    table = config.myst_substitutions.pop("chapters_table")
     assert config.myst_substitutions == {"other": "x", "headline_00_a": "*(not yet executed)*"}
+    assert table.splitlines()[2] == "| {doc}`A <chapters/00_a>` | Does a. | *(not yet executed)* |"
 
 
 def test_configure_keeps_an_explicit_baseurl(tmp_path: Path) -> None:
@@ -75,7 +78,7 @@ def test_configure_fills_the_seed_page_when_the_book_has_one(tmp_path: Path) -> 
         sphinx_site._configure(app, _config(tmp_path))
     (tmp_path / "book" / "grids").mkdir()
     (tmp_path / "book" / "grids" / "seeds.yaml").write_text("chapters: [00_a]\ngrid:\n  seed: [0, 1]\n")
-    write_notebook(tmp_path / "notebooks" / "00_a.ipynb", "seed = 0\n", "pass\n")
+    write_notebook(tmp_path / "notebooks" / "00_a.ipynb", "seed = 0\n", "pass\n", title="A")
     config = _config(tmp_path)
     sphinx_site._configure(app, config)
     assert config.myst_substitutions["seed_spread"].startswith("*(Not yet measured in this build")

@@ -275,7 +275,7 @@ def test_the_nulls_and_the_trend_train_where_they_say_and_reuse_finished_runs(tm
 
     from sae_helpers import meta, train_sae
     from sae_helpers.training import load_snapshots
-    from tests.test_meta import float64_fve
+    from tests.meta.test_meta_sae import float64_fve
 
     x = torch.randn(2048, 16, generator=torch.Generator().manual_seed(0))
     base = train_sae(x, "relu", 32, l1_coefficient=1.0, steps=40, batch_size=64, seed=7, snapshots=[10, 20],

@@ -95,7 +95,7 @@ def test_summary_puts_the_control_beside_the_pairs():
 
 def test_a_control_seed_equal_to_the_seed_is_refused(tmp_path):
     with pytest.raises(ValueError, match="control_seed = seed = 3: the control pair would be one SAE"):
-        ch.train_family(None, "blocks.0.hook_resid_post", None, None, [8, 16], k=2, steps=1, batch_size=4,
+        ch.family_with_control(None, "blocks.0.hook_resid_post", None, None, [8, 16], k=2, steps=1, batch_size=4,
                         lr=1e-3, seed=3, control_seed=3, data_root=tmp_path, n_splice_tokens=8)
 
 

@@ -16,10 +16,10 @@ import pytest
 
 from sae_helpers import load_sae
 from sae_helpers.data.cache import CacheSource
-from tests.harvest_worker import N_TOKENS, SITES
+from tests.models.harvest_worker import N_TOKENS, SITES
 from tests.training.test_distributed import assert_same_parameters, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("harvest_worker.py")
 
 

@@ -5,7 +5,6 @@ import copy
 import json
 import shutil
 import time
-import warnings
 
 import datasets
 import pytest
@@ -237,19 +236,14 @@ def test_resuming_a_harvest_with_another_model_of_the_same_name_is_refused(tmp_p
     whole = harvest(model, SHALLOW, 300, tmp_path / "whole", dataset=tiny_corpus(), **SMALL)
     assert shard_digests(harvest(model, SHALLOW, 300, tmp_path / "c", dataset=tiny_corpus(), **SMALL)) == \
         shard_digests(whole)
-    # A cache written before model identities were recorded: resumed with a warning; complete, reused silently.
-    with BlockCalls(model, 0, fail_at=3), pytest.raises(KeyboardInterrupt):
-        harvest(model, SHALLOW, 300, tmp_path / "old", dataset=tiny_corpus(), **SMALL)
-    for name in ("old", "whole"):
-        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
-        del manifest["settings"]["model_identity"]
-        (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.warns(UserWarning, match="cannot check that it is resumed with the same model"):
-        assert shard_digests(harvest(model, SHALLOW, 300, tmp_path / "old", dataset=tiny_corpus(), **SMALL)) == \
-            shard_digests(whole)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        harvest(other, SHALLOW, 300, tmp_path / "whole", dataset=tiny_corpus(), **SMALL)
+    # A manifest without the model's identity (edited by hand) is another cache: refused, nothing changed.
+    manifest_path = tmp_path / "whole" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["settings"]["model_identity"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="model_identity: cache None"):
+        harvest(model, SHALLOW, 300, tmp_path / "whole", dataset=tiny_corpus(), **SMALL)
+    assert json.loads(manifest_path.read_text()) == manifest
 
 
 def test_a_float16_harvest_of_activations_beyond_its_range_is_an_error(tmp_path):
@@ -298,7 +292,7 @@ def test_kill_9_during_a_harvest_leaves_a_complete_prefix_and_resumes_exactly(tm
     window = max(0.3, 1.2 * (time.perf_counter() - started))
     out = tmp_path / "c"
     setup = (f"from sae_helpers import harvest\nfrom sae_helpers.models import tiny_model\n"
-             f"from tests.test_harvest import SHALLOW, SMALL, tiny_corpus\n"
+             f"from tests.models.test_harvesting import SHALLOW, SMALL, tiny_corpus\n"
              f"model, data = tiny_model(seed=0), tiny_corpus()\n"
              f"harvest(model, SHALLOW, 120, {str(tmp_path / 'warm')!r}, dataset=data, **SMALL)  # warm up\n"
              f"def work():\n    while True:\n"
@@ -330,7 +324,7 @@ def test_kill_9_during_a_harvest_leaves_a_complete_prefix_and_resumes_exactly(tm
 
 def test_harvest_splits_keeps_datasets_apart_and_holds_out_whole_documents(tmp_path):
     from sae_helpers import harvest_splits
-    from sae_helpers.harvest import cache_dir_name
+    from sae_helpers.models.harvesting import cache_dir_name
 
     model = tiny_model(seed=0)
     opts = dict(context_size=16, batch_size=4, shard_tokens=64, progress=False)

@@ -16,7 +16,7 @@ from sae_helpers.meta import (
     NULL_SEED_OFFSET,
     PAPER,
     SEED_OFFSET,
-    analyse_meta_sae,
+    analyze_meta_sae,
     decoder_directions,
     max_cosine_to_others,
     meta_config,
@@ -137,7 +137,7 @@ def test_fve_null_matches_an_independent_computation(tmp_path):
     # null=False skips it
     _, skipped = train_meta_sae(rows, width, k, progress=False, null=False, **settings)
     assert math.isnan(skipped.fve_null) and skipped.fve == result.fve
-    assert math.isnan(analyse_meta_sae(meta, rows).fve_null)
+    assert math.isnan(analyze_meta_sae(meta, rows).fve_null)
 
 
 def test_training_health_applies_to_meta_saes(trained_by_default):
@@ -208,7 +208,7 @@ def test_meta_sae_saves_loads_and_analyses_alike(trained, tmp_path):
     loaded = load_sae(meta.save(str(tmp_path / "meta")))
     assert loaded.metadata["meta_sae"]["base_d_sae"] == len(rows)
     assert loaded.metadata["meta_sae"]["base_metadata"]["model_name"] == "synthetic"
-    again = analyse_meta_sae(loaded, base)
+    again = analyze_meta_sae(loaded, base)
     assert again.fve == pytest.approx(result.fve, abs=1e-9)
     assert again.decompositions == result.decompositions
     assert again.top_base_latents == result.top_base_latents

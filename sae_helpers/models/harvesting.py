@@ -25,12 +25,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .data.cache import build_caches, check_count
-from .data.sources import spaced_indices
-from .data.text import TextSource, as_text_source, cache_tag, iter_token_windows, load_text, split_documents
-from .data.windows import model_name_of
-from .distributed import process_group
-from .models.hooks import activations_at, activations_at_sites, check_hook_name, d_at
+from ..data.cache import build_caches, check_count
+from ..data.sources import spaced_indices
+from ..data.text import TextSource, as_text_source, cache_tag, iter_token_windows, load_text, split_documents
+from ..data.windows import model_name_of
+from ..distributed import process_group
+from .hooks import activations_at, activations_at_sites, check_hook_name, d_at
 
 
 def harvest(

@@ -22,7 +22,7 @@ from sae_helpers.meta import (
     train_null_meta_sae,
 )
 from sae_helpers.saes.initial import initial_decoder
-from tests.test_meta import composed_dictionary, float64_fve
+from tests.meta.test_meta_sae import composed_dictionary, float64_fve
 
 
 def anisotropic_gaussian(n, seed=0):

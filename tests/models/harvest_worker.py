@@ -1,5 +1,5 @@
 """One process of a (possibly distributed) harvest, launched by tests/test_harvest_distributed.py as
-``python tests/harvest_worker.py OUT [...]`` (one process) or under ``torchrun --nproc-per-node 2``.
+``python tests/models/harvest_worker.py OUT [...]`` (one process) or under ``torchrun --nproc-per-node 2``.
 
 Harvests the tiny model's activations at two sites of a fixed random corpus into ``OUT/<site>``,
 with the outlier filter (so rows per batch vary) and small shards and batches (so the processes
@@ -45,7 +45,7 @@ def main() -> None:
     rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     n_tokens = args.n_tokens if not args.mismatch or rank == 1 else N_TOKENS
     if args.die_at is not None and rank == size - 1:
-        module = importlib.import_module("sae_helpers.harvest")  # (sae_helpers.harvest is the function)
+        module = importlib.import_module("sae_helpers.models.harvesting")
         compute, calls = module.activations_at_sites, [0]
 
         def dying(*a, **k):

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from sae_book import training as ch
+from sae_book import language_model as ch
 
 
 def test_configs_give_the_baseline_more_latents():
