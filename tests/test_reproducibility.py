@@ -55,9 +55,9 @@ def test_set_default_device_is_used_by_training_and_loading(fake_cuda):
     assert set_default_device("cpu") == torch.device("cpu")
     assert resolve_device(None) == torch.device("cpu")
     assert resolve_device("cuda") == torch.device("cuda")   # an explicit device still wins
-    from sae_helpers.training import trainer
+    from sae_helpers.training import train
 
-    assert trainer.resolve_device(None) == torch.device("cpu")
+    assert train.resolve_device(None) == torch.device("cpu")
     assert set_default_device(None) == torch.device("cuda")  # back to automatic
 
 
