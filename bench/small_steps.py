@@ -5,7 +5,7 @@ A step of a small SAE (chapter 00 trains 64 latents on 32-dimensional data) is a
 ops, each an OpenMP parallel region ending at a barrier. Between regions torch's OpenMP runtime
 (libgomp) spins its worker threads for a while before they sleep. On a quiet machine that saves
 a wake-up per region; on a shared one the OS pauses some thread of ours in most regions and
-every barrier waits for it. :mod:`sae_helpers.training.threads` therefore trains steps below
+every barrier waits for it. :mod:`sae_helpers.kernels.threads` therefore trains steps below
 ``ONE_THREAD_BELOW`` multiply-adds on one thread. This script measures that rule against the
 alternatives:
 
@@ -47,7 +47,7 @@ from load import competing_load  # noqa: E402
 CHILD = """
 import sys, time, torch
 from sae_helpers import SyntheticFeatures, train_sae
-from sae_helpers.training import threads
+from sae_helpers.kernels import threads
 d, width, batch, steps, rule = map(int, sys.argv[1:6])
 if not rule:
     threads.ONE_THREAD_BELOW = 0  # every step on torch's threads, as before the one-thread rule

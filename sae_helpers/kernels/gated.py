@@ -18,11 +18,11 @@ from .blocks import (
     accumulator_dtype,
     block_buffer,
     decode_and_error,
-    pass_threads,
     reconstruction_grad,
     row_blocks,
 )
 from .sparse import SupportCollector, column_sums, sampled_mm, sparse_decode_and_error, spmm, spmm_t
+from .threads import pass_threads
 
 
 class GatedTrainingStep(torch.autograd.Function):

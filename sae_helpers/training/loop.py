@@ -8,8 +8,8 @@ from torch import Tensor
 
 from .._progress import tqdm
 from ..data.sources import ActivationSource
+from ..kernels.threads import step_work, threads_for
 from .run import TrainingRun
-from .threads import step_work, threads_for
 
 
 def _resampling_pool(source: ActivationSource, seed: int) -> Callable[[int], Tensor]:

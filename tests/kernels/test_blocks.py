@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_helpers.kernels.blocks import CPU_BLOCK_BYTES, PassThreads, pass_threads, row_blocks
+from sae_helpers.kernels.blocks import CPU_BLOCK_BYTES, row_blocks
+from sae_helpers.kernels.threads import PassThreads, pass_threads
 from sae_helpers.saes import GatedSAE, ReluSAE
 
 

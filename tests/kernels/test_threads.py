@@ -1,4 +1,4 @@
-"""sae_helpers.training.threads: small training steps run on one thread, chosen by shape alone."""
+"""sae_helpers.kernels.threads: whole small steps on one thread, chosen by shape alone."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sae_helpers import SyntheticFeatures, train_sae
-from sae_helpers.training import TrainingRun, threads
-from sae_helpers.training.threads import ONE_THREAD_BELOW, step_work, threads_for
+from sae_helpers.kernels import threads
+from sae_helpers.kernels.threads import ONE_THREAD_BELOW, step_work, threads_for
+from sae_helpers.training import TrainingRun
 
 
 @pytest.fixture()
