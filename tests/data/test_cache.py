@@ -309,12 +309,12 @@ def test_manifest_paths_outside_the_cache_are_refused(tmp_path, path):
 
 
 def test_a_file_that_is_not_the_shard_is_refused_before_hashing(tmp_path, monkeypatch):
-    from sae_helpers.data import cache
+    from sae_helpers.data.cache import reading
 
     build(tmp_path / "c")
     shard = tmp_path / "c" / "shard_00001.safetensors"
     hashed = []
-    monkeypatch.setattr(cache, "sha256_file", lambda p: hashed.append(p) or "x")
+    monkeypatch.setattr(reading, "sha256_file", lambda p: hashed.append(p) or "x")
     for content in (b"root:x:0:0:root:/root:/bin/bash\n" * 100, shard.read_bytes() + b"\0" * 300_000):
         shard.write_bytes(content)
         with pytest.raises(CacheError, match="shard_00001.safetensors does not match .*manifest.json.*harvest again"):
