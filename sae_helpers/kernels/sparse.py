@@ -71,18 +71,14 @@ __all__ = [
 ]
 
 #: The automatic choice takes the sparse decoder when at most this fraction of the batch's
-#: latents is active (gate open, for Gated SAEs), i.e. L0 <= DENSITY_CROSSOVER * d_sae.
-#: Measured with ``bench/sparse_decoder.py`` (forward + backward of whole training steps,
-#: CPU, float32, d_in=576, d_sae=4608, batch 4096). Two threads, quiet machine: the sparse
-#: step is 1.20x as fast as the dense one at density 0.139 and 0.94x at 0.167 (Gated;
-#: ReLU 1.14x at 0.139, 0.80x at 0.222); one thread on a loaded machine the break-even was
-#: 0.14-0.19. Near it the difference is small either way.
+#: latents is active (gate open, for Gated SAEs), i.e. L0 <= DENSITY_CROSSOVER * d_sae: about
+#: where the two paths cost the same (``bench/sparse_decoder.py``, results in bench/README.md),
+#: so near it the choice matters little either way.
 DENSITY_CROSSOVER = 0.15
 
 #: ... and only when one dense decoder product, ``N * M * d_in`` multiply-adds, is at least
 #: this much work: below it the sparse path's fixed costs (index building, more, smaller
-#: kernels) outweigh the savings (measured: break-even near 2-4M, e.g. batch 512, width
-#: 256, d_in 32).
+#: kernels) outweigh the savings (``bench/sparse_decoder.py``).
 MIN_SPARSE_MACS = 1 << 22
 
 #: The values of the ``decoder`` argument of the fused training steps.

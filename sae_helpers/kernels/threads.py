@@ -23,9 +23,8 @@ from torch import Tensor
 __all__ = ["ONE_THREAD_BELOW", "PassThreads", "pass_threads", "step_work", "threads_for"]
 
 #: Multiply-adds of one encoder matmul per step (rows x d_in x d_sae, summed over the SAEs
-#: trained together) below which training runs on one thread. Chapter 00's step is about
-#: 2**20 (1 thread as fast as 2 alone), a language-model chapter's about 2**28 (2 threads
-#: about 1.8x as fast as 1 alone).
+#: trained together) below which training runs on one thread: chapter 00's steps (about 2**20)
+#: are below it, a language-model chapter's (about 2**28) far above (``bench/small_steps.py``).
 ONE_THREAD_BELOW = 1 << 23
 
 
@@ -56,10 +55,9 @@ class PassThreads:
     The passes are dozens of short ops per step. With several threads each op is an OpenMP
     parallel region that ends at a barrier; when other processes share the cores (a
     browser, a second notebook, CI jobs) the OS pauses some thread of ours in most of them,
-    every barrier then waits up to a scheduler time slice, and a Gated step took 4.5x as
-    long beside a 2-thread load as alone, where plain matmuls took 1.2x (
-    ``bench/contention.py``). On one thread the passes have no barriers, but on a quiet
-    machine they are slower than on all (a Gated step about 10%).
+    every barrier then waits up to a scheduler time slice, and a fused step slows far more than
+    its matmuls do (``bench/contention.py``, results in bench/README.md). On one thread the passes
+    have no barriers, but on a quiet machine they are slower than on all.
 
     So each pass (per name and shape) is timed: the first two calls try one thread and all
     threads, then the faster so far (a moving average of each) runs, and every

