@@ -28,9 +28,9 @@ from . import meta, stitching
 from .analysis import firing_density, latent_cards, top_activating_contexts
 from .data import SyntheticFeatures
 from .data.text import text_dataset
-from .evaluation import best_matching_latents, evaluate, mmcs
+from .evaluation import best_matching_latents, evaluate, mmcs, splice_eval
 from .formats import load_sae, save_sae
-from .models import harvest, harvest_sites, harvest_splits, load_model, splice_eval, tiny_model
+from .models import harvest, harvest_sites, harvest_splits, load_model, tiny_model
 from .reproducibility import environment_report, set_seed
 from .saes import SAE, architectures, create_sae
 from .training import TrainConfig, family_configs, health_table, train_sae, train_saes, training_health

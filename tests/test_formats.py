@@ -86,7 +86,8 @@ def test_an_embedded_model_is_saved_by_its_hub_id_and_loaded_by_our_name(tmp_pat
 def test_a_mapped_model_name_still_splices_after_loading(tmp_path, monkeypatch):
     """An SAE of a model we name differently from the hub: cfg.json has the hub id, the loaded SAE
     our name again, so splice_eval's check that the SAE belongs to the model passes."""
-    from sae_helpers.models import check_sae_fits, loading, tiny_model
+    from sae_helpers.evaluation import check_sae_fits
+    from sae_helpers.models import loading, tiny_model
 
     model = tiny_model(seed=0)
     monkeypatch.setitem(loading.EMBEDDED_MODELS, model.model_name, loading.EmbeddedModel(

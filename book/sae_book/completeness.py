@@ -58,7 +58,7 @@ def family_with_control(model: Any, site: str, train_cache: Any, eval_cache: Any
     if control_seed == seed:
         raise ValueError(f"control_seed = seed = {seed}: the control pair would be one SAE compared with itself. "
                          "Choose another control_seed (the notebook's None means seed + 1).")
-    from sae_helpers.models import splice_eval
+    from sae_helpers.evaluation import splice_eval
     from sae_helpers.training import decoder_drift, health_table
 
     settings = dict(k=k, steps=steps, batch_size=batch_size, lr=lr, seed=seed, data_root=data_root,

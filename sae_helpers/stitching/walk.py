@@ -413,7 +413,7 @@ def _splice(model: Any, saes: Sequence[SAE], n_tokens: int, chunk: int, progress
     """``loss_recovered`` and ``delta_lm_loss`` of each SAE, ``chunk`` SAEs per shared splice pass."""
     import pandas as pd
 
-    from ..models.splice import splice_eval
+    from ..evaluation.splice import splice_eval
 
     out = []
     for start in range(0, len(saes), max(1, chunk)):

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 import sae_helpers
+from sae_helpers.evaluation import splice_losses
 from sae_helpers.models import (
     activations_at,
     load_model,
     loading,
     model_cache_dir,
-    splice_losses,
     tiny_hf_model,
     verify_model_cache,
 )

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import sae_helpers
-from sae_helpers.models import activations_at, check_sae_fits, splice_losses
+from sae_helpers.evaluation import check_sae_fits, splice_losses
+from sae_helpers.models import activations_at
 
 SITE = "blocks.0.hook_resid_post"
 

@@ -37,9 +37,9 @@ from torch import Tensor
 
 from .._progress import tqdm
 from ..data.windows import eval_windows, model_name_of
-from ..evaluation.metrics import MetricAccumulator
+from ..models.hooks import as_tokens, check_hook_name, d_at, site_vectors
 from ..saes.base import SAE
-from .hooks import as_tokens, check_hook_name, d_at, site_vectors
+from .metrics import MetricAccumulator
 
 
 def check_sae_fits(model: Any, sae: SAE, hook_name: str | None = None, *, strict: bool = True) -> str:
