@@ -59,6 +59,43 @@ def family_overview(family: Any) -> tuple[dict[int, Any], pd.DataFrame, pd.DataF
     return saes, table, health_table({f"width {w}": sae for w, sae in saes.items()}, evaluations=evaluations)
 
 
+def published_overview(model: Any, site: str, names: list[str], eval_cache: Any
+                       ) -> tuple[dict[int, Any], pd.DataFrame, pd.DataFrame]:
+    """:func:`family_overview` of published SAEs (:func:`~.common.published_saes`; the widest is the
+    base SAE), evaluated on ``eval_cache``; ``cos_to_init`` is NaN (no training record)."""
+    from sae_helpers import evaluate
+    from sae_helpers.training import health_table
+
+    saes = common.published_saes(model, site, names)
+    evaluations = {f"width {w}": evaluate(sae, eval_cache) for w, sae in saes.items()}
+    table = pd.DataFrame([{"arch": sae.architecture, "width": w, "k": sae.hyperparameter_values().get("k", np.nan),
+                           "l0": e["l0"], "fvu": e["fvu"], "dead_fraction": e["dead_fraction"], "cos_to_init": np.nan}
+                          for (w, sae), e in zip(saes.items(), evaluations.values(), strict=True)])
+    return saes, table, health_table({f"width {w}": sae for w, sae in saes.items()}, evaluations=evaluations)
+
+
+def base_run_name(base: Any) -> str:
+    """The name the base SAE's meta-SAEs are checkpointed under: its training run's name
+    (:func:`~sae_helpers.training.train.run_name`), or for a published SAE ``published-w<d_sae>-``
+    and the first 8 hex digits of the sha256 of its decoder."""
+    import hashlib
+
+    from sae_helpers import TrainConfig
+    from sae_helpers.training.train import run_name
+
+    if base.training_config:
+        config = base.training_config
+        return run_name(config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config))
+    digest = hashlib.sha256(base.W_dec.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return f"published-w{base.d_sae}-{digest[:8]}"
+
+
+def extra_nulls(base: Any) -> tuple[str, ...]:
+    """The nulls beside the random one that ``base`` allows: :data:`EXTRA_NULLS`, without the initial
+    decoder rows for an SAE without a training record (a published one)."""
+    return EXTRA_NULLS if base.training_config else tuple(null for null in EXTRA_NULLS if null != "initial")
+
+
 def meta_widths(base_width: int, meta_width: int | None, meta_comparison_width: int | None) -> dict[str, int]:
     """The two meta-SAE widths: the paper's ratio (``meta.default_width``) and ``d_sae / 4``, unless given."""
     from sae_helpers import meta
@@ -576,10 +613,16 @@ def render_similarity(s: Similarity, smaller: int) -> str:
     )
 
 
-def render_scope(base_width: int, gaps: NullGaps) -> str:
-    """What the chapter's scale allows to conclude, against the paper's (``gaps``: the paper-ratio meta-SAE's)."""
+def render_scope(base_width: int, gaps: NullGaps, trained_here: bool = True) -> str:
+    """What the chapter's scale allows to conclude, against the paper's (``gaps``: the paper-ratio meta-SAE's;
+    ``trained_here``: the base SAE was trained by the chapter, not published)."""
     from sae_helpers.meta import PAPER
 
+    if not trained_here:
+        return (f"The base SAE is a published one ({base_width:,} latents; the paper's has "
+                f"{PAPER['base_width']:,}), so its training is its authors'. Of the meta-SAE's FVE at the paper's "
+                f"ratio ({gaps.fve:.1%}), its strongest null, {_the(gaps.strongest)}, accounts for "
+                f"{gaps.nulls[gaps.strongest]:.1%}.")
     return (
         f"The paper's numbers come from a base SAE {PAPER['base_width'] / base_width:.1f} times wider than this "
         f"chapter's ({PAPER['base_width']:,} latents against {base_width:,}), trained on far more tokens, and a "

@@ -340,6 +340,31 @@ def train_family(site: str, train_cache: Any, eval_cache: Any, widths: list[int]
                       eval_activations=eval_cache, snapshots=snapshot_steps(steps, n_snapshots))
 
 
+def published_saes(model: Any, site: str, names: list[str]) -> dict[int, Any]:
+    """The published SAEs ``names`` by width (the ``published_saes`` parameter of chapters 03 and 04):
+    each a hub name ``"hf://OWNER/REPO/PATH"`` or a folder in the SAELens layout
+    (:func:`~sae_helpers.load_sae`), checked against ``model`` and ``site``, in order of strictly
+    increasing width, at least two."""
+    from sae_helpers import load_sae
+    from sae_helpers.evaluation import check_sae_fits
+
+    if isinstance(names, str) or len(names) < 2:
+        raise ValueError(f"published_saes must be a list of at least two SAEs of one site in order of increasing "
+                         f"width, got {names!r}; e.g. ['hf://OWNER/REPO/PATH_768', 'hf://OWNER/REPO/PATH_1536'].")
+    saes: dict[int, Any] = {}
+    for name in names:
+        sae = load_sae(name, device=next(model.parameters()).device)
+        try:
+            check_sae_fits(model, sae, site)
+        except ValueError as error:
+            raise ValueError(f"published_saes: {name}: {error} (set model_name and site to the SAE's)") from None
+        if saes and sae.d_sae <= max(saes):
+            raise ValueError(f"published_saes: {name} has {sae.d_sae:,} latents, not more than the SAE before it "
+                             f"({max(saes):,}): list the SAEs in order of increasing width, one per width.")
+        saes[sae.d_sae] = sae
+    return saes
+
+
 def family_snapshots(data_root: str | Path, site: str, saes: list[Any]) -> list[dict[int, Any]]:
     """Each finished SAE of :func:`train_family` by step: its snapshots and itself at its last step."""
     from sae_helpers.training import run_snapshots

@@ -41,12 +41,27 @@ CURVE_COLUMNS = ["pair", "step", "kind", "n_latents", "l0", "fvu", "predicted_de
 
 
 class Family(NamedTuple):
-    """The family (``{width: sae}``), the control SAE, their table and health table."""
+    """The family (``{width: sae}``), the control SAE (``None`` for published SAEs), their table and
+    health table."""
 
     saes: dict[int, Any]
-    control: Any
+    control: Any | None
     table: pd.DataFrame
     health: pd.DataFrame
+
+
+def _family_table(model: Any, saes: dict[int, Any], evaluations: list[dict], n_splice_tokens: int) -> pd.DataFrame:
+    """One row per SAE: width, L0, FVU, MSE, dead fraction, the spliced losses and (for SAEs
+    trained here) the median decoder cosine to the initial rows."""
+    from sae_helpers.evaluation import splice_eval
+    from sae_helpers.training import decoder_drift
+
+    spliced = splice_eval(model, list(saes.values()), n_splice_tokens)
+    return pd.DataFrame([{"width": w, "arch": sae.architecture, **{key: row[key] for key in ("l0", "fvu", "mse",
+                                                                                   "dead_fraction")},
+                          "loss_recovered": s["loss_recovered"], "delta_lm_loss": s["delta_lm_loss"],
+                          "cos_to_init": float(decoder_drift(sae).median()) if sae.training_config else np.nan}
+                         for (w, sae), row, s in zip(saes.items(), evaluations, spliced, strict=True)])
 
 
 def family_with_control(model: Any, site: str, train_cache: Any, eval_cache: Any, widths: list[int], *, k: int,
@@ -58,22 +73,15 @@ def family_with_control(model: Any, site: str, train_cache: Any, eval_cache: Any
     if control_seed == seed:
         raise ValueError(f"control_seed = seed = {seed}: the control pair would be one SAE compared with itself. "
                          "Choose another control_seed (the notebook's None means seed + 1).")
-    from sae_helpers.evaluation import splice_eval
-    from sae_helpers.training import decoder_drift, health_table
+    from sae_helpers.training import health_table
 
     settings = dict(k=k, steps=steps, batch_size=batch_size, lr=lr, seed=seed, data_root=data_root,
                     plateau_tolerance=plateau_tolerance, n_snapshots=n_snapshots)
     sweep = common.train_family(site, train_cache, eval_cache, widths, **settings)
     control_run = common.train_family(site, train_cache, eval_cache, widths[:1], family_seed=control_seed, **settings)
     control = control_run.saes[0]
-    spliced = splice_eval(model, sweep.saes, n_splice_tokens)
-    table = pd.DataFrame([{"width": w, "arch": "batchtopk", **{key: row[key] for key in ("l0", "fvu", "mse",
-                                                                                          "dead_fraction")},
-                           "loss_recovered": s["loss_recovered"], "delta_lm_loss": s["delta_lm_loss"],
-                           "cos_to_init": float(decoder_drift(sae).median())}
-                          for w, sae, row, s in zip(widths, sweep.saes, sweep.results.to_dict("records"), spliced,
-                                                    strict=True)])
     saes = dict(zip(widths, sweep.saes, strict=True))
+    table = _family_table(model, saes, sweep.results.to_dict("records"), n_splice_tokens)
     named = {f"width {w}": sae for w, sae in saes.items()} | {f"width {widths[0]}, seed {control_seed} (control)":
                                                               control}
     evaluations = dict(zip(named, [*sweep.results.to_dict("records"), *control_run.results.to_dict("records")],
@@ -81,11 +89,28 @@ def family_with_control(model: Any, site: str, train_cache: Any, eval_cache: Any
     return Family(saes, control, table, health_table(named, evaluations=evaluations))
 
 
-def family_pairs(family: Family, control_seed: int) -> tuple[dict[str, tuple[Any, Any]], str]:
-    """Each neighbouring pair ``"small -> large"`` and the control pair; returns them and the control's name."""
+def published_family(model: Any, site: str, names: list[str], eval_cache: Any, n_splice_tokens: int) -> Family:
+    """Published SAEs of one site instead of a trained family (:func:`~.common.published_saes`),
+    evaluated on ``eval_cache`` and spliced into ``model``; no control pair (no second seed of one
+    width is given)."""
+    from sae_helpers import evaluate
+    from sae_helpers.training import health_table
+
+    saes = common.published_saes(model, site, names)
+    evaluations = [evaluate(sae, eval_cache) for sae in saes.values()]
+    table = _family_table(model, saes, evaluations, n_splice_tokens)
+    named = {f"width {w}": sae for w, sae in saes.items()}
+    return Family(saes, None, table, health_table(named, evaluations=dict(zip(named, evaluations, strict=True))))
+
+
+def family_pairs(family: Family, control_seed: int) -> tuple[dict[str, tuple[Any, Any]], str | None]:
+    """Each neighbouring pair ``"small -> large"`` and the control pair; returns them and the control's
+    name (``None``, and no control pair, for a published family)."""
     widths = list(family.saes)
     pairs = {f"{small_w} -> {large_w}": (family.saes[small_w], family.saes[large_w])
              for small_w, large_w in zip(widths[:-1], widths[1:], strict=True)}
+    if family.control is None:
+        return pairs, None
     control_name = f"control: {widths[0]} -> {widths[0]} (seed {control_seed})"
     pairs[control_name] = (family.saes[widths[0]], family.control)
     return pairs, control_name
@@ -106,7 +131,7 @@ def analyze_pairs(pairs: dict[str, tuple[Any, Any]], eval_cache: Any, threshold:
         groups = stitching.grouping_report(small_sae, large_sae, table, summary["threshold"])
         paper_rule = stitching.grouping_report(small_sae, large_sae, table, AGREEMENT_COSINE)  # the paper's graph
         analyses[name] = (table, summary)
-        rows.append({"pair": name, **summary,
+        rows.append({"pair": name, **summary, "initial p99": np.nan,  # stays NaN without training records
                      **{f"{null} p99": float(np.quantile(values, 0.99)) for null, values in nulls[name].items()
                         if null != "trained"},
                      **{f"largest group share ({g})": groups.loc[g, "largest_share"] for g in groups.index},
@@ -207,12 +232,19 @@ class AgreementVerdict(NamedTuple):
     tokens: int
 
 
-def agreement_verdict(table: pd.DataFrame, control_name: str, tokens: int,
+def agreement_verdict(table: pd.DataFrame, control_name: str | None, tokens: int,
                       length: pd.DataFrame | None = None) -> AgreementVerdict:
     """The verdict from :func:`agreement`'s table, the activations the SAEs saw (``tokens``) and, for the
-    trend, :func:`training_length`'s table."""
+    trend, :func:`training_length`'s table. Without a control pair (``control_name=None``: published
+    SAEs) the control's numbers are NaN and the random null is the first family pair's."""
     from sae_helpers.evaluation.dose_response import training_trend
 
+    if control_name is None:
+        trained = table.xs("trained", level="null")["shared_fraction"]
+        first = table.loc[trained.index[0]]
+        nan = float("nan")
+        return AgreementVerdict(nan, nan, float(first.loc["random", "shared_fraction"]),
+                                float(first.loc["random", "median_best"]), nan, trained, False, nan, int(tokens))
     control = table.loc[control_name]
     family_ = table.drop(index=control_name, level="pair").xs("trained", level="null")["shared_fraction"]
     trend = training_trend(length[length.name == control_name], "shared_fraction") if length is not None else []
@@ -227,6 +259,12 @@ def agreement_verdict(table: pd.DataFrame, control_name: str, tokens: int,
 def render_agreement(v: AgreementVerdict) -> str:
     """The agreement paragraph, and what it allows the rest of the chapter to conclude."""
     low, high = PUBLISHED_AGREEMENT
+    if np.isnan(v.shared):
+        return (f"These SAEs include no second seed of one width, so the chapter has no control pair. Neighbouring "
+                f"widths share {', '.join(f'{x:.1%} ({p})' for p, x in v.family_shared.items())} of the larger "
+                f"SAE's latents (best match above cosine {AGREEMENT_COSINE}), against {v.random_shared:.1%} for "
+                f"random directions (median best match {v.random_median:.2f}). Between two seeds of one width, "
+                f"Paulo & Belrose (2025) report {low:.0%}-{high:.0%} for SAEs trained on billions of tokens.")
     trend = ("" if np.isnan(v.trend) else
              f" Over the last doubling of training it changed by {v.trend:+.0%}, so it is "
              + ("still growing." if v.trend > 0.02 else "no longer growing much." if v.trend > -0.02 else "falling."))
@@ -308,16 +346,17 @@ class Verdict(NamedTuple):
     family_fvu: dict[int, float]
     family_falls: bool
     curves: dict[str, CurveVerdict]
-    control_name: str
+    control_name: str | None
+    """``None`` without a control pair (published SAEs): the control's numbers are then NaN."""
     control_like: bool
     """The control's excess is at least :data:`CONTROL_LIKE_SHARE` of the family's smallest."""
 
 
-def verdict(pair_summary: pd.DataFrame, control_name: str, family_table: pd.DataFrame,
+def verdict(pair_summary: pd.DataFrame, control_name: str | None, family_table: pd.DataFrame,
             curves_by_pair: dict) -> Verdict:
     """Compute the verdict from the pairs' summary, the family table and the curves."""
-    family_pairs_ = pair_summary.drop(index=control_name)
-    control = pair_summary.loc[control_name]
+    family_pairs_ = pair_summary.drop(index=[] if control_name is None else [control_name])
+    control_novel = np.nan if control_name is None else float(pair_summary.loc[control_name, "frac_novel"])
     fractions = family_pairs_["frac_novel"]
     near = ("close to" if abs(fractions.mean() - PAPER_NOVEL) <= NEAR_PAPER
             else ("above" if fractions.mean() > PAPER_NOVEL else "below"))
@@ -326,8 +365,8 @@ def verdict(pair_summary: pd.DataFrame, control_name: str, family_table: pd.Data
     family_excess = [v.excess for name, v in per_curve.items() if name != control_name]
     return Verdict(
         novel=fractions, novel_trained=family_pairs_["frac_novel_trained"], n_dead=int(family_pairs_["n_dead"].sum()),
-        control_novel=control["frac_novel"], near_paper=near,
-        above_null=bool(fractions.min() > ABOVE_NULL_FACTOR * control["frac_novel"]),
+        control_novel=control_novel, near_paper=near,
+        above_null=bool(fractions.min() > ABOVE_NULL_FACTOR * control_novel),
         threshold_fitted=bool(family_pairs_["threshold_fitted"].all()), thresholds=family_pairs_["threshold"],
         proxy_accuracy=family_pairs_["proxy_accuracy"], majority_accuracy=family_pairs_["majority_accuracy"],
         thresholds_below_random=bool((family_pairs_["threshold"] <= family_pairs_["random p99"]).all()),
@@ -337,7 +376,8 @@ def verdict(pair_summary: pd.DataFrame, control_name: str, family_table: pd.Data
         best_match_group_share=family_pairs_["largest group share (best_match)"].max(),
         family_fvu=dict(zip(family_table.width, family_table.fvu, strict=True)),
         family_falls=bool((np.diff(fvu_by_width) < 0).all()), curves=per_curve, control_name=control_name,
-        control_like=bool(per_curve[control_name].excess >= CONTROL_LIKE_SHARE * min(family_excess)),
+        control_like=(control_name is not None
+                      and bool(per_curve[control_name].excess >= CONTROL_LIKE_SHARE * min(family_excess))),
     )
 
 
@@ -359,12 +399,14 @@ def render_verdict(v: Verdict) -> str:
     """The verdict as a markdown list."""
     lines = [
         f"- **Novel latents**: {', '.join(f'{p}: {x:.1%}' for p, x in v.novel.items())} of the larger SAE's "
-        f"live latents are novel (mean {v.novel.mean():.1%}), {v.near_paper} the paper's ~{PAPER_NOVEL:.0%}; among "
-        f"the latents that left their initial direction: {', '.join(f'{x:.1%}' for x in v.novel_trained)} "
-        f"({v.n_dead} dead latents left out). The control pair (same width, another seed) has "
-        f"{v.control_novel:.1%} novel latents: "
-        + ("the family's novel fractions are well above this null." if v.above_null
-           else "the family's novel fractions are not clearly above this null."),
+        f"live latents are novel (mean {v.novel.mean():.1%}), {v.near_paper} the paper's ~{PAPER_NOVEL:.0%}"
+        + ("" if v.novel_trained.isna().all() else
+           f"; among the latents that left their initial direction: {', '.join(f'{x:.1%}' for x in v.novel_trained)}")
+        + f" ({v.n_dead} dead latents left out). "
+        + ("There is no control pair (two seeds of one width) to hold them against." if v.control_name is None
+           else f"The control pair (same width, another seed) has {v.control_novel:.1%} novel latents: "
+           + ("the family's novel fractions are well above this null." if v.above_null
+              else "the family's novel fractions are not clearly above this null.")),
         f"- **Cosine proxy**: with the {'fitted' if v.threshold_fitted else 'given'} threshold "
         f"({', '.join(f'{t:.2f}' for t in v.thresholds)}), 'max cosine below the threshold' predicts the measured "
         f"class for {', '.join(f'{a:.1%}' for a in v.proxy_accuracy)} of live latents, against "
@@ -372,8 +414,10 @@ def render_verdict(v: Verdict) -> str:
         f"(a gain of {', '.join(f'{g:+.1%}' for g in v.proxy_accuracy - v.majority_accuracy)}). The thresholds lie "
         + ("below or at" if v.thresholds_below_random else "partly above")
         + f" the 99th percentile of random directions' max cosine "
-        f"({', '.join(f'{x:.2f}' for x in v.random_p99)}; the SAEs at initialisation: "
-        f"{', '.join(f'{x:.2f}' for x in v.initial_p99)}), and their graph joins "
+        f"({', '.join(f'{x:.2f}' for x in v.random_p99)}"
+        + ("" if v.initial_p99.isna().all() else
+           f"; the SAEs at initialisation: {', '.join(f'{x:.2f}' for x in v.initial_p99)}")
+        + f"), and their graph joins "
         f"{', '.join(f'{x:.0%}' for x in v.threshold_group_share)} of all latents into one group"
         + ("" if v.paper_rule_group_share is None else
            f" (at the paper's fixed cosine of {AGREEMENT_COSINE}: "
@@ -383,8 +427,15 @@ def render_verdict(v: Verdict) -> str:
         f"({', '.join(f'{w}: {f:.3f}' for w, f in v.family_fvu.items())}).",
     ]
     lines += [_curve_line(name, c) for name, c in v.curves.items()]
-    control_curve = v.curves[v.control_name]
     family_excess = [c.excess for name, c in v.curves.items() if name != v.control_name]
+    if v.control_name is None:
+        lines.append(
+            f"- **Why the walks rise**: the order takes, at every evaluated point, the remaining steps that help the "
+            f"current stitched SAE most; yet the swap phase raises FVU above both ends by "
+            f"{', '.join(f'{x:.3f}' for x in family_excess)}. Without a control pair (two seeds of one width) this "
+            f"chapter cannot say how much of that rise two runs of one width would show as well.")
+        return "\n".join(lines)
+    control_curve = v.curves[v.control_name]
     lines.append(
         f"- **Why the walks rise**: the order takes, at every evaluated point, the remaining steps that help the "
         f"current stitched SAE most; yet the swap phase raises FVU above both ends by "
@@ -405,15 +456,24 @@ def summary(v: Verdict, agreement: AgreementVerdict | None = None) -> Summary:
     control pair's (two seeds of one width), and the swap phase's excess FVU of both; with the
     ``agreement`` verdict, how far two seeds agree and what that allows."""
     pairs = ", ".join(f"{x:.1%} ({p})" for p, x in v.novel.items())
-    control_excess = v.curves[v.control_name].excess
+    numbers: dict = {f"novel_fraction: {p}": x for p, x in v.novel.items()}
+    family_excess = {f"swap_excess_fvu: {name}": c.excess for name, c in v.curves.items() if name != v.control_name}
+    if v.control_name is None:
+        headline = (f"Of a larger published SAE's live latents, {pairs} are novel (not explained by the next "
+                    f"smaller SAE); the paper reports about {PAPER_NOVEL:.0%}. No control pair: the published SAEs "
+                    "include no second seed of one width.")
+        numbers |= {"novel_fraction: mean": v.novel.mean(), **family_excess}
+        if agreement is not None:
+            numbers |= {f"shared_fraction: {p}": x for p, x in agreement.family_shared.items()}
+            numbers |= {"shared_fraction: random": agreement.random_shared}
+        return Summary(headline, numbers)
     headline = (f"Of a larger SAE's live latents, {pairs} are novel (not explained by the next smaller SAE), "
                 f"against {v.control_novel:.1%} for the control pair (the smallest width from another seed); "
                 f"the paper reports about {PAPER_NOVEL:.0%}.")
-    numbers: dict = {f"novel_fraction: {p}": x for p, x in v.novel.items()}
     numbers |= {"novel_fraction: control": v.control_novel, "novel_fraction: mean": v.novel.mean(),
                 "above_null": v.above_null}
-    numbers |= {f"swap_excess_fvu: {name}": c.excess for name, c in v.curves.items() if name != v.control_name}
-    numbers |= {"swap_excess_fvu: control": control_excess, "control_like": v.control_like}
+    numbers |= family_excess
+    numbers |= {"swap_excess_fvu: control": v.curves[v.control_name].excess, "control_like": v.control_like}
     if agreement is not None:
         headline += (f" Two seeds of one width share {agreement.shared:.1%} of their latents at cosine > "
                      f"{AGREEMENT_COSINE} (random directions: {agreement.random_shared:.1%}; published SAEs: "

@@ -60,7 +60,7 @@ def check_sae_fits(model: Any, sae: SAE, hook_name: str | None = None, *, strict
         hook_name = meta_hook
     check_hook_name(model, hook_name)
     meta_model, this_model = sae.metadata.get("model_name"), model_name_of(model)
-    if strict and meta_model is not None and this_model is not None and meta_model != this_model:
+    if strict and meta_model is not None and this_model is not None and not same_model(meta_model, this_model):
         raise ValueError(
             f"SAE/model mismatch: the SAE was trained on model {meta_model!r}, this model is {this_model!r}. "
             f"Load the model it was trained on (load_model({meta_model!r})), or pass strict=False to "
@@ -78,6 +78,21 @@ def check_sae_fits(model: Any, sae: SAE, hook_name: str | None = None, *, strict
             f"have width {width}. Use an SAE trained on this site."
         )
     return hook_name
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names name one model: equal, or aliases of one TransformerLens model
+    (SAELens records GPT-2 small as ``"gpt2-small"``, TransformerLens loads it as ``"gpt2"``)."""
+    if a == b:
+        return True
+    try:
+        from transformer_lens.supported_models import get_official_model_name
+    except ImportError:
+        return False
+    try:
+        return get_official_model_name(a) == get_official_model_name(b)
+    except ValueError:  # a name TransformerLens does not know (e.g. the embedded model's)
+        return False
 
 
 def _batches(tokens: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 HEALTH_LIMITS: dict[str, float] = {"near_initial_fraction": 0.05, "dead_fraction": 0.05}
 #: A latent is "near its initial row" when its decoder row keeps a cosine above this to it.
 NEAR_INITIAL_COSINE = 0.9
+#: Why an SAE without a training record (published, or saved without its training config) fails.
+NOT_TRAINED_HERE = "no training record (near-initial latents and plateau cannot be checked)"
 #: The dense-latent threshold (firing frequency) of :func:`evaluate`, quoted for chapters.
 DENSE_THRESHOLD = 0.1
 
@@ -135,9 +137,10 @@ def training_health(
 
     Returns a dict: ``near_initial_fraction``, ``dead_fraction``, ``dense_fraction``,
     ``loss_plateau``, ``fvu_plateau``, ``passes`` (every :data:`HEALTH_LIMITS` check holds) and
-    ``failing`` (e.g. ``"near_initial_fraction=0.31 > 0.05"``, ``""`` when it passes). A check
-    that cannot be made (no ``training_config``; neither ``eval_activations`` nor
-    ``evaluation``) is NaN and counts as failing.
+    ``failing`` (e.g. ``"near_initial_fraction=0.31 > 0.05"``, ``""`` when it passes) and
+    ``trained_here`` (the SAE carries its ``training_config``). A check that cannot be made (no
+    ``training_config``; neither ``eval_activations`` nor ``evaluation``) is NaN and counts as
+    failing; an SAE without a training record (a published one) fails as :data:`NOT_TRAINED_HERE`.
     """
     if evaluation is None and eval_activations is not None:
         evaluation = evaluate(sae, eval_activations)
@@ -150,15 +153,18 @@ def training_health(
         "loss_plateau": loss_plateau(log, "loss"),
         "fvu_plateau": loss_plateau(log, "fvu"),
     }
-    failing = []
+    health["trained_here"] = bool(sae.training_config)
+    failing = [] if health["trained_here"] else [NOT_TRAINED_HERE]
     for name, limit in HEALTH_LIMITS.items():
         value = health[name]
+        if math.isnan(value) and not health["trained_here"] and name == "near_initial_fraction":
+            continue
         if math.isnan(value):
             why = "no training_config" if name == "near_initial_fraction" else "no eval_activations"
             failing.append(f"{name}=nan ({why})")
         elif value > limit:
             failing.append(f"{name}={value:.3g} > {limit:g}")
-    if not health["plateaued"]:
+    if health["trained_here"] and not health["plateaued"]:
         failing.append(f"not plateaued ({health['plateau_reason']})")
     health["passes"] = not failing
     health["failing"] = "; ".join(failing)
@@ -186,7 +192,8 @@ def health_table(
         for name, sae in saes.items()
     }
     columns = ["steps", "steps_cap", "near_initial_fraction", "dead_fraction", "dense_fraction", "loss_plateau",
-               "fvu_plateau", "heldout_fvu_change", "heldout_l0_change", "plateaued", "passes", "failing"]
+               "fvu_plateau", "heldout_fvu_change", "heldout_l0_change", "plateaued", "passes", "failing",
+               "trained_here"]
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns) if rows else pd.DataFrame(columns=columns)
     table.index.name = "sae"
     return table
@@ -208,7 +215,8 @@ def health_display(table: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
     shown = table[list(DISPLAY_COLUMNS)].copy()
     numeric = [column for column in DISPLAY_COLUMNS if column not in (*_YES_NO, "steps")]
     shown[numeric] = (shown[numeric].astype(float) * 100).round(decimals)
-    shown["steps"] = shown["steps"].map(lambda s: f"{int(s):,}")
+    trained = table["trained_here"] if "trained_here" in table.columns else [True] * len(table)
+    shown["steps"] = [f"{int(s):,}" if here else "-" for s, here in zip(shown["steps"], trained, strict=True)]
     for column in _YES_NO:
         shown[column] = shown[column].map({True: "yes", False: "no"})
     shown.index = [_RUN_HASH.sub("", str(name)) for name in shown.index]
@@ -223,6 +231,15 @@ def health_summary(table: pd.DataFrame) -> str:
         return "No SAEs were trained."
     limits = ", ".join(f"{name.removesuffix('_fraction').replace('_', '-')} latents at most {limit:.0%}"
                        for name, limit in HEALTH_LIMITS.items())
+    if "trained_here" in table.columns and not table["trained_here"].all():
+        elsewhere = table[~table["trained_here"].astype(bool)]
+        text = (f"**{len(elsewhere)} of {len(table)} SAEs carry no training record** (published SAEs): whether "
+                f"their latents left their random start and whether they plateaued cannot be checked here. Their "
+                f"dead latents on these held-out activations: {elsewhere['dead_fraction'].min():.1%}-"
+                f"{elsewhere['dead_fraction'].max():.1%}; dense: {elsewhere['dense_fraction'].min():.1%}-"
+                f"{elsewhere['dense_fraction'].max():.1%}.")
+        rest = table[table["trained_here"].astype(bool)]
+        return text if rest.empty else f"{text} {health_summary(rest)}"
     failing = table[~table["passes"].astype(bool)]
     n = len(table)
     if failing.empty:

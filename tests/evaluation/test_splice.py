@@ -175,3 +175,16 @@ def test_delta_lm_loss_standard_error_is_over_sequences(model, tokens):
     expected = float(per_sequence.std(unbiased=True)) / math.sqrt(len(tokens))
     assert together["delta_lm_loss_se"] == pytest.approx(expected, rel=1e-4)
     assert math.isnan(splice_losses(model, sae, tokens[:1], progress=False)[0]["delta_lm_loss_se"])
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("gpt2-small", "gpt2", True),  # SAELens's name for GPT-2 small, and TransformerLens's
+    ("gpt2", "gpt2", True),
+    ("gpt2-medium", "gpt2", False),
+    ("smollm2-135m", "tiny-llama-seed0", False),  # names TransformerLens does not know: equal or not
+    ("smollm2-135m", "smollm2-135m", True),
+])
+def test_model_names_match_through_transformer_lens_aliases(a, b, same):
+    from sae_helpers.evaluation.splice import same_model
+
+    assert same_model(a, b) is same and same_model(b, a) is same

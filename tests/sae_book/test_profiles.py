@@ -2,6 +2,7 @@
 the GPU profile's code path runs end to end (a chapter's cells, the tiny model, a local dataset)."""
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -39,7 +40,22 @@ def notebook_parameters(path):
 
 
 def profile_cases():
-    return [(name, path) for name in profiles.profile_names() for path in NOTEBOOKS]
+    """Every (profile, notebook) the package ships a file for."""
+    root = resources.files(profiles)
+    return [(name, path) for name in profiles.profile_names() for path in NOTEBOOKS
+            if (root / name / f"{path.stem}.yaml").is_file()]
+
+
+def test_the_published_profile_names_the_papers_gpt2_saes_in_order_of_width():
+    import re
+
+    for notebook in ("03_completeness", "04_atomicity"):
+        values = profiles.load_profile("gpt2-published", notebook)
+        names = values["published_saes"]
+        assert all(name.startswith("hf://") for name in names)
+        widths = [int(re.search(r"_(\d+)$", name).group(1)) for name in names]
+        assert widths == sorted(set(widths)) and len(widths) >= 2
+        assert all(name.rsplit("/", 1)[1].startswith(values["site"]) for name in names)  # the SAEs' own site
 
 
 def test_the_gpu_profile_ships_for_every_notebook():

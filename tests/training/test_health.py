@@ -11,7 +11,7 @@ import sae_helpers.training.health as health_module
 from sae_helpers import create_sae, health_table, training_health
 from sae_helpers.training import HEALTH_LIMITS, health_display, loss_plateau
 from sae_helpers.training.config import TrainConfig
-from sae_helpers.training.health import DISPLAY_COLUMNS
+from sae_helpers.training.health import DISPLAY_COLUMNS, NOT_TRAINED_HERE
 
 D_IN, WIDTH, SEED = 16, 40, 7
 
@@ -104,12 +104,11 @@ def test_dead_and_dense_fractions_match_a_hand_count():
     result = training_health(sae, x)
     assert result["dead_fraction"] == (fires == 0).mean() == 2 / 6
     assert result["dense_fraction"] == (fires > 0.1).mean() == 2 / 6
-    # No training_config and no training log: near-initial and the plateaus are unknown.
+    # No training_config and no training log (as a published SAE): near-initial and the plateaus are unknown.
     assert math.isnan(result["near_initial_fraction"])
     assert math.isnan(result["loss_plateau"]) and math.isnan(result["fvu_plateau"])
-    assert result["passes"] is False
-    assert result["failing"] == ("near_initial_fraction=nan (no training_config); dead_fraction=0.333 > 0.05; "
-                                 "not plateaued (no training_config)")
+    assert result["passes"] is False and result["trained_here"] is False
+    assert result["failing"] == f"{NOT_TRAINED_HERE}; dead_fraction=0.333 > 0.05"
 
 
 def test_a_precomputed_evaluation_is_used_instead_of_a_second_pass(monkeypatch):
@@ -231,7 +230,7 @@ def test_health_table_has_one_row_per_sae():
     assert isinstance(table, pd.DataFrame) and list(table.index) == ["moved", "fresh"]
     assert list(table.columns) == ["steps", "steps_cap", "near_initial_fraction", "dead_fraction", "dense_fraction",
                                    "loss_plateau", "fvu_plateau", "heldout_fvu_change", "heldout_l0_change",
-                                   "plateaued", "passes", "failing"]
+                                   "plateaued", "passes", "failing", "trained_here"]
     for name, sae in saes.items():
         expected = training_health(sae, x)
         row = table.loc[name]
@@ -255,6 +254,23 @@ def test_health_summary_counts_passes_and_names_the_failures():
     assert "1.0%-30.0%" in text and "FVU changed by -3.0% to -0.4% and L0 by +0.1% to +1.2%" in text
     assert "1 of 2 SAEs plateaued" in text
     assert "All 1 SAEs pass" in health_summary(table.iloc[:1])
+
+
+def test_health_summary_and_display_set_apart_saes_without_a_training_record():
+    from sae_helpers.training import health_summary
+
+    table = pd.DataFrame(
+        {"steps": [0, 3000], "near_initial_fraction": [math.nan, 0.01], "dead_fraction": [0.02, 0.0],
+         "dense_fraction": [0.001, 0.0], "loss_plateau": [math.nan, -0.01], "fvu_plateau": [math.nan, 0.0],
+         "heldout_fvu_change": [math.nan, -0.004], "heldout_l0_change": [math.nan, 0.001],
+         "plateaued": [False, True], "passes": [False, True], "failing": [NOT_TRAINED_HERE, ""],
+         "trained_here": [False, True]}, index=pd.Index(["published", "ours"], name="sae"))
+    text = health_summary(table)
+    assert text.startswith("**1 of 2 SAEs carry no training record** (published SAEs)")
+    assert "dead latents on these held-out activations: 2.0%-2.0%" in text
+    assert "**All 1 SAEs pass the health checks**" in text  # the trained one, judged as before
+    assert list(health_display(table)["steps"]) == ["-", "3,000"]
+    assert "All 1 SAEs" not in health_summary(table.iloc[:1])
 
 
 def test_health_display_shows_percent_short_names_and_yes_no():
