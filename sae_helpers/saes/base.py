@@ -25,6 +25,11 @@ and, where they differ from the defaults, how training treats them:
     the :class:`~sae_helpers.training.TrainConfig` field that weights the ``sparsity``
     loss term (``"l1_coefficient"``, ``"l0_coefficient"``), or ``None`` when sparsity is
     set by the architecture itself (TopK's ``k``).
+``training_options``
+    the options a :class:`~sae_helpers.training.TrainConfig` may pass to the training
+    module in ``sae_options``, each with its type (``int`` or ``float``; ``None`` allowed where
+    the constructor allows it): checked when the configuration is made, so a misspelt or
+    mistyped option fails at once, naming the architecture's options.
 ``uses_dead_mask``
     the training forward takes ``dead_mask`` (latents that have not fired for a while),
     e.g. for TopK's auxiliary loss.
@@ -136,6 +141,7 @@ class SAE(nn.Module, ABC):
     reset_on_resample: ClassVar[tuple[str, ...]]
     hyperparameters: ClassVar[tuple[str, ...]] = ()
     sparsity_option: ClassVar[str | None] = "l1_coefficient"
+    training_options: ClassVar[dict[str, type]] = {}
     uses_dead_mask: ClassVar[bool] = False
     resamples_by_default: ClassVar[bool] = True
     encoder_biases: ClassVar[dict[str, str | None]] = {"b_enc": None}

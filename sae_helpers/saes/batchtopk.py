@@ -37,6 +37,7 @@ class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
     saelens_architecture = "jumprelu"
     bias_like = ("b_enc", "threshold", "b_dec")
+    training_options = {**TopKSAE.training_options, "threshold_rate": float}
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, *, threshold_rate: float = 0.01, **kwargs) -> None:
         super().__init__(d_in, d_sae, k, **kwargs)

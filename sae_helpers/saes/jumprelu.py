@@ -95,6 +95,7 @@ class JumpReluSAE(SAE):
     bias_like = ("b_enc", "threshold", "b_dec")
     reset_on_resample = ("b_enc", "threshold")
     sparsity_option = "l0_coefficient"
+    training_options = {"bandwidth": float, "init_threshold": float, "threshold_lr_scale": float}
     resamples_by_default = False
 
     def __init__(self, d_in: int, d_sae: int, **kwargs) -> None:

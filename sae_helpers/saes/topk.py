@@ -48,6 +48,7 @@ class TopKSAE(SAE):
     reset_on_resample = ("b_enc",)
     hyperparameters = ("k",)
     sparsity_option = None
+    training_options = {"aux_k": int, "aux_k_coefficient": float}
     uses_dead_mask = True
     resamples_by_default = False
     coupled_latents = (

@@ -207,6 +207,21 @@ class TrainConfig:
             raise ValueError(f"k must be an integer between 1 and width={self.width}, got {self.k!r}.")
         if self.sae_options is not None and not isinstance(self.sae_options, dict):
             raise ValueError(f"sae_options must be a dict of constructor arguments, got {self.sae_options!r}.")
+        self._check_sae_options(cls.training_options)
+
+    def _check_sae_options(self, allowed: dict[str, type]) -> None:
+        """``sae_options`` holds only the architecture's :attr:`~sae_helpers.SAE.training_options`, each of its type."""
+        known = ", ".join(f"{name} ({kind.__name__})" for name, kind in allowed.items()) or "none"
+        for name, value in (self.sae_options or {}).items():
+            if name not in allowed:
+                raise ValueError(f"sae_options: {name!r} is not an option of architecture {self.arch!r}; its options: "
+                                 f"{known}.")
+            kind = allowed[name]
+            fits = value is None or (not isinstance(value, bool) and isinstance(value, int if kind is int else
+                                                                                 numbers.Real))
+            if not fits:
+                raise ValueError(f"sae_options: {name} of architecture {self.arch!r} must be {kind.__name__}, got "
+                                 f"{value!r} ({type(value).__name__}).")
 
     @property
     def sparsity_coefficient(self) -> float | None:

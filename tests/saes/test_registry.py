@@ -1,7 +1,10 @@
+import inspect
+
 import pytest
 import torch
 
 from sae_helpers import architectures, create_sae
+from sae_helpers.saes.registry import get_sae_class
 
 
 def test_known_architectures():
@@ -58,3 +61,19 @@ def test_training_starts_with_unit_decoder_rows_and_the_encoder_as_their_transpo
     torch.testing.assert_close(norms, torch.ones(24, dtype=torch.float64))
     assert torch.equal(sae.W_enc.detach(), sae.W_dec.detach().T)
     assert torch.unique(sae.W_dec.detach(), dim=0).shape[0] == 24  # distinct random rows
+
+
+@pytest.mark.parametrize("name", sorted(architectures()))
+def test_the_declared_training_options_are_the_training_modules_keywords(name):
+    """``training_options`` names exactly the keyword-only options of the training module's constructors
+    (beyond the base SAE's dtype, device and metadata), and each one is accepted there."""
+    cls = get_sae_class(name)
+    probe = cls.for_training(4, 8, **({"k": 2} if "k" in cls.hyperparameters else {}))
+    keywords = {p.name for klass in type(probe).__mro__ if "__init__" in vars(klass)
+                for p in inspect.signature(vars(klass)["__init__"]).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    keywords -= {"dtype", "device", "metadata"}
+    assert keywords == set(cls.training_options), name
+    for option, kind in cls.training_options.items():
+        value = 2 if kind is int else 0.25
+        assert getattr(cls.for_training(4, 8, **({"k": 2} if "k" in cls.hyperparameters else {}), **{option: value}),
+                       option) == value
