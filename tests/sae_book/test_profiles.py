@@ -207,3 +207,21 @@ def test_gpu_chapters_share_their_caches_and_family():
     assert len({tuple(loaded[name][key] for key in harvest_keys) for name in lm}) == 1
     family_keys = ("site", "family_widths", "family_k", "steps", "batch_size", "lr")
     assert all(loaded["03_completeness"][key] == loaded["04_atomicity"][key] for key in family_keys)
+
+
+@pytest.mark.parametrize("with_book_params", [False, True], ids=["quick", "book"])
+def test_chapters_03_and_04_share_their_family(with_book_params):
+    """Chapters 03 and 04 train one family between them: their quick defaults, and their values under the
+    book's parameters (book/params), ask for the same harvest and the same SAEs."""
+    root = Path(__file__).resolve().parents[2]
+    effective = {}
+    for name in ("03_completeness", "04_atomicity"):
+        values = notebook_parameters(root / "notebooks" / f"{name}.ipynb")
+        if with_book_params:
+            values |= yaml.safe_load((root / "book" / "params" / f"{name}.yaml").read_text()) or {}
+        effective[name] = values
+    keys = ("model_name", "dataset", "text_column", "context_size", "n_train_tokens", "n_eval_tokens", "site",
+            "family_widths", "family_k", "steps", "batch_size", "lr", "plateau_tolerance", "n_snapshots", "seed",
+            "outlier_factor", "cache_dtype")
+    assert {key: effective["03_completeness"][key] for key in keys} == {
+        key: effective["04_atomicity"][key] for key in keys}
