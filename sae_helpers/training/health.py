@@ -217,8 +217,9 @@ def health_display(table: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
     shown[numeric] = (shown[numeric].astype(float) * 100).round(decimals)
     trained = table["trained_here"] if "trained_here" in table.columns else [True] * len(table)
     shown["steps"] = [f"{int(s):,}" if here else "-" for s, here in zip(shown["steps"], trained, strict=True)]
-    for column in _YES_NO:
-        shown[column] = shown[column].map({True: "yes", False: "no"})
+    for column in _YES_NO:  # "-": not judged, the SAE carries no training record
+        shown[column] = [("yes" if value else "no") if here else "-"
+                         for value, here in zip(shown[column], trained, strict=True)]
     shown.index = [_RUN_HASH.sub("", str(name)) for name in shown.index]
     shown.index.name = table.index.name
     return shown.rename(columns=DISPLAY_COLUMNS)

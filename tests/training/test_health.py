@@ -269,7 +269,9 @@ def test_health_summary_and_display_set_apart_saes_without_a_training_record():
     assert text.startswith("**1 of 2 SAEs carry no training record** (published SAEs)")
     assert "dead latents on these held-out activations: 2.0%-2.0%" in text
     assert "**All 1 SAEs pass the health checks**" in text  # the trained one, judged as before
-    assert list(health_display(table)["steps"]) == ["-", "3,000"]
+    shown = health_display(table)
+    assert list(shown["steps"]) == ["-", "3,000"] and list(shown["passes"]) == ["-", "yes"]
+    assert list(shown["plateaued"]) == ["-", "yes"]
     assert "All 1 SAEs" not in health_summary(table.iloc[:1])
 
 
