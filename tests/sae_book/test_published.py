@@ -20,7 +20,9 @@ from huggingface_hub import constants
 
 from sae_book import atomicity, common, completeness, profiles
 from sae_helpers import create_sae
+from sae_helpers.data import text
 from sae_helpers.models import tiny_model
+from sae_helpers.reproducibility import set_default_device
 from tests.models.conftest import no_network  # noqa: F401 (fixture: no test here may reach the network)
 from tests.sae_book.test_profiles import code_cells, tiny_corpus
 
@@ -56,6 +58,14 @@ def publish(hub: Path, widths: list[int], pre_6: int | None = None) -> list[str]
                 "normalize_activations": "none", "apply_b_dec_to_input": True}))
         names.append(f"hf://{REPO}/{SITE}_{width}")
     return names
+
+
+@pytest.fixture(autouse=True)
+def reset_defaults():
+    """A chapter's setup sets the default device and text for the process: put them back."""
+    yield
+    set_default_device(None)
+    text.set_default_text(None)
 
 
 @pytest.fixture()
