@@ -9,6 +9,11 @@ from torch import Tensor
 from .._dtypes import resolve_dtype
 from .base import SAE, uniform_rows
 
+#: A latent is "near its initial row" when its decoder row keeps a cosine above this to it.
+NEAR_INITIAL_COSINE = 0.9
+#: The largest fraction of near-initial latents a trained SAE may keep (health check and stop rule).
+NEAR_INITIAL_LIMIT = 0.05
+
 
 @torch.no_grad()
 def initial_decoder(sae: SAE) -> Tensor:
@@ -25,9 +30,24 @@ def initial_decoder(sae: SAE) -> Tensor:
                          "directory that holds its training_config.json).")
     seed = config.seed if hasattr(config, "seed") else config.get("seed", 0)
     dtype = config.dtype if hasattr(config, "dtype") else config.get("dtype", "float32")
-    rows = uniform_rows(sae.d_sae, sae.d_in, torch.Generator().manual_seed(int(seed))).to(resolve_dtype(dtype))
+    return initial_rows(sae.d_sae, sae.d_in, int(seed), dtype)
+
+
+@torch.no_grad()
+def initial_rows(d_sae: int, d_in: int, seed: int, dtype: str | torch.dtype = "float32") -> Tensor:
+    """The unit decoder rows ``[d_sae, d_in]`` (float64, CPU) that an SAE trained with ``seed`` in
+    parameter ``dtype`` starts from (:meth:`SAE.init_weights`)."""
+    rows = uniform_rows(d_sae, d_in, torch.Generator().manual_seed(seed)).to(resolve_dtype(dtype))
     rows /= rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return rows.double()
+
+
+@torch.no_grad()
+def near_initial_fraction(W_dec: Tensor, initial: Tensor, cosine: float = NEAR_INITIAL_COSINE) -> float:
+    """The fraction of decoder rows ``W_dec`` whose cosine to their own row of ``initial`` exceeds
+    ``cosine``: latents that have barely left their random start."""
+    drift = torch.nn.functional.cosine_similarity(W_dec.detach().double().cpu(), initial.double().cpu(), dim=1)
+    return float((drift > cosine).double().mean())
 
 
 def decoder_drift(sae: SAE) -> Tensor:

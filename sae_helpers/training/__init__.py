@@ -3,7 +3,7 @@ one run's state (:mod:`.run`), one pass over the data for many runs (:mod:`.loop
 with checkpoints and snapshots (:mod:`.lifecycle`), the entry points (:mod:`.train`), the plateau
 (:mod:`.plateau`) and whether an SAE is trained (:mod:`.health`)."""
 
-from ..saes.initial import decoder_drift
+from ..saes.initial import NEAR_INITIAL_LIMIT, decoder_drift
 from .config import TrainConfig
 from .health import (
     HEALTH_LIMITS,
@@ -23,6 +23,7 @@ from .train import SweepResult, family_configs, run_snapshots, train_sae, train_
 __all__ = [
     "HEALTH_LIMITS",
     "NEAR_INITIAL_COSINE",
+    "NEAR_INITIAL_LIMIT",
     "PlateauCheck",
     "SweepResult",
     "TrainConfig",

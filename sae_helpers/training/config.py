@@ -107,8 +107,10 @@ class TrainConfig:
         interval does not depend on ``steps`` (a run stopped at a plateau is evaluated alike).
     plateau_tolerance : train until a plateau: stop once the held-out FVU and L0 each
         changed by at most this fraction over the last ``plateau_window`` of the steps so
-        far, a window held at constant learning rate (:func:`~.plateau.plateau_check`);
-        ``steps`` is then a cap. Needs ``lr_decay_start=None`` and held-out activations.
+        far, a window held at constant learning rate (:func:`~.plateau.plateau_check`),
+        and at most 5% of the latents keep their decoder row near its random start
+        (:data:`~sae_helpers.saes.initial.NEAR_INITIAL_LIMIT`); ``steps`` is then a cap.
+        Needs ``lr_decay_start=None`` and held-out activations.
         ``None``: train exactly ``steps``.
     plateau_window : the fraction of the steps so far over which a plateau is measured;
         ``None`` means 0.25 (the last quarter).

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..evaluation.metrics import evaluate
 from ..saes.base import SAE
-from ..saes.initial import decoder_drift
+from ..saes.initial import NEAR_INITIAL_COSINE, NEAR_INITIAL_LIMIT, decoder_drift
 from .config import TrainConfig
 from .plateau import run_plateau
 
@@ -38,9 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: The checks behind ``passes``: each value must be at most its limit.
-HEALTH_LIMITS: dict[str, float] = {"near_initial_fraction": 0.05, "dead_fraction": 0.05}
-#: A latent is "near its initial row" when its decoder row keeps a cosine above this to it.
-NEAR_INITIAL_COSINE = 0.9
+HEALTH_LIMITS: dict[str, float] = {"near_initial_fraction": NEAR_INITIAL_LIMIT, "dead_fraction": 0.05}
 #: Why an SAE without a training record (published, or saved without its training config) fails.
 NOT_TRAINED_HERE = "no training record (near-initial latents and plateau cannot be checked)"
 #: The dense-latent threshold (firing frequency) of :func:`evaluate`, quoted for chapters.

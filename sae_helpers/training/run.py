@@ -26,6 +26,7 @@ from ..distributed import (
 )
 from ..reproducibility import default_device, resolve_device  # noqa: F401 (re-exported for sweep)
 from ..saes.base import SAE, batch_variance
+from ..saes.initial import NEAR_INITIAL_LIMIT, initial_rows, near_initial_fraction
 from ..saes.provenance import Provenance
 from .checkpoint import (
     STATE_FILE,
@@ -78,8 +79,12 @@ class TrainingRun:
     """The state of one SAE's training. Build with :meth:`start` or :meth:`restore`.
 
     With ``heldout`` activations (raw, ``[n, d_in]``) the run evaluates its SAE on them every
-    ``cfg.evaluation_interval`` steps (``heldout_fvu``, ``heldout_l0`` in the log) and, with
-    ``cfg.plateau_tolerance``, finishes at the first plateau (:func:`~.plateau.plateau_check`).
+    ``cfg.evaluation_interval`` steps (``heldout_fvu``, ``heldout_l0`` in the log, beside
+    ``near_initial_fraction``, the share of decoder rows still near their random start) and, with
+    ``cfg.plateau_tolerance``, finishes at the first evaluation where the held-out curves have
+    plateaued (:func:`~.plateau.plateau_check`) and at most :data:`NEAR_INITIAL_LIMIT` of the
+    latents are near their start: a run whose error and L0 are flat while part of its dictionary
+    has not moved is not finished (those latents can still be found by the data).
     """
 
     def __init__(self, cfg: TrainConfig, sae: SAE, scale: float, device: torch.device, data: str | None = None,
@@ -106,6 +111,7 @@ class TrainingRun:
         self.heldout = None if heldout is None else heldout.to(device=device, dtype=sae.dtype)
         self.heldout_id = heldout_fingerprint(heldout)
         self.plateau_step: int | None = None
+        self._initial_rows: Tensor | None = None  # the decoder's random start, drawn when first needed
         self.resample_generator = torch.Generator().manual_seed(cfg.seed + 12_345)
         scales = sae.lr_scales()
         groups = [
@@ -281,7 +287,20 @@ class TrainingRun:
             variance = variance + (x.double() - mean).pow(2).sum()
             active = active + (latents != 0).sum()
         n = x_all.shape[0]
-        return {"heldout_fvu": float(squared / variance), "heldout_l0": float(active) / n}
+        return {"heldout_fvu": float(squared / variance), "heldout_l0": float(active) / n,
+                "near_initial_fraction": near_initial_fraction(self.sae.W_dec, self.initial_rows())}
+
+    def initial_rows(self) -> Tensor:
+        """The decoder rows this run started from (float64, CPU; redrawn from ``cfg.seed``)."""
+        if self._initial_rows is None:
+            self._initial_rows = initial_rows(self.cfg.width, self.sae.d_in, self.cfg.seed, self.cfg.dtype)
+        return self._initial_rows
+
+    def stops_now(self, record: dict[str, Any]) -> bool:
+        """Whether an evaluated log ``record`` ends the run: plateaued held-out curves at constant
+        learning rate and at most :data:`NEAR_INITIAL_LIMIT` of the latents near their start."""
+        return (self.cfg.plateau_tolerance is not None and record["near_initial_fraction"] <= NEAR_INITIAL_LIMIT
+                and self.plateau().plateaued)
 
     def plateau(self):
         """The plateau verdict of the log so far (:func:`~.plateau.plateau_check`)."""
@@ -398,7 +417,7 @@ class TrainingRun:
                 f"(now {cfg.lr}) or the sparsity coefficient, or check the activations for outliers."
             )
         self.log.append(record)
-        if evaluates and self.cfg.plateau_tolerance is not None and self.plateau().plateaued:
+        if evaluates and self.stops_now(record):
             self.plateau_step = self.step_count
         return record
 

@@ -164,6 +164,32 @@ def test_a_run_stops_at_its_plateau_and_says_so():
     assert log[-1]["heldout_fvu"] == pytest.approx(fvu, rel=1e-4)
 
 
+def test_a_run_whose_latents_have_not_left_their_start_does_not_stop():
+    """Flat held-out curves are not enough while more than NEAR_INITIAL_LIMIT of the decoder rows keep
+    their random start: a wide TopK SAE without its auxiliary loss leaves most latents unused."""
+    from sae_helpers.saes.initial import NEAR_INITIAL_LIMIT, decoder_drift
+
+    sae = train_sae(X, "topk", 256, steps=1500, k=1, sae_options={"aux_k_coefficient": 0.0}, heldout=HELDOUT,
+                    **PLATEAU)
+    log = sae.training_log
+    assert log[-1]["step"] == 1500
+    evaluated = [r for r in log if "heldout_fvu" in r]
+    assert all(r["near_initial_fraction"] > NEAR_INITIAL_LIMIT for r in evaluated)
+    # On the curves alone it would have stopped earlier.
+    assert any(plateau_check([r for r in log if r["step"] <= e["step"]], tolerance=0.02).plateaued
+               for e in evaluated[:-1])
+    # The logged fraction equals an independent computation from the saved SAE's redrawn start.
+    assert log[-1]["near_initial_fraction"] == pytest.approx(float((decoder_drift(sae) > 0.9).double().mean()))
+
+
+def test_a_stopped_run_has_few_latents_near_their_start():
+    from sae_helpers.saes.initial import NEAR_INITIAL_LIMIT
+
+    sae = train_sae(X, "topk", 48, steps=3000, k=4, heldout=HELDOUT, **PLATEAU)
+    assert sae.training_log[-1]["step"] < 3000
+    assert sae.training_log[-1]["near_initial_fraction"] <= NEAR_INITIAL_LIMIT
+
+
 def test_a_capped_run_ends_at_its_cap():
     sae = train_sae(X, "topk", 48, steps=60, k=4, heldout=HELDOUT, **{**PLATEAU, "plateau_tolerance": 1e-9})
     assert sae.training_log[-1]["step"] == 60
