@@ -46,8 +46,12 @@ def initial_rows(d_sae: int, d_in: int, seed: int, dtype: str | torch.dtype = "f
 def near_initial_fraction(W_dec: Tensor, initial: Tensor, cosine: float = NEAR_INITIAL_COSINE) -> float:
     """The fraction of decoder rows ``W_dec`` whose cosine to their own row of ``initial`` exceeds
     ``cosine``: latents that have barely left their random start."""
-    drift = torch.nn.functional.cosine_similarity(W_dec.detach().double().cpu(), initial.double().cpu(), dim=1)
-    return float((drift > cosine).double().mean())
+    return float((_row_cosines(W_dec, initial) > cosine).double().mean())
+
+
+def _row_cosines(W_dec: Tensor, initial: Tensor) -> Tensor:
+    """Per row, the float64 cosine between ``W_dec`` and ``initial`` (on the CPU)."""
+    return torch.nn.functional.cosine_similarity(W_dec.detach().double().cpu(), initial.double().cpu(), dim=1)
 
 
 def decoder_drift(sae: SAE) -> Tensor:
@@ -58,4 +62,4 @@ def decoder_drift(sae: SAE) -> Tensor:
     direction says little about the data (decoder cosines between such SAEs measure the
     initialisation, not what was learned).
     """
-    return torch.nn.functional.cosine_similarity(sae.W_dec.detach().double().cpu(), initial_decoder(sae), dim=1)
+    return _row_cosines(sae.W_dec, initial_decoder(sae))

@@ -3,7 +3,7 @@
 The symptoms of an undertrained or broken SAE, per SAE:
 
 * ``near_initial_fraction``: the fraction of latents whose decoder row keeps a cosine above
-  ``near_initial_cosine`` (0.9) to its own initial row (:func:`decoder_drift`, which redraws
+  ``near_initial_cosine`` (0.9) to its own initial row (:func:`~sae_helpers.saes.initial.decoder_drift`, which redraws
   the initial rows from the training seed). Such latents have barely moved: their
   directions describe the initialisation, not the data.
 * ``dead_fraction``: latents that never fire on held-out activations; ``dense_fraction``:
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..evaluation.metrics import evaluate
 from ..saes.base import SAE
-from ..saes.initial import NEAR_INITIAL_COSINE, NEAR_INITIAL_LIMIT, decoder_drift
+from ..saes.initial import NEAR_INITIAL_COSINE, NEAR_INITIAL_LIMIT, initial_decoder, near_initial_fraction
 from .config import TrainConfig
 from .plateau import run_plateau
 
@@ -110,7 +110,7 @@ def plateau_health(sae: SAE) -> dict[str, Any]:
 def _near_initial_fraction(sae: SAE, near_initial_cosine: float) -> float:
     if not sae.training_config:
         return math.nan
-    return float((decoder_drift(sae) > near_initial_cosine).double().mean())
+    return near_initial_fraction(sae.W_dec, initial_decoder(sae), near_initial_cosine)
 
 
 def training_health(
