@@ -2,16 +2,19 @@
 
 A run evaluates its SAE on a fixed set of held-out activations every few steps (the
 training log's ``heldout_fvu`` and ``heldout_l0``). Over a window, the last ``window``
-fraction of the steps so far, each metric's *relative change* is the least-squares line
-through its points, from the window's start to its end, divided by the metric's mean in the
-window:
+fraction of the steps so far, each metric's *relative change* is the rise of its Theil-Sen
+line (the median of the slopes between every pair of its points) from the window's start to
+its end, divided by the metric's mean in the window:
 
-    change = slope * (t_end - t_start) / mean(values)
+    change = median_{i<j} (y_j - y_i) / (t_j - t_i) * (t_end - t_start) / mean(values)
 
-A least-squares slope uses every point, so the evaluation noise averages out instead of
-deciding the verdict through two end points. FVU is a share of the variance, so its mean is
-floored at 1% (:data:`RELATIVE_FLOORS`): an SAE that reconstructs almost perfectly, whose FVU
-halves from 0.0002 to 0.0001, has not changed by 50% in any sense that matters.
+The slope uses every point, so evaluation noise averages out instead of deciding the verdict
+through two end points, and, unlike a least-squares slope, one outlying evaluation barely
+moves it: a single training step that throws the held-out FVU up for one evaluation would
+otherwise tilt the line of a curve still falling and fake a plateau. FVU is a share of the
+variance, so its mean is floored at 1% (:data:`RELATIVE_FLOORS`): an SAE that reconstructs
+almost perfectly, whose FVU halves from 0.0002 to 0.0001, has not changed by 50% in any sense
+that matters.
 
 The run has plateaued when every metric's ``|change|`` is at most ``tolerance`` and the window
 lies where the learning rate and the sparsity coefficient are constant (after the warm-ups and
@@ -53,15 +56,22 @@ class PlateauCheck(NamedTuple):
 
 
 def relative_change(steps: Sequence[float], values: Sequence[float], floor: float = 0.0) -> float:
-    """The least-squares line's rise over ``steps``' span, divided by the mean of ``values`` (at
-    least ``floor``); NaN for fewer than two distinct steps or a zero denominator."""
+    """The Theil-Sen line's rise over ``steps``' span, divided by the mean of ``values`` (at least
+    ``floor``); NaN for fewer than two distinct steps or a zero denominator."""
     t = np.asarray(steps, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
     scale = max(abs(y.mean()), floor) if y.size else 0.0
     if t.size < 2 or np.ptp(t) == 0 or scale == 0:
         return math.nan
-    slope = np.polyfit(t, y, 1)[0]
-    return float(slope * np.ptp(t) / scale)
+    return float(theil_sen_slope(t, y) * np.ptp(t) / scale)
+
+
+def theil_sen_slope(t: np.ndarray, y: np.ndarray) -> float:
+    """The median of the slopes ``(y_j - y_i) / (t_j - t_i)`` over all pairs of points at
+    distinct steps: a line's slope that up to 29% of outlying points cannot move."""
+    i, j = np.triu_indices(t.size, k=1)
+    distinct = t[i] != t[j]
+    return float(np.median((y[j] - y[i])[distinct] / (t[j] - t[i])[distinct]))
 
 
 def metric_points(log: Sequence[Mapping[str, Any]], metric: str) -> tuple[np.ndarray, np.ndarray]:

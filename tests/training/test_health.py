@@ -200,7 +200,7 @@ def test_the_plateau_is_judged_at_constant_learning_rate_before_any_decay():
     sae.training_log = _flat_heldout_log(1000, fvu=falling)
     result = training_health(sae, evaluation={"dead_fraction": 0.0, "dense_fraction": 0.0})
     assert not result["plateaued"] and result["steps"] == 1000 and result["steps_cap"] == 1000
-    # The least-squares line over [600, 800] of a 10% fall, divided by its mean (0.19).
+    # The line over [600, 800] of a 10% fall, divided by its mean (0.19).
     assert result["heldout_fvu_change"] == pytest.approx(-0.02 / 0.19, rel=1e-3)
     assert abs(result["heldout_l0_change"]) < 1e-12
     assert "not plateaued (heldout_fvu changed -10.53%)" in result["failing"]

@@ -1,6 +1,7 @@
 """Training to a plateau: the criterion on known curves, snapshots equal shorter runs, early stop and resume."""
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from sae_helpers import SyntheticFeatures, TrainConfig, train_sae
 from sae_helpers.training import geometric_steps, load_snapshots, plateau_check
-from sae_helpers.training.plateau import relative_change
+from sae_helpers.training.plateau import relative_change, theil_sen_slope
 from sae_helpers.training.schedules import constant_from, lr_multiplier
 from tests.training.crashes import crashes_at
 
@@ -33,6 +34,34 @@ def test_relative_change_of_a_line_is_its_rise_over_its_mean():
     assert math.isnan(relative_change([5.0], [1.0]))
     # Below the floor the change is measured against the floor: FVU halving from 2e-4 to 1e-4 is 1% of 1%.
     assert relative_change([0, 1], [2e-4, 1e-4], floor=0.01) == pytest.approx(-0.01)
+
+
+def test_theil_sen_slope_is_the_median_of_the_pairwise_slopes():
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 8, 41):
+        t = rng.integers(0, 30, n).astype(float)  # repeated steps: their pairs have no slope
+        t[:2] = [0.0, 31.0]
+        y = rng.standard_normal(n)
+        pairs = [(y[j] - y[i]) / (t[j] - t[i]) for i in range(n) for j in range(i + 1, n) if t[i] != t[j]]
+        assert theil_sen_slope(t, y) == pytest.approx(statistics.median(pairs), rel=1e-12)
+
+
+def test_one_outlying_evaluation_does_not_fake_a_plateau():
+    """A curve still falling 4% over the window, with one evaluation thrown up by a bad training step
+    (as a TopK run's held-out FVU once jumped from 0.163 to 0.263 for one evaluation): the
+    least-squares line tilts until the curve looks flat, the Theil-Sen line does not."""
+    t = np.arange(32, 1857, 32)
+    fvu = 0.1612 * (1 + 0.04 * (1856 - t) / 464)
+    fvu[t == 1696] = 0.25
+    log = curve_log(t, heldout_fvu=fvu, heldout_l0=np.full(t.shape, 32.0))
+    check = plateau_check(log, tolerance=0.02)
+    assert not check.plateaued and "heldout_fvu" in check.reason
+    inside = t >= 0.75 * 1856
+    # 14 of the window's 15 points lie on the line, so the median pairwise slope is the line's own.
+    line_slope = -0.1612 * 0.04 / 464
+    assert check.changes["heldout_fvu"] == pytest.approx(line_slope * np.ptp(t[inside]) / fvu[inside].mean(), rel=1e-9)
+    least_squares = np.polyfit(t[inside], fvu[inside], 1)[0] * np.ptp(t[inside]) / fvu[inside].mean()
+    assert 0 < least_squares < 0.02  # on a least-squares line the falling curve would pass as a plateau
 
 
 def test_an_almost_perfect_reconstruction_has_plateaued():
