@@ -68,7 +68,7 @@ def relative_change(steps: Sequence[float], values: Sequence[float], floor: floa
 
 def theil_sen_slope(t: np.ndarray, y: np.ndarray) -> float:
     """The median of the slopes ``(y_j - y_i) / (t_j - t_i)`` over all pairs of points at
-    distinct steps: a line's slope that up to 29% of outlying points cannot move."""
+    distinct steps: a line's slope that outlying points cannot carry away unless they are over 29% of them."""
     i, j = np.triu_indices(t.size, k=1)
     distinct = t[i] != t[j]
     return float(np.median((y[j] - y[i])[distinct] / (t[j] - t[i])[distinct]))
